@@ -1,0 +1,62 @@
+"""One call per CLI command, usable from notebooks: open inputs, run the library, write outputs, report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from .search import SearchConfig, SearchResult
+
+
+def headline(result: SearchResult) -> str:
+    """The plain summary line users compare against the paper."""
+    r = result.run
+    c = r.classifier
+    crit = "any" if "'any'" in r.criterion else "bg-class"
+    return (f"fooling rate {result.fooling_rate:.1f}% (challenge accuracy {result.challenge_accuracy:.1f}%) | "
+            f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
+            f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
+            f"({r.composites_per_s:.0f} composites/s)")
+
+
+def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any", mode: str = "exhaustive",
+               batch_size: int = 64, fg_block: int = 32, amp: str = "auto", label_map: str = "auto",
+               arch: str | None = None, weights=None, norm: str | None = None, device: str | None = None,
+               results_name: str | None = None, results_file: Path | None = None, grid: Path | None = None,
+               resume: bool = False, write: bool = True, progress: bool = True,
+               echo: Callable[[str], None] = print) -> SearchResult:
+    """`advbg search`: load, search, write results into the store, JSON and grid PNG, print the headline."""
+    from .cli.options import classifier_from
+    from .report import worst_grid, write_json
+    from .search import search
+    from .store import Store
+
+    SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp).validate()
+    _check_output(results_file)
+    with Store(store, mode="r+" if write else "r") as s:
+        s.require_nonempty()
+        clf = classifier_from(model, arch, weights, label_map, norm, device)
+        cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp)
+        result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress)
+        echo(headline(result))
+        if results_file:
+            write_json(results_file, result.summary())
+            echo(f"summary: {results_file}")
+        if str(grid) != "-":
+            png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
+            worst_grid(s, result, png)
+            echo(f"worst composites: {png}")
+        if result.results_name:
+            echo(f"results: {s.path}:/results/{result.results_name}")
+    return result
+
+
+def _check_output(path: Path | None) -> None:
+    from .errors import AdvbgError
+
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise AdvbgError(f"{path} is a directory; give a file name for the results")
+    if not path.parent.exists():
+        raise AdvbgError(f"folder {path.parent} does not exist")

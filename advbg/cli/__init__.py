@@ -1,0 +1,61 @@
+"""The `advbg` command line: a thin shell over the Python API.
+
+Each command module registers its commands on ``app`` and only declares options and hands off to one library
+call. Library errors (AdvbgError) become one line on stderr and exit code 1, here and nowhere else.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="advbg",
+    help="Adversarial background search for image classifiers (ImageNet-9 protocol).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(message: str, code: int = 1) -> "typer.Exit":
+    """Print ``advbg: error: message`` (one line) and return the Exit to raise."""
+    typer.echo(f"advbg: error: {' '.join(str(message).split())}", err=True)
+    return typer.Exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning every error into one line and a non-zero exit."""
+    from ..errors import AdvbgError
+
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("advbg: interrupted", err=True)
+        sys.exit(130)
+    except AdvbgError as e:
+        raise SystemExit(_one_line(e, 1))
+    except Exception as e:  # click usage errors, then anything unexpected: never a traceback
+        import click
+
+        if isinstance(e, click.exceptions.UsageError):
+            raise SystemExit(_one_line(e.format_message(), 2))
+        if isinstance(e, click.exceptions.Abort):
+            raise SystemExit(_one_line("aborted", 1))
+        if os.environ.get("ADVBG_DEBUG"):
+            raise
+        raise SystemExit(_one_line(f"internal error: {type(e).__name__}: {e} "
+                                   f"(set ADVBG_DEBUG=1 for a traceback and please report it)", 3))
+
+
+def _one_line(e, code: int) -> int:
+    typer.echo(f"advbg: error: {' '.join(str(e).split())}", err=True)
+    return code
+
+
+# Command modules register themselves on `app` when imported.
+from . import search as _search  # noqa: E402,F401

@@ -1,0 +1,44 @@
+"""`advbg search`: each foreground's worst-case background."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app, options as o
+
+
+@app.command()
+def search(
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    model: o.ModelOpt = "advbg/lite0",
+    criterion: o.CriterionOpt = "any",
+    early_exit: Annotated[bool, typer.Option(
+        "--early-exit", help="Stop each foreground at its first fooling background (fooling rate only; "
+                             "the worst background is then the worst seen up to that point).")] = False,
+    batch_size: o.BatchOpt = 64,
+    fg_block: Annotated[int, typer.Option(help="Foregrounds per committed unit (the most a crash can lose).")] = 32,
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
+    label_map: o.LabelMapOpt = "auto",
+    arch: o.ArchOpt = None,
+    weights: o.WeightsOpt = None,
+    norm: o.NormOpt = None,
+    device: o.DeviceOpt = None,
+    results_name: Annotated[Optional[str], typer.Option(
+        help="Results group name in the store (default: <model tag>.<criterion>.<mode>).")] = None,
+    results_file: o.ResultsFileOpt = None,
+    grid: Annotated[Optional[Path], typer.Option(
+        help="PNG grid of the worst composites (default: <store stem>.<results name>.worst.png beside the store; "
+             "'-' for none).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted search with the same settings.")] = False,
+    no_write: Annotated[bool, typer.Option("--no-write", help="Do not write results into the store.")] = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Find every foreground's worst-case background and print the fooling rate."""
+    from ..api import run_search
+
+    run_search(store=store, model=model, criterion=criterion, mode="early-exit" if early_exit else "exhaustive",
+               batch_size=batch_size, fg_block=fg_block, amp=amp, label_map=label_map, arch=arch, weights=weights,
+               norm=norm, device=device, results_name=results_name, results_file=results_file, grid=grid,
+               resume=resume, write=not no_write, progress=not quiet, echo=typer.echo)
