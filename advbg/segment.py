@@ -45,14 +45,15 @@ def resize_crop(image: np.ndarray, box: Sequence[int] | None, resize: int = 256,
                 crop: int = 224) -> tuple[np.ndarray, Box | None, float]:
     """Reference preprocessing: shorter side to ``resize``, then a ``crop`` x ``crop`` centre crop.
 
+    ``image`` is uint8 (H, W, 3) or (H, W) (a mask: resize it with ``resize <= 0`` to keep it 0/1).
     ``resize <= 0`` skips the resize, ``crop <= 0`` the crop. Sizes and offsets follow torchvision's
     ``Resize(resize)`` + ``CenterCrop(crop)`` (longer side truncated, crop offset rounded). Returns the image,
     the box mapped into the result (clipped; None if no box was given or nothing of it survives) and the
     fraction of the box's area that survives the crop (1.0 without a box).
     """
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise AdvbgError(f"expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
+        raise AdvbgError(f"expected a uint8 (H, W, 3) image or (H, W) mask, got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
     if box is not None:
         _check_box(box, image.shape)

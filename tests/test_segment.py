@@ -117,3 +117,13 @@ def test_fractions():
 def test_empty_box_is_an_advbg_error():
     with pytest.raises(AdvbgError, match="empty"):
         only_bg_t(_stripes(), (3, 3, 3, 5))
+
+
+def test_resize_crop_crops_a_mask_like_its_image():
+    img = np.zeros((100, 300, 3), np.uint8)
+    mask = np.zeros((100, 300), np.uint8)
+    mask[:, 150:] = 1
+    img[:, 150:] = 255
+    crop_img, _, _ = resize_crop(img, None, resize=0, crop=100)
+    crop_mask, _, _ = resize_crop(mask, None, resize=0, crop=100)
+    assert crop_mask.shape == (100, 100) and np.array_equal(crop_mask, crop_img[..., 0] // 255)
