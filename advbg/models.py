@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -278,7 +279,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         except Exception as e:
             raise ModelError(f"{p} is not a readable safetensors file: {e}") from None
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"refusing to load {p}: it is not a plain tensor checkpoint (torch.load with "
