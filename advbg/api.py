@@ -30,8 +30,12 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
     from .search import search
     from .store import Store
 
+    from .cli.options import working_store
+
     SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp).validate()
     _check_output(results_file)
+    if write:
+        store = working_store(store, echo)
     with Store(store, mode="r+" if write else "r") as s:
         s.require_nonempty()
         clf = classifier_from(model, arch, weights, label_map, norm, device)

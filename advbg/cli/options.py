@@ -37,3 +37,31 @@ def classifier_from(model: str, arch, weights, label_map: str, norm, device):
 
     return load_classifier(model, arch=arch, weights=str(weights) if weights else None, label_map=label_map,
                            norm=norm, device=device)
+
+
+def working_store(store: Path, echo=None) -> Path:
+    """The bundled demo store is never modified: commands that write work on ``runs/demo.h5``, a copy made on
+    first use (and refreshed when the bundled store changes). Any other store is used as given."""
+    import shutil
+
+    import h5py
+
+    store = Path(store)
+    if not (DEFAULT_STORE.exists() and store.exists() and store.resolve() == DEFAULT_STORE.resolve()):
+        return store
+    copy = Path("runs") / "demo.h5"
+    fresh = False
+    if copy.exists():
+        try:
+            with h5py.File(copy, "r") as a, h5py.File(store, "r") as b:
+                fresh = a.attrs.get("created") == b.attrs.get("created")
+        except OSError:
+            fresh = False
+    if not fresh:
+        copy.parent.mkdir(exist_ok=True)
+        tmp = copy.with_suffix(".h5.partial")
+        shutil.copyfile(store, tmp)
+        tmp.replace(copy)
+        if echo:
+            echo(f"working copy of the demo store: {copy} (data/demo.h5 stays unchanged)")
+    return copy
