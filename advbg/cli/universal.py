@@ -1,0 +1,47 @@
+"""`advbg universal`: backgrounds that push a model toward their own class, whatever foreground sits on them."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app, options as o
+
+
+@app.command()
+def universal(
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    model: o.ModelOpt = "advbg/lite0",
+    klass: Annotated[str, typer.Option(
+        "--class", help="A class name (or index, or IN-9 folder name), or 'all' for the per-class table.")] = "all",
+    top: Annotated[int, typer.Option("--top", "-k", help="How many top-ASR backgrounds to list per class.")] = 5,
+    greedy: Annotated[int, typer.Option(
+        "--greedy", help="Greedy set cover: pick up to K backgrounds that together fool the most foregrounds "
+                         "(0: off).")] = 5,
+    criterion: o.CriterionOpt = "bg-class",
+    label_map: o.LabelMapOpt = "auto",
+    arch: o.ArchOpt = None,
+    weights: o.WeightsOpt = None,
+    norm: o.NormOpt = None,
+    device: o.DeviceOpt = None,
+    batch_size: o.BatchOpt = 64,
+    no_search: Annotated[bool, typer.Option(
+        "--no-search", help="Use only stored outcomes; fail (saying what is missing) instead of searching.")] = False,
+    results_file: Annotated[Optional[Path], typer.Option(
+        "--results-file", help="Write the results here: .json (everything) or .csv (the per-class table).")] = None,
+    top_png: Annotated[Optional[Path], typer.Option(
+        help="PNG of the top backgrounds with their ASR (default: <store stem>.universal.<class>.<criterion>"
+             ".top.png beside the store; '-' for none).")] = None,
+    hist_png: Annotated[Optional[Path], typer.Option(
+        help="PNG histogram of ASR over each class's backgrounds (default: ...hist.png beside the store; "
+             "'-' for none).")] = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Per-background attack success rate toward its own class, per-class union, top-k and greedy cover."""
+    from ..universal import run_universal
+
+    run_universal(store=store, model=model, klass=klass, criterion=criterion, top=top, greedy=greedy,
+                  label_map=label_map, arch=arch, weights=weights, norm=norm, device=device,
+                  batch_size=batch_size, compute=not no_search, results_file=results_file, top_png=top_png,
+                  hist_png=hist_png, progress=not quiet, echo=typer.echo)

@@ -1,0 +1,93 @@
+"""PNGs of `advbg universal`: the top backgrounds of each class with their ASR, and the ASR histogram per class."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .store import Store
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # leave room for the suptitle
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    fig.savefig(tmp, dpi=90)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _title(result) -> str:
+    return f"{result.model} (label map {result.label_map}), criterion {result.criterion}"
+
+
+def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
+    """One row per class: its top backgrounds (highest ASR first) titled with bg_id and ASR."""
+    plt = _plt()
+    classes = result.classes
+    k = max([len(c.top_bg) for c in classes] + [1])
+    fig, axes = plt.subplots(len(classes), k, figsize=(1.9 * k + 0.6, 2.1 * len(classes) + 0.4), squeeze=False)
+    for row, c in zip(axes, classes):
+        for ax in row:
+            ax.set_xticks([]), ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+        row[0].set_ylabel(f"{c.class_name}\ntotal {_pct(c.union)}", fontsize=8)
+        if c.message or not len(c.top_bg):
+            row[0].text(0.02, 0.5, c.message or "nothing to show", fontsize=7, wrap=True, va="center",
+                        transform=row[0].transAxes)
+            continue
+        images = store.backgrounds.read(c.top_bg)
+        for ax, img, b, a in zip(row, images, c.top_bg, c.top_asr):
+            ax.imshow(img)
+            ax.set_title(f"bg {int(b)}: ASR {_pct(a)}", fontsize=8)
+    fig.suptitle(f"Top backgrounds by ASR toward their class: {_title(result)}", fontsize=9)
+    return _save(fig, path)
+
+
+def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
+    """One histogram per class of the ASR over all its backgrounds (0-100 %, 5 % bins)."""
+    plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
+    classes = result.classes
+    ncol = min(3, len(classes))
+    nrow = math.ceil(len(classes) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.5 * nrow), squeeze=False)
+    bins = np.linspace(0, 100, 21)
+    for ax, c in zip(axes.flat, classes):
+        ax.set_title(f"{c.class_name}: {c.n_backgrounds} backgrounds", fontsize=9)
+        a = c.asr[np.isfinite(c.asr)]
+        if c.message or not a.size:
+            ax.text(0.5, 0.5, c.message or "no ASR", ha="center", va="center", fontsize=7, wrap=True,
+                    transform=ax.transAxes)
+            ax.set_xticks([]), ax.set_yticks([])
+            continue
+        ax.hist(a, bins=bins, color="steelblue", edgecolor="white")
+        ax.axvline(float(np.mean(a)), color="crimson", lw=1, label=f"mean {np.mean(a):.1f}%")
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("ASR (%)", fontsize=8)
+        ax.set_ylabel("backgrounds", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7, title=f"total fooled {_pct(c.union)}", title_fontsize=7)
+    for ax in list(axes.flat)[len(classes):]:
+        ax.axis("off")
+    fig.suptitle(f"ASR over each class's backgrounds: {_title(result)}", fontsize=9)
+    return _save(fig, path)
+
+
+def _pct(v: float) -> str:
+    return f"{v:.1f}%" if v is not None and np.isfinite(v) else "-"
