@@ -79,7 +79,7 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
     fig.suptitle(f"Worst backgrounds: {run.classifier['name']} ({run.classifier['architecture']}."
                  f"{run.classifier['weight_tag']}), criterion {str(run.criterion).split(':')[0].split('(')[-1]}",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # leave room for the suptitle
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial.png")
     fig.savefig(tmp, dpi=90)
