@@ -85,6 +85,16 @@ class _Lock:
             fh.write(str(os.getpid()))
         self.held = True
 
+    def other_holder(self) -> str | None:
+        """The holder's pid when a live process other than this one holds the lock, else None."""
+        try:
+            holder = self.path.read_text().strip()
+        except OSError:
+            return None
+        if holder.isdigit() and (int(holder) == os.getpid() or not _pid_alive(int(holder))):
+            return None
+        return holder or "?"  # empty: the writer has created the lock and not yet written its pid
+
     def release(self) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
@@ -172,6 +182,11 @@ class Store:
         if mode not in ("r", "r+"):
             raise StoreError(f"mode must be 'r' or 'r+' (got {mode!r}); create stores with StoreWriter")
         self.path = Path(path)
+        writer = _Lock(self.path).other_holder() if mode == "r" else None
+        if writer is not None:
+            # HDF5 without SWMR cannot be read while written; refuse rather than risk a torn view
+            raise StoreError(f"{self.path} is being written by another process (pid {writer}); read it when that "
+                             f"process has finished, or delete {self.path}.lock if that process is gone")
         if not self.path.exists():
             hint = " (an interrupted write left a .partial file beside it)" if Path(str(path) + ".partial").exists() else ""
             raise StoreError(f"store {self.path} does not exist{hint}")
@@ -191,6 +206,9 @@ class Store:
             raise
         except (OSError, KeyError, ValueError) as e:
             self.close()
+            if "unable to lock file" in str(e):
+                raise StoreError(f"{self.path} is open in another process (HDF5 allows one writer and no readers "
+                                 f"at a time); close the other process and retry") from None
             raise StoreError(f"{self.path} is not a readable advbg store: {e}") from None
         self.foregrounds = Foregrounds(self.file["foregrounds"])
         self.backgrounds = Backgrounds(self.file["backgrounds"])
@@ -285,6 +303,26 @@ class Store:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def _check_text(text, what: str = "source id") -> str:
+    """A string HDF5 can store as UTF-8: no NUL (C strings) and no lone surrogates (undecodable file names)."""
+    text = str(text)
+    if "\0" in text:
+        raise StoreError(f"{what} {text!r} contains a NUL character, which HDF5 strings cannot hold")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError(f"{what} {text!r} is not valid Unicode (a file name in another encoding?); "
+                         f"rename the file to UTF-8") from None
+    return text
+
+
+def _check_label(label, source_id) -> int:
+    try:
+        return int(label)
+    except (TypeError, ValueError):
+        raise StoreError(f"label of {source_id!r} must be an integer class index, got {label!r}") from None
+
+
 @dataclass
 class _Appendable:
     ds: h5py.Dataset
@@ -323,7 +361,7 @@ class StoreWriter:
         self._lock.acquire()
         try:
             if resume and self.partial.exists():
-                self.file = h5py.File(self.partial, "r+")
+                self.file = self._reopen_partial()
                 if tuple(int(v) for v in self.file.attrs["image_size"]) != self.image_size:
                     raise StoreError(f"{self.partial} was started with image size "
                                      f"{tuple(self.file.attrs['image_size'])}, not {self.image_size}")
@@ -338,16 +376,39 @@ class StoreWriter:
         self._bg = {k: _Appendable(self.file[f"backgrounds/{k}"])
                     for k in ("image", "label", "source_id", "checksum")}
 
+    def _reopen_partial(self) -> h5py.File:
+        """Reopen an interrupted ``.partial``, cutting every item list back to the last complete item.
+
+        An item is complete once its checksum is written (always last), so a process killed half-way through an
+        item leaves longer image/label/... lists that would misalign everything appended after a resume.
+        """
+        f = None
+        try:
+            f = h5py.File(self.partial, "r+")
+            for grp in ("foregrounds", "backgrounds"):
+                g = f[grp]
+                n = g["checksum"].shape[0]
+                for ds in g.values():
+                    if ds.shape[0] > n:
+                        ds.resize(n, axis=0)
+            return f
+        except (OSError, KeyError, ValueError) as e:
+            if f is not None:
+                f.close()
+            raise StoreError(f"cannot resume from {self.partial}: it is unreadable ({e}); delete it and start "
+                             f"again without resume") from None
+
     def _create(self, class_names: Sequence[str], command: str | None, attrs: dict) -> h5py.File:
         from . import __version__
 
         h, w = self.image_size
+        names = [_check_text(c, "class name") for c in class_names]
         f = h5py.File(self.partial, "w")
         f.attrs.update(advbg_schema=SCHEMA_VERSION, advbg_version=__version__, created=_now(),
                        command=command or _command(), image_size=np.array([h, w], np.int64), complete=False)
         for k, v in attrs.items():
             f.attrs[k] = v
-        f.create_dataset("class_names", data=np.array(list(class_names), dtype=object), dtype=_STR)
+        f.create_dataset("class_names", data=np.array(names, dtype=object), dtype=_STR)
         for grp, has_mask in (("foregrounds", True), ("backgrounds", False)):
             g = f.create_group(grp)
             g.create_dataset("image", (0, h, w, 3), np.uint8, maxshape=(None, h, w, 3), chunks=(1, h, w, 3),
@@ -383,23 +444,28 @@ class StoreWriter:
         if mask.dtype == bool or not np.isin(mask, (0, 1)).all():
             mask = (mask > 0)
         mask = mask.astype(np.uint8)
+        label, source_id = _check_label(label, source_id), _check_text(source_id)
+        box = np.asarray(box if box is not None else (-1, -1, -1, -1), np.int64)
+        if box.shape != (4,):
+            raise StoreError(f"box of foreground {source_id!r} must be 4 numbers x0, y0, x1, y1, got {box.tolist()}")
         fg_id = self._fg["image"].ds.shape[0]
         self._fg["image"].append(image)
         self._fg["mask"].append(mask)
-        self._fg["label"].append(int(label))
-        self._fg["source_id"].append(str(source_id))
-        self._fg["box"].append(np.asarray(box if box is not None else (-1, -1, -1, -1), np.int64))
-        self._fg["checksum"].append(np.uint64(item_checksum(image, mask)))
+        self._fg["label"].append(label)
+        self._fg["source_id"].append(source_id)
+        self._fg["box"].append(box)
+        self._fg["checksum"].append(np.uint64(item_checksum(image, mask)))  # last: marks the item complete
         return fg_id
 
     def add_background(self, image: np.ndarray, label: int, source_id: str) -> int:
         """Append one background (uint8 HxWx3) and return its bg_id."""
         image = self._check_image(image, f"background {source_id!r}")
+        label, source_id = _check_label(label, source_id), _check_text(source_id)
         bg_id = self._bg["image"].ds.shape[0]
         self._bg["image"].append(image)
-        self._bg["label"].append(int(label))
-        self._bg["source_id"].append(str(source_id))
-        self._bg["checksum"].append(np.uint64(item_checksum(image)))
+        self._bg["label"].append(label)
+        self._bg["source_id"].append(source_id)
+        self._bg["checksum"].append(np.uint64(item_checksum(image)))  # last: marks the item complete
         return bg_id
 
     def flush(self) -> None:
