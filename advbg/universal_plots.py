@@ -19,8 +19,9 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))  # leave room for the suptitle
+def _save(fig, path: str | os.PathLike, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the suptitle
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial.png")
     fig.savefig(tmp, dpi=90)
@@ -33,12 +34,18 @@ def _title(result) -> str:
     return f"{result.model} (label map {result.label_map}), criterion {result.criterion}"
 
 
+def _short(c) -> str:
+    """A cell-sized reason for an empty class (the full message is in the terminal output and JSON)."""
+    return "no backgrounds of this class" if not c.n_backgrounds else "no foregrounds of other classes"
+
+
 def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
     """One row per class: its top backgrounds (highest ASR first) titled with bg_id and ASR."""
     plt = _plt()
     classes = result.classes
     k = max([len(c.top_bg) for c in classes] + [1])
-    fig, axes = plt.subplots(len(classes), k, figsize=(1.9 * k + 0.6, 2.1 * len(classes) + 0.4), squeeze=False)
+    w, h = max(1.9 * k + 0.7, 4.5), 2.1 * len(classes) + 0.9
+    fig, axes = plt.subplots(len(classes), k, figsize=(w, h), squeeze=False)
     for row, c in zip(axes, classes):
         for ax in row:
             ax.set_xticks([]), ax.set_yticks([])
@@ -46,15 +53,17 @@ def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
                 side.set_visible(False)
         row[0].set_ylabel(f"{c.class_name}\ntotal {_pct(c.union)}", fontsize=8)
         if c.message or not len(c.top_bg):
-            row[0].text(0.02, 0.5, c.message or "nothing to show", fontsize=7, wrap=True, va="center",
-                        transform=row[0].transAxes)
+            row[0].text(0.05, 0.5, _short(c), fontsize=8, va="center", transform=row[0].transAxes)
             continue
         images = store.backgrounds.read(c.top_bg)
         for ax, img, b, a in zip(row, images, c.top_bg, c.top_asr):
             ax.imshow(img)
             ax.set_title(f"bg {int(b)}: ASR {_pct(a)}", fontsize=8)
-    fig.suptitle(f"Top backgrounds by ASR toward their class: {_title(result)}", fontsize=9)
-    return _save(fig, path)
+    fig.suptitle(f"Top backgrounds by ASR toward their class\n{_title(result)}", fontsize=9, y=1 - 0.08 / h,
+                 va="top")
+    # Fixed margins, not tight_layout: a text-only row would otherwise shrink every image.
+    fig.subplots_adjust(left=0.7 / w, right=1 - 0.1 / w, bottom=0.1 / h, top=1 - 0.85 / h, wspace=0.08, hspace=0.3)
+    return _save(fig, path, tight=False)
 
 
 def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
@@ -65,14 +74,13 @@ def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
     classes = result.classes
     ncol = min(3, len(classes))
     nrow = math.ceil(len(classes) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.5 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(max(3.4 * ncol, 5.0), 2.5 * nrow + 0.5), squeeze=False)
     bins = np.linspace(0, 100, 21)
     for ax, c in zip(axes.flat, classes):
         ax.set_title(f"{c.class_name}: {c.n_backgrounds} backgrounds", fontsize=9)
         a = c.asr[np.isfinite(c.asr)]
         if c.message or not a.size:
-            ax.text(0.5, 0.5, c.message or "no ASR", ha="center", va="center", fontsize=7, wrap=True,
-                    transform=ax.transAxes)
+            ax.text(0.5, 0.5, _short(c), ha="center", va="center", fontsize=8, transform=ax.transAxes)
             ax.set_xticks([]), ax.set_yticks([])
             continue
         ax.hist(a, bins=bins, color="steelblue", edgecolor="white")
@@ -85,7 +93,7 @@ def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
         ax.legend(fontsize=7, title=f"total fooled {_pct(c.union)}", title_fontsize=7)
     for ax in list(axes.flat)[len(classes):]:
         ax.axis("off")
-    fig.suptitle(f"ASR over each class's backgrounds: {_title(result)}", fontsize=9)
+    fig.suptitle(f"ASR over each class's backgrounds\n{_title(result)}", fontsize=9)
     return _save(fig, path)
 
 
