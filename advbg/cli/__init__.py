@@ -60,3 +60,4 @@ def _one_line(e, code: int) -> int:
 # Command modules register themselves on `app` when imported.
 from . import search as _search  # noqa: E402,F401
 from . import universal as _universal  # noqa: E402,F401
+from . import verify as _verify  # noqa: E402,F401

@@ -1,0 +1,21 @@
+"""`advbg verify`: check a store's schema, counts, per-item checksums and written groups."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app, options as o
+
+
+@app.command()
+def verify(
+    store: Annotated[Path, typer.Argument(help="The store (HDF5) to check.")],
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Check a store: schema, counts, every item's checksum, and the completeness of every results group.
+    One line per problem, then a summary; exit code 1 when anything is wrong."""
+    from ..verify import run_verify
+
+    run_verify(store, progress=not quiet, echo=typer.echo)
