@@ -1,0 +1,196 @@
+"""Hazard: a store corrupted on disk or edited behind advbg's back. `advbg verify` detects it; opening a broken
+file fails with one line (never a traceback)."""
+from __future__ import annotations
+
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from advbg.cli import main
+from advbg.errors import AdvbgError, StoreError
+from advbg.models import register
+from advbg.search import SearchConfig, search
+from advbg.store import Store
+from advbg.verify import verify_store
+
+from conftest import TinyNet, make_random_store
+
+
+@register("test/tiny-hazard")
+def _tiny():
+    return TinyNet(9), dict(architecture="tinynet", weight_tag="seed0", source="test", weights_file=None,
+                            weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
+                            class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
+                                         "primate", "fish"))
+
+
+def run(args, capsys):
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code or 0, out.out, out.err
+
+
+def one_line_error(code, err, pattern=""):
+    assert code not in (0, None) and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_random_store(tmp_path / "s.h5")
+
+
+def test_intact_store_verifies_with_schema_counts_and_exit_0(store, capsys):
+    code, out, err = run(["verify", str(store), "-q"], capsys)
+    assert code == 0, err
+    assert "schema 1" in out and "foregrounds: 7, checksums verified 7/7" in out
+    assert "backgrounds: 11, checksums verified 11/11" in out and out.strip().endswith("is intact")
+
+
+@pytest.mark.parametrize("where,fg_id,name", [("foregrounds/image", 3, "foreground 3 ('photo3')"),
+                                             ("foregrounds/mask", 5, "foreground 5 ('photo5')"),
+                                             ("backgrounds/image", 8, "background 8 ('photo8')")])
+def test_silently_changed_pixels_are_caught_by_their_checksum(store, capsys, where, fg_id, name):
+    with h5py.File(store, "r+") as f:  # plain h5py: the stored checksum is not updated
+        ds = f[where]
+        item = ds[fg_id]
+        item.flat[17] ^= 1
+        ds[fg_id] = item
+    code, out, err = run(["verify", str(store), "-q"], capsys)
+    problems = [ln for ln in out.splitlines() if ln.startswith("PROBLEM")]
+    assert len(problems) == 1 and f"{name}: checksum mismatch" in problems[0]
+    one_line_error(code, err, r"1 problem\(s\) in .*s\.h5")
+
+
+def test_bit_rot_inside_a_compressed_chunk_is_detected(store):
+    with h5py.File(store, "r") as f:
+        info = f["foregrounds/image"].id.get_chunk_info(2)
+    with open(store, "r+b") as fh:  # flip bytes in the middle of foreground 2's gzip stream
+        fh.seek(info.byte_offset + info.size // 2)
+        chunk = bytearray(fh.read(8))
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(b ^ 0xFF for b in chunk))
+    report = verify_store(store)
+    assert not report.ok
+    assert len(report.problems) == 1 and report.problems[0].startswith("foreground 2 ('photo2')")
+    assert re.search("cannot be decoded|checksum mismatch", report.problems[0])
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.98])
+def test_truncated_store_fails_to_open_with_one_line_for_verify_and_search(store, capsys, keep):
+    data = store.read_bytes()
+    store.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(StoreError, match="not a readable advbg store"):
+        Store(store)
+    for args in (["verify", str(store), "-q"],
+                 ["search", "--store", str(store), "--model", "test/tiny-hazard", "--grid", "-", "-q"]):
+        code, out, err = run(args, capsys)
+        one_line_error(code, err, r"not a readable advbg store.*truncated")
+
+
+def test_labels_outside_the_class_list_and_bad_mask_values_are_problems(store):
+    with h5py.File(store, "r+") as f:
+        f["backgrounds/label"][4] = 9
+        m = f["foregrounds/mask"][1]
+        m[m > 0] = 255
+        f["foregrounds/mask"][1] = m
+    problems = verify_store(store).problems
+    assert any("background 4 ('photo4') has label 9, outside -1..8" in p for p in problems)
+    assert any("foreground 1 ('photo1'): checksum mismatch" in p for p in problems)  # the mask bytes changed
+
+
+def test_items_added_after_completion_change_the_recorded_counts(store):
+    with h5py.File(store, "r+") as f:
+        for k in ("image", "label", "source_id", "checksum"):
+            ds = f[f"backgrounds/{k}"]
+            ds.resize(ds.shape[0] - 1, axis=0)
+    problems = verify_store(store).problems
+    assert problems == ["/backgrounds holds 10 items but the store recorded 11 when it was completed (items added "
+                        "or removed afterwards)"]
+
+
+def test_empty_and_full_masks_are_flagged_not_failed(store):
+    with h5py.File(store, "r+") as f:  # rewrite two items consistently (checksums updated): legal but odd
+        from advbg.store import item_checksum
+
+        for i, value in ((0, 0), (6, 1)):
+            m = np.full(f["foregrounds/mask"].shape[1:], value, np.uint8)
+            f["foregrounds/mask"][i] = m
+            f["foregrounds/checksum"][i] = item_checksum(f["foregrounds/image"][i], m)
+    report = verify_store(store)
+    assert report.ok
+    assert any("masks flagged: 1 empty (fg_id 0), 1 whole-image (fg_id 6)" in ln for ln in report.lines)
+
+
+# --------------------------------------------------------------------------------------------- result groups
+def _search(store, tiny_classifier, **kw):
+    with Store(store, "r+") as s:
+        return search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False, **kw)
+
+
+def test_complete_search_results_verify_with_all_units_done(store, tiny_classifier):
+    _search(store, tiny_classifier)
+    report = verify_store(store)
+    assert report.ok and "/results/r: search, complete, 7/7 foregrounds done" in report.lines
+
+
+def test_interrupted_search_never_leaves_results_that_read_as_complete(store, tiny_classifier):
+    calls = []
+
+    def stop(_):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _search(store, tiny_classifier, on_unit=stop)
+    from advbg.results import load_search
+
+    with Store(store) as s, pytest.raises(AdvbgError, match="no complete search results|incomplete"):
+        load_search(s)
+    report = verify_store(store)  # either no group (units journalled outside the store) or one marked incomplete
+    assert all("INCOMPLETE" in ln for ln in report.lines if ln.startswith("/results/r:"))
+
+
+def test_results_group_interrupted_before_its_completion_flag_is_a_problem(store, tiny_classifier, capsys):
+    _search(store, tiny_classifier)
+    with h5py.File(store, "r+") as f:  # a crash between the rows and the flag set last
+        f["results/r"].attrs["complete"] = False
+        f["results/r/done"][4:] = 0
+    report = verify_store(store)
+    assert "/results/r: search, INCOMPLETE, 4/7 foregrounds done" in report.lines
+    assert report.problems == ["/results/r is incomplete (its write was interrupted); finish it (e.g. `advbg "
+                               "search --resume` with the same settings) or delete it"]
+    code, out, err = run(["verify", str(store), "-q"], capsys)
+    one_line_error(code, err, "1 problem")
+
+
+def test_results_on_other_store_content_and_forged_completion_are_problems(store, tiny_classifier):
+    _search(store, tiny_classifier)
+    with h5py.File(store, "r+") as f:
+        f["results/r/done"][3] = 0        # marked complete, one unit not done
+        f["foregrounds/label"][0] = (f["foregrounds/label"][0] + 1) % 9   # the store's content changed under it
+        g = f.create_group("results/alien")
+        g.create_dataset("x", data=[1])   # no completion flag
+    problems = verify_store(store).problems
+    assert "/results/r is marked complete but only 6/7 units are done" in problems
+    assert any(p.startswith("/results/r was computed on other store content") for p in problems)
+    assert any(p.startswith("/results/alien has no completion flag") for p in problems)
+
+
+def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
+    code, _, err = run(["verify", str(tmp_path / "nope.h5")], capsys)
+    one_line_error(code, err, "does not exist")
+    (tmp_path / "x.h5").write_bytes(b"\0" * 100)
+    code, _, err = run(["verify", str(tmp_path / "x.h5")], capsys)
+    one_line_error(code, err, "not an HDF5 file")
+    with pytest.raises(AdvbgError):
+        verify_store(tmp_path / "x.h5")
