@@ -1,14 +1,20 @@
-"""Search results inside the store: ``/results/<name>``, written unit by unit, complete only when finished.
+"""Search results inside the store: ``/results/<name>``, written once when a search has finished.
+
+A running search commits its units to a journal beside the store (``advbg.journal``), never to the store
+itself: an HDF5 file killed mid-write can become unreadable, and the store is the data set. When every unit is
+in, ``merge_journal`` writes the group in one go (``complete`` set last) and removes the journal; a crash during
+the merge leaves the journal, and ``--resume`` merges again.
 
 Layout of a search results group (plain h5py)::
 
-    attrs: kind="search", complete (bool, True only after the last unit), fingerprint (what must match to
-           resume), run (JSON of the RunRecord, set at the end), config (JSON), criterion, mode, model, created
+    attrs: kind="search", complete (bool, True only once fully written), fingerprint (what must match to
+           resume), run (JSON of the RunRecord), config (JSON), classifier (JSON), criterion, mode, model,
+           label_map, created, completed
     fg_id (F,) int64            searched foregrounds, in order
     bg_pool (B,) int64          the background pool, in trial order of an exhaustive search
     true_class, worst_bg, worst_pred, first_fooling_bg, n_fooling, n_evaluated, n_invalid (F,) int64
     worst_margin (F,) float64   NaN where nothing was evaluated
-    done (F,) uint8             1 once the foreground's unit is committed
+    done (F,) uint8             1 for every foreground whose unit was merged
     outcome (F, B) uint8        mapped prediction per pair (254 = "none", 255 = not evaluated), if recorded
 """
 from __future__ import annotations
@@ -16,98 +22,110 @@ from __future__ import annotations
 import hashlib
 import json
 
-import h5py
 import numpy as np
 
 from .errors import AdvbgError
+from .journal import Journal
 from .store import Store, _now
 
 INT_FIELDS = ("worst_bg", "worst_pred", "first_fooling_bg", "n_fooling", "n_evaluated", "n_invalid")
+FIELDS = INT_FIELDS[:1] + ("worst_margin",) + INT_FIELDS[1:]
 
 
-def _fingerprint(store: Store, fg_ids: np.ndarray, pool: np.ndarray, classifier, config) -> str:
+def fingerprint(store: Store, fg_ids: np.ndarray, pool: np.ndarray, classifier, config, amp: str) -> str:
+    """What must agree for units of two runs to be merged: store content, classifier, what is searched, how."""
     h = hashlib.sha256()
     c = classifier.config
-    for part in (store.digest(), c.tag, c.weights_sha256 or "", c.label_map, config.criterion, config.mode,
-                 config.prune or "", str(config.record_outcomes)):
+    for part in (store.digest(), c.tag, c.weights_sha256 or "", c.label_map, c.mean, c.std, c.input_size,
+                 config.criterion, config.mode, config.prune or "", config.record_outcomes, amp,
+                 config.verify_close):
         h.update(str(part).encode() + b"\0")
-    h.update(fg_ids.tobytes())
-    h.update(pool.tobytes())
+    h.update(np.asarray(fg_ids, np.int64).tobytes())
+    h.update(np.asarray(pool, np.int64).tobytes())
     return h.hexdigest()[:24]
 
 
+def group_attrs(classifier, config) -> dict:
+    """The attributes a results group carries (JSON-able)."""
+    return dict(kind="search", criterion=config.criterion, mode=config.mode, model=classifier.config.tag,
+                label_map=classifier.config.label_map, config=json.dumps(config.to_dict()),
+                classifier=json.dumps(classifier.config.to_dict()))
+
+
 class SearchWriter:
-    """Creates (or, with resume, reopens) ``/results/<name>`` and commits one unit at a time."""
+    """Creates ``/results/<name>`` (replacing an old one) and fills it; ``finish`` marks it complete."""
 
-    def __init__(self, store: Store, name: str, fg_ids: np.ndarray, pool: np.ndarray, classifier, config,
-                 resume: bool = False):
+    def __init__(self, store: Store, name: str, fg_ids: np.ndarray, pool: np.ndarray, true_class: np.ndarray,
+                 fingerprint: str, attrs: dict, record_outcomes: bool, fg_block: int = 32):
         store.require_writable()
-        if not name or "/" in name:
-            raise AdvbgError(f"bad results name {name!r} (non-empty, no '/')")
+        check_name(name)
         self.store, self.name = store, name
-        self.fingerprint = _fingerprint(store, fg_ids, pool, classifier, config)
         root = store.file.require_group("results")
-        g = root.get(name)
-        if g is not None and resume and g.attrs.get("fingerprint") == self.fingerprint:
-            self.group = g
-            return
-        if g is not None and resume:
-            raise AdvbgError(f"results {name!r} in {store.path} come from a different run (model, store, criterion, "
-                             f"mode or selection differ); resume needs the same settings, or drop --resume")
-        if g is not None:
+        if name in root:
             del root[name]
-        self.group = self._create(root, name, fg_ids, pool, store, classifier, config)
-
-    def _create(self, root, name, fg_ids, pool, store, classifier, config) -> h5py.Group:
         g = root.create_group(name)
         n, b = len(fg_ids), len(pool)
-        g.attrs.update(kind="search", complete=False, fingerprint=self.fingerprint, created=_now(),
-                       criterion=config.criterion, mode=config.mode, model=classifier.config.tag,
-                       label_map=classifier.config.label_map, config=json.dumps(config.to_dict()),
-                       classifier=json.dumps(classifier.config.to_dict()))
-        g.create_dataset("fg_id", data=fg_ids)
-        g.create_dataset("bg_pool", data=pool)
-        g.create_dataset("true_class", data=store.foregrounds.labels[fg_ids])
+        g.attrs.update(attrs)
+        g.attrs.update(complete=False, fingerprint=fingerprint, created=_now())
+        g.create_dataset("fg_id", data=np.asarray(fg_ids, np.int64))
+        g.create_dataset("bg_pool", data=np.asarray(pool, np.int64))
+        g.create_dataset("true_class", data=np.asarray(true_class, np.int64))
         for k in INT_FIELDS:
             g.create_dataset(k, data=np.full(n, -1, np.int64))
         g.create_dataset("worst_margin", data=np.full(n, np.nan))
         g.create_dataset("done", data=np.zeros(n, np.uint8))
-        if config.record_outcomes:
-            rows = max(1, min(n, config.fg_block))
-            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=255, chunks=(rows, min(b, 4096)),
+        if record_outcomes:
+            rows = max(1, min(n, fg_block))
+            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=255, chunks=(rows, max(1, min(b, 4096))),
                              compression="gzip", compression_opts=1)
-        store.file.flush()
-        return g
+        self.group = g
 
-    def done_units(self, units: list[np.ndarray]) -> list[np.ndarray]:
-        done = self.group["done"][()].astype(bool)
-        return [u for u in units if done[u].all()]
-
-    def read(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-        sl = slice(int(rows[0]), int(rows[-1]) + 1)
-        out = {k: self.group[k][sl] for k in INT_FIELDS}
-        out["worst_margin"] = self.group["worst_margin"][sl]
-        return out
-
-    def commit(self, rows: np.ndarray, vals: dict[str, np.ndarray], outcome: np.ndarray | None) -> None:
-        """Write one unit's rows, then mark them done, then flush: a crash loses at most this unit."""
-        sl = slice(int(rows[0]), int(rows[-1]) + 1)
+    def write_rows(self, start: int, stop: int, vals: dict[str, np.ndarray], outcome: np.ndarray | None) -> None:
         g = self.group
-        for k, v in vals.items():
-            g[k][sl] = v
+        for k in FIELDS:
+            g[k][start:stop] = vals[k]
         if outcome is not None and "outcome" in g:
-            g["outcome"][sl] = outcome
-        self.store.file.flush()
-        g["done"][sl] = 1
-        self.store.file.flush()
+            g["outcome"][start:stop] = outcome
+        g["done"][start:stop] = 1
 
-    def finish(self, run) -> None:
-        from dataclasses import asdict
-
-        self.group.attrs["run"] = json.dumps(asdict(run), default=str)
+    def finish(self, run: dict) -> None:
+        if not self.group["done"][()].all():
+            missing = int((self.group["done"][()] == 0).sum())
+            raise AdvbgError(f"results {self.name!r}: {missing} foregrounds have no committed unit; "
+                             f"rerun the search with --resume")
+        self.group.attrs["run"] = json.dumps(run, default=str)
         self.group.attrs["completed"] = _now()
-        self.group.attrs["complete"] = True
         self.store.file.flush()
+        self.group.attrs["complete"] = True      # last, so a crash before this leaves it marked incomplete
+        self.store.file.flush()
+
+
+def check_name(name: str) -> None:
+    if not name or "/" in name:
+        raise AdvbgError(f"bad results name {name!r} (non-empty, no '/')")
+
+
+def merge_journal(store: Store, journal: Journal, name: str) -> None:
+    """Write a finished journal's units into ``/results/<name>`` of ``store`` (opened 'r+'), then remove it."""
+    meta = journal.meta()
+    run = journal.run()
+    if run is None:
+        raise AdvbgError(f"journal {journal.folder} is not finished (no run.json); resume the search first")
+    if str(meta["fingerprint"]) != fingerprint_of_store(store, meta):
+        raise AdvbgError(f"journal {journal.folder} was made from other store contents; remove it and search again")
+    attrs = meta["attrs"]
+    w = SearchWriter(store, name, meta["fg_id"], meta["bg_pool"], meta["true_class"], str(meta["fingerprint"]),
+                     attrs["group"], bool(attrs["record_outcomes"]), int(attrs["fg_block"]))
+    for rec in journal.records():
+        out = rec.get("outcome")
+        w.write_rows(int(rec["start"]), int(rec["stop"]), rec, out if out is not None and out.size else None)
+    w.finish(run)
+    journal.remove()
+
+
+def fingerprint_of_store(store: Store, meta: dict) -> str:
+    """The journal's fingerprint when its recorded store digest still matches ``store`` (else '')."""
+    return str(meta["fingerprint"]) if meta["attrs"].get("store_digest") == store.digest() else ""
 
 
 def result_names(store: Store, kind: str = "search") -> list[str]:
@@ -129,7 +147,7 @@ def load_search(store: Store, name: str | None = None, require_complete: bool = 
     g = store.results[name]
     if require_complete and not g.attrs.get("complete"):
         raise AdvbgError(f"results {name!r} are incomplete (interrupted); finish them with `advbg search --resume`")
-    run = RunRecord(**json.loads(g.attrs["run"])) if "run" in g.attrs else None
+    run = RunRecord.from_dict(json.loads(g.attrs["run"])) if "run" in g.attrs else None
     return SearchResult(run=run, fg_id=g["fg_id"][()], true_class=g["true_class"][()],
                         worst_margin=g["worst_margin"][()], class_names=store.class_names, results_name=name,
                         **{k: g[k][()] for k in INT_FIELDS})

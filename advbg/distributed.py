@@ -1,0 +1,95 @@
+"""torch.distributed for the search: join torchrun's process group, shard units by rank, small collectives.
+
+Launched by ``torchrun`` (WORLD_SIZE > 1 in the environment) a process joins the group on first use: NCCL when
+it searches on CUDA, gloo on CPU. Each rank then uses ``cuda:LOCAL_RANK``. Without torchrun everything here is
+a no-op for a single process, so the same code path serves both.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+_TIMEOUT = _dt.timedelta(hours=2)   # ranks wait at the end for the slowest one's last unit
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the run."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True inside a torchrun launch of more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun a bare 'cuda' (or cuda:0) means this process's GPU, cuda:LOCAL_RANK."""
+    if device.type == "cuda" and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % max(1, torch.cuda.device_count()))
+    return device
+
+
+def setup(device: torch.device | None = None) -> Dist:
+    """Join (once) the process group torchrun set up; single-process Dist when not launched by torchrun."""
+    if not launched():
+        return Dist()
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        cuda = device is not None and device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(local_device(device))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=_TIMEOUT)
+    return Dist(dist.get_rank(), dist.get_world_size(), local)
+
+
+def shard(items: Sequence[T], d: Dist) -> list[T]:
+    """This rank's share: every world-th item from its rank on (round robin balances classes sorted in a store;
+    each item goes to exactly one rank, none is padded or repeated)."""
+    return list(items[d.rank::d.world])
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast(obj: Any, d: Dist) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not d.active:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj if d.main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_int(value: int, d: Dist) -> int:
+    if not d.active:
+        return value
+    import torch.distributed as dist
+
+    box = [None] * d.world
+    dist.all_gather_object(box, int(value))
+    return int(sum(box))
