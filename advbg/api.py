@@ -19,12 +19,16 @@ def headline(result: SearchResult) -> str:
 
 
 def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any", mode: str = "exhaustive",
-               batch_size: int = 64, fg_block: int = 32, amp: str = "auto", label_map: str = "auto",
+               batch_size: int | None = None, fg_block: int = 32, amp: str = "auto", label_map: str = "auto",
                arch: str | None = None, weights=None, norm: str | None = None, device: str | None = None,
                results_name: str | None = None, results_file: Path | None = None, grid: Path | None = None,
-               resume: bool = False, write: bool = True, progress: bool = True,
-               echo: Callable[[str], None] = print) -> SearchResult:
-    """`advbg search`: load, search, write results into the store, JSON and grid PNG, print the headline."""
+               resume: bool = False, write: bool = True, progress: bool = True, compile: bool = False,
+               cuda_graphs: bool = False, memory_gb: float | None = None, verify_close: float = 0.0,
+               journal_dir: Path | None = None, echo: Callable[[str], None] = print) -> SearchResult:
+    """`advbg search`: load, search, write results into the store, JSON and grid PNG, print the headline.
+
+    Under ``torchrun`` every rank searches its share of the foregrounds with the store open read-only; rank 0
+    then writes the results into the store and the outputs (see docs/scaling.md)."""
     from .cli.options import classifier_from
     from .report import worst_grid, write_json
     from .search import search
@@ -32,15 +36,27 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
 
     from .cli.options import working_store
 
-    SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp).validate()
+    from . import distributed
+    from .models import resolve_device
+
+    cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp,
+                       compile=compile, cuda_graphs=cuda_graphs, memory_gb=memory_gb, verify_close=verify_close)
+    cfg.validate()
     _check_output(results_file)
-    if write:
-        store = working_store(store, echo)
-    with Store(store, mode="r+" if write else "r") as s:
+    d = distributed.setup(distributed.local_device(resolve_device(device)))
+    if write:  # one rank makes the demo's working copy; the others find it fresh
+        if not d.main:
+            distributed.barrier(d)
+        store = working_store(store, echo if d.main else None)
+        if d.main:
+            distributed.barrier(d)
+    with Store(store, mode="r+" if write and not d.active else "r") as s:
         s.require_nonempty()
         clf = classifier_from(model, arch, weights, label_map, norm, device)
-        cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp)
-        result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress)
+        result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress,
+                        journal_dir=journal_dir)
+        if not d.main:
+            return result
         echo(headline(result))
         if results_file:
             write_json(results_file, result.summary())
@@ -49,8 +65,14 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
             png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
             worst_grid(s, result, png)
             echo(f"worst composites: {png}")
-        if result.results_name:
-            echo(f"results: {s.path}:/results/{result.results_name}")
+    if result.journal:  # torchrun: the ranks' units, merged now that no rank holds the store open
+        from .journal import Journal
+        from .results import merge_journal
+
+        with Store(store, mode="r+") as s:
+            merge_journal(s, Journal(result.journal), result.results_name)
+    if result.results_name:
+        echo(f"results: {store}:/results/{result.results_name}")
     return result
 
 

@@ -17,7 +17,9 @@ def search(
     early_exit: Annotated[bool, typer.Option(
         "--early-exit", help="Stop each foreground at its first fooling background (fooling rate only; "
                              "the worst background is then the worst seen up to that point).")] = False,
-    batch_size: o.BatchOpt = 64,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", "-b", help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free "
+                                   "memory, up to 1024; halved automatically on out-of-memory).")] = None,
     fg_block: Annotated[int, typer.Option(help="Foregrounds per committed unit (the most a crash can lose).")] = 32,
     amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
     label_map: o.LabelMapOpt = "auto",
@@ -33,6 +35,19 @@ def search(
              "'-' for none).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted search with the same settings.")] = False,
     no_write: Annotated[bool, typer.Option("--no-write", help="Do not write results into the store.")] = False,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile compositing + model (fused kernels; the first batches compile).")] = False,
+    cuda_graphs: Annotated[bool, typer.Option(
+        "--cuda-graphs", help="With --compile on CUDA: replay CUDA graphs (less launch overhead).")] = False,
+    memory_gb: Annotated[Optional[float], typer.Option(
+        "--memory-gb", help="Device memory the search may use (CPU: host memory); default 90% of free GPU memory, "
+                            "2 GB on CPU. Backgrounds beyond half of it are streamed in blocks.")] = None,
+    verify_close: Annotated[float, typer.Option(
+        "--verify-close", metavar="TOL", help="Recompute in fp32 every decision within TOL of flipping (logit "
+                                              "margin), so bf16/fp16 fooling rates match fp32. 0 = off.")] = 0.0,
+    journal_dir: Annotated[Optional[Path], typer.Option(
+        help="Folder for the resume journal (default: beside the store; under torchrun on several nodes it must "
+             "be on storage every node sees).")] = None,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Find every foreground's worst-case background and print the fooling rate."""
@@ -41,4 +56,5 @@ def search(
     run_search(store=store, model=model, criterion=criterion, mode="early-exit" if early_exit else "exhaustive",
                batch_size=batch_size, fg_block=fg_block, amp=amp, label_map=label_map, arch=arch, weights=weights,
                norm=norm, device=device, results_name=results_name, results_file=results_file, grid=grid,
-               resume=resume, write=not no_write, progress=not quiet, echo=typer.echo)
+               resume=resume, write=not no_write, progress=not quiet, compile=compile, cuda_graphs=cuda_graphs,
+               memory_gb=memory_gb, verify_close=verify_close, journal_dir=journal_dir, echo=typer.echo)
