@@ -323,6 +323,11 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
         raise ModelError(f"{p} does not record its architecture; pass arch= (--arch), e.g. --arch resnet50")
     timm = _timm()
     probe = timm.create_model(arch, pretrained=False)
+    # robustness-library layout (module./model. prefixes, normaliser/attacker entries): see advbg.checkpoints
+    from .checkpoints import normalize_state_dict_keys
+
+    sd, key_report = normalize_state_dict_keys(sd, probe)
+    key_report.require_complete(p, arch)
     head = _classifier_key(probe) + ".weight"
     num_classes = int(sd[head].shape[0]) if head in sd else int(side.get("num_outputs", probe.num_classes))
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
@@ -331,6 +336,7 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
     except RuntimeError as e:
         first = str(e).split("\n\t")[1:3]
         raise ModelError(f"{p} does not fit architecture {arch!r}: {'; '.join(first) or e}") from None
+    model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
     info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
                 weights_sha256=sha256_file(p))
     for k in ("mean", "std", "class_names", "input_size", "label_map"):

@@ -61,3 +61,4 @@ def _one_line(e, code: int) -> int:
 from . import search as _search  # noqa: E402,F401
 from . import universal as _universal  # noqa: E402,F401
 from . import verify as _verify  # noqa: E402,F401
+from . import evaluate as _evaluate  # noqa: E402,F401

@@ -1,0 +1,85 @@
+"""`advbg eval`, `advbg models`, `advbg plot`: accuracy tables per variant, what models are at hand, scatter plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app, options as o
+
+ModelsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--model", "-m", help=o.ModelOpt.__metadata__[0].help + " Repeat for several models (one table row each).")]
+
+
+@app.command("eval")
+def eval_(
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    model: ModelsOpt = None,
+    models_file: Annotated[Optional[Path], typer.Option(
+        "--models-file", help="File with one model per line ('#' comments); adds to --model.")] = None,
+    variants: Annotated[str, typer.Option(
+        "--variants", "-V", help="all, paper (original,only_bg_t,mixed_same,mixed_rand), in9, probes, factors, or "
+                                 "variant names, comma-separated. Variants of a group that the store cannot make "
+                                 "are skipped with the reason; a named one that cannot be made is an error.")] = "all",
+    label_map: o.LabelMapOpt = "auto",
+    top_k: Annotated[str, typer.Option(
+        "--top-k", help="Comma-separated k for top-k after the label map (top-1 always included).")] = "1,5",
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="Model for relative accuracy (accuracy / baseline's, per variant); same label space.")] = None,
+    arch: o.ArchOpt = None,
+    weights: o.WeightsOpt = None,
+    norm: o.NormOpt = None,
+    device: o.DeviceOpt = None,
+    batch_size: o.BatchOpt = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the generated variants' random choices.")] = 0,
+    source: Annotated[str, typer.Option(
+        help="auto: stored pixels from /evalsets/<variant> (e.g. the released IN-9 sets from `advbg ingest`) "
+             "when present, else generated from the foregrounds; evalset: stored only; generate: always "
+             "generate.")] = "auto",
+    evalsets: Annotated[Optional[Path], typer.Option(
+        "--evalsets", help="An .h5 of evaluation sets (`advbg variants --out sets.h5`), preferred over the "
+                           "store's own.")] = None,
+    amp: Annotated[str, typer.Option(help="off (fp32, default), bf16 or fp16.")] = "off",
+    results_file: Annotated[Optional[Path], typer.Option(
+        "--results-file", help="Write results here: JSON (everything) or CSV (a row per model).")] = None,
+    results_format: Annotated[Optional[str], typer.Option(
+        "--results-format", help="json or csv (default: from the --results-file suffix, else json).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Bar chart PNG of accuracy per variant (default: beside --results-file; '-' for none).")] = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Accuracy on every variant (IN-9 table, BG-Gap, per class, top-k, relative to a baseline)."""
+    from ..evaluate import run_eval
+
+    run_eval(store=store, models=model or [], models_file=models_file, baseline=baseline, variants=variants,
+             label_map=label_map, top_k=top_k, arch=arch, weights=weights, norm=norm, device=device,
+             batch_size=batch_size, seed=seed, source=source, evalsets=evalsets, amp=amp,
+             results_file=results_file, results_format=results_format, plot=plot, progress=not quiet,
+             echo=typer.echo)
+
+
+@app.command("models")
+def models(
+    dir: Annotated[Optional[Path], typer.Option(
+        "--dir", help="Folder of checkpoints (default: $ADVBG_CHECKPOINTS, else ~/.cache/advbg/checkpoints).")] = None,
+    filter: Annotated[Optional[str], typer.Option(
+        "--filter", help="Also list timm pretrained weights matching this pattern (e.g. 'resnet50*').")] = None,
+) -> None:
+    """List the models that can be evaluated offline now, and those that need a download."""
+    from ..zoo import run_models
+
+    run_models(folder=dir, pattern=filter, echo=typer.echo)
+
+
+@app.command("plot")
+def plot(
+    results: Annotated[list[Path], typer.Argument(help="JSON results files of `advbg eval --results-file`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("accuracy_scatter.png"),
+    variants: Annotated[str, typer.Option(
+        "--variants", "-V", help="paper (only_bg_t, mixed_same, mixed_rand), all, or names, comma-separated.")] = "paper",
+) -> None:
+    """Scatter of accuracy on original vs each variant (and BG-Gap), one point per model."""
+    from ..evalreport import run_plot
+
+    run_plot(results, out, variants, echo=typer.echo)
