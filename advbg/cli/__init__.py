@@ -59,6 +59,7 @@ def _one_line(e, code: int) -> int:
 
 # Command modules register themselves on `app` when imported.
 from . import search as _search  # noqa: E402,F401
+from . import data as _data  # noqa: E402,F401
 from . import universal as _universal  # noqa: E402,F401
 from . import verify as _verify  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
