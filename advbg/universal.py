@@ -281,7 +281,8 @@ def _pct(v: float) -> str:
 
 def format_table(result: UniversalResult) -> str:
     """The terminal per-class table: backgrounds, targets, total fooled (union) %, top ASRs %, greedy cover."""
-    head = (f"{'class':<12}{'bgs':>6}{'targets':>9}{'total fooled %':>16}  {f'top-{result.top} ASR %':<{7 * result.top}}"
+    tops = f"top-{result.top} ASR %"
+    head = (f"{'class':<12}{'bgs':>6}{'targets':>9}{'total fooled %':>16}  {tops:<{7 * result.top}}"
             f"{f'greedy-{result.greedy} %':>12}")
     lines = [head, "-" * len(head)]
     for c, row in zip(result.classes, result.table_rows()):
@@ -331,9 +332,10 @@ def headline(result: UniversalResult) -> str:
 # --------------------------------------------------------------------------------------------- command
 def run_universal(*, store: Path, model="advbg/lite0", klass: str = "all", criterion: str = "bg-class",
                   top: int = 5, greedy: int = 5, label_map: str = "auto", arch: str | None = None, weights=None,
-                  norm: str | None = None, device: str | None = None, batch_size: int = 64, compute: bool = True,
-                  results_file: Path | None = None, top_png: Path | None = None, hist_png: Path | None = None,
-                  progress: bool = True, echo: Callable[[str], None] = print) -> UniversalResult:
+                  norm: str | None = None, device: str | None = None, batch_size: int | None = None,
+                  compute: bool = True, results_file: Path | None = None, top_png: Path | None = None,
+                  hist_png: Path | None = None, progress: bool = True,
+                  echo: Callable[[str], None] = print) -> UniversalResult:
     """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse, print, write files.
 
     ``model`` is a name/path (loaded like every command does) or a ready ``Classifier``. ``top_png`` /

@@ -10,7 +10,6 @@ missing foregrounds x backgrounds, which writes its own results group, so the ne
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import AdvbgError
-from .search import OUTCOME_MISSING, SearchConfig, default_results_name, search
+from .search import OUTCOME_MISSING, SearchConfig, default_results_name, resolve_amp, search
 from .store import Store
 
 # ClassifierConfig fields that decide a mapped prediction (versions, names and file paths do not).
@@ -93,7 +92,7 @@ def needed(fg_class: np.ndarray, bg_class: np.ndarray, classes: Sequence[int]) -
 
 
 def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criterion: str, *, compute: bool = True,
-                   batch_size: int = 64, progress: bool = True,
+                   batch_size: int | None = None, progress: bool = True,
                    echo: Callable[[str], None] = print) -> StoredOutcome:
     """Stored outcome matrix for ``classifier``; missing pairs that ``classes`` need are computed (or refused)."""
     with Store(store_path) as s:
@@ -109,11 +108,12 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
     if not compute:
         raise AdvbgError(f"{note}; rerun without --no-search to compute them")
     fg_sel, bg_sel = np.flatnonzero(gap.any(1)), np.flatnonzero(gap.any(0))
+    cfg = SearchConfig(criterion=criterion, mode="exhaustive", batch_size=batch_size,
+                       foregrounds=tuple(int(i) for i in fg_sel), backgrounds=tuple(int(j) for j in bg_sel))
     with Store(store_path, mode="r+") as s:
-        name = _fill_name(s, classifier, criterion, fg_sel, bg_sel)
-        cfg = SearchConfig(criterion=criterion, mode="exhaustive", batch_size=batch_size,
-                           foregrounds=tuple(int(i) for i in fg_sel), backgrounds=tuple(int(j) for j in bg_sel))
-        res = search(s, classifier, cfg, results_name=name, progress=progress)
+        name = _fill_name(s, classifier, cfg, fg_sel, bg_sel)
+        # resume=True: a journal under this name is an interrupted run of exactly this search; it continues.
+        res = search(s, classifier, cfg, results_name=name, resume=True, progress=progress)
         full, used = stored_outcome(s, classifier)
     return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name, (note,))
 
@@ -128,11 +128,16 @@ def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[st
             f"pruned or partial searches stop short): computing them with an exhaustive search")
 
 
-def _fill_name(store: Store, classifier, criterion: str, fg_sel: np.ndarray, bg_sel: np.ndarray) -> str:
-    """The plain search name when the whole store is searched and that name is free, else a selection-hashed one."""
-    plain = default_results_name(classifier, SearchConfig(criterion=criterion, mode="exhaustive"))
-    if len(fg_sel) == len(store.foregrounds) and len(bg_sel) == len(store.backgrounds) and plain not in store.results:
+def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, bg_sel: np.ndarray) -> str:
+    """``advbg search``'s own name when the whole store is searched and the name is free (or holds an interrupted
+    run of this very search); else that name plus the search fingerprint (store, classifier, selection,
+    precision), so a journal left under it is always resumable."""
+    from .journal import Journal, journal_folder
+    from .results import fingerprint
+
+    fp = fingerprint(store, fg_sel, bg_sel, classifier, cfg, resolve_amp(classifier.device, cfg.amp))
+    plain = default_results_name(classifier, cfg)
+    whole = len(fg_sel) == len(store.foregrounds) and len(bg_sel) == len(store.backgrounds)
+    if whole and plain not in store.results and Journal(journal_folder(store.path, plain)).fingerprint() in (None, fp):
         return plain
-    h = hashlib.sha256(json.dumps(_identity(classifier.config.to_dict())).encode())
-    h.update(fg_sel.astype(np.int64).tobytes() + b"|" + bg_sel.astype(np.int64).tobytes())
-    return f"{plain}.fill-{h.hexdigest()[:8]}"
+    return f"{plain}.fill-{fp[:8]}"

@@ -1,7 +1,7 @@
 """Scale of `advbg universal` at IN-9 test size: 4,050 foregrounds x 4,050 backgrounds.
 
 Writes a synthetic store (tiny 8x8 images: only the outcome matrix matters here) and a results group holding a
-random 4,050 x 4,050 uint8 outcome matrix the way `advbg search` writes it (SearchWriter, 32-row units, gzip),
+random 4,050 x 4,050 uint8 outcome matrix the way `advbg search` merges one (SearchWriter, 32-row units, gzip),
 then reports the matrix's size on disk and the time of `universal` over all classes on CPU, which must reuse the
 stored matrix with zero forward passes.
 
@@ -17,6 +17,7 @@ import os
 import platform
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from torch import nn
 
 from advbg.labels import IN9_CLASSES
 from advbg.models import Classifier, ClassifierConfig, identity_map
-from advbg.results import SearchWriter
+from advbg.results import FIELDS, SearchWriter, fingerprint, group_attrs
 from advbg.search import OUTCOME_NONE, RunRecord, SearchConfig
 from advbg.store import Store, write_store
 from advbg.universal import analyse, run_universal
@@ -60,15 +61,15 @@ def build(path: Path, n: int, rng: np.random.Generator) -> tuple[float, float]:
     t0 = time.perf_counter()
     with Store(path, "r+") as s:
         ids = np.arange(n, dtype=np.int64)
-        w = SearchWriter(s, "synthetic.bench.bg-class.exhaustive", ids, ids, clf, cfg)
-        empty = {f: np.full(cfg.fg_block, -1, np.int64) for f in
-                 ("worst_bg", "worst_pred", "first_fooling_bg", "n_fooling", "n_evaluated", "n_invalid")}
-        for start in range(0, n, cfg.fg_block):          # one committed unit at a time, as search does
-            rows = np.arange(start, min(start + cfg.fg_block, n))
-            vals = {f: v[:len(rows)] for f, v in empty.items()} | {"worst_margin": np.full(len(rows), np.nan)}
-            w.commit(rows, vals, outcome[rows])
-        w.finish(RunRecord("bench", clf.config.to_dict(), str(path), s.digest(), "bg-class", "exhaustive", None,
-                           cfg.to_dict(), "cpu", "", 0.0, 0))
+        fp = fingerprint(s, ids, ids, clf, cfg, "off")
+        w = SearchWriter(s, "synthetic.bench.bg-class.exhaustive", ids, ids, s.foregrounds.labels, fp,
+                         group_attrs(clf, cfg), record_outcomes=True, fg_block=cfg.fg_block)
+        for start in range(0, n, cfg.fg_block):          # one unit at a time, as a search's merge does
+            stop = min(start + cfg.fg_block, n)
+            vals = {f: np.full(stop - start, np.nan if f == "worst_margin" else -1) for f in FIELDS}
+            w.write_rows(start, stop, vals, outcome[start:stop])
+        w.finish(asdict(RunRecord("bench", clf.config.to_dict(), str(path), s.digest(), "bg-class", "exhaustive",
+                                  None, cfg.to_dict(), "cpu", "", 0.0, 0)))
     return base, time.perf_counter() - t0
 
 

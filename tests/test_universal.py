@@ -170,6 +170,27 @@ def test_early_exit_only_is_reported_and_completed(tmp_path):
     assert run_universal(**kw).forwards == 0
 
 
+def test_interrupted_fill_resumes_instead_of_starting_over(tmp_path):
+    path = make_random_store(tmp_path / "s.h5", n_fg=40, n_bg=6)      # 2 units of 32 foregrounds
+    with Store(path) as s:
+        per_unit = 32 * int((s.backgrounds.labels >= 0).sum())
+    clf = make_tiny_classifier()
+    calls = _counting(clf)
+
+    def crash_after_first_unit(m, i, o):
+        if sum(calls) > per_unit:
+            raise RuntimeError("simulated crash")
+    handle = clf.register_forward_hook(crash_after_first_unit)
+    kw = dict(store=path, model=clf, top_png="-", hist_png="-", progress=False, echo=lambda m: None)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_universal(**kw)
+    handle.remove()
+    calls.clear()
+    r = run_universal(**kw)
+    assert r.forwards == sum(calls) == 8 * per_unit // 32            # only the second unit's 8 foregrounds
+    assert run_universal(**kw).forwards == 0
+
+
 def test_results_of_another_classifier_are_not_reused(tmp_path):
     path = make_random_store(tmp_path / "s.h5", n_fg=6, n_bg=6)
     with Store(path, "r+") as s:

@@ -25,7 +25,9 @@ def universal(
     weights: o.WeightsOpt = None,
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
-    batch_size: o.BatchOpt = 64,
+    batch_size: Annotated[Optional[int], typer.Option(
+        "--batch-size", "-b", help="Composites per forward pass if a search has to run (default: automatic, "
+                                   "as in `advbg search`).")] = None,
     no_search: Annotated[bool, typer.Option(
         "--no-search", help="Use only stored outcomes; fail (saying what is missing) instead of searching.")] = False,
     results_file: Annotated[Optional[Path], typer.Option(
