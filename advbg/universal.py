@@ -305,7 +305,7 @@ def format_class(c: ClassUniversal, source_ids: Sequence[str] | None = None) -> 
              f"  {'rank':>4} {'bg_id':>7} {'ASR %':>7}"]
     lines += [f"  {i + 1:>4} {int(b):>7} {a:>7.2f}{src(int(b))}" for i, (b, a) in enumerate(zip(c.top_bg, c.top_asr))]
     g = c.greedy
-    lines.append(f"greedy cover of the {c.n_targets} targets ({len(g.bg_id)} picks"
+    lines.append(f"greedy cover of the {c.n_targets} targets ({len(g.bg_id)} pick{'' if len(g.bg_id) == 1 else 's'}"
                  + (f", stopped early: {_why_stopped(g)}" if g.stopped_early else "") + "):")
     lines.append(f"  {'pick':>4} {'bg_id':>7} {'+fooled':>8} {'coverage %':>11}")
     lines += [f"  {i + 1:>4} {int(b):>7} {int(n):>8} {cv:>11.2f}"
