@@ -187,6 +187,8 @@ def analyse(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarray, cla
     _check(outcome, fg_class, bg_class, criterion)
     ids = np.arange(len(bg_class)) if bg_id is None else np.asarray(bg_id, np.int64)
     classes = range(len(class_names)) if classes is None else classes
+    if any(not 0 <= c < len(class_names) for c in classes):
+        raise AdvbgError(f"classes must be in 0..{len(class_names) - 1} (got {list(classes)})")
     # Only the asked classes' columns are needed (and need to be evaluated): --class insect reads 1/9 of them.
     cols = np.flatnonzero(np.isin(bg_class, list(classes)))
     outcome, bg_class, ids = outcome[:, cols], bg_class[cols], ids[cols]
