@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..errors import AdvbgError
 
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # non-standalone typer returns Exit codes (130 on Ctrl-C)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(_one_line(f"internal error: {type(e).__name__}: {e} "
                                    f"(set ADVBG_DEBUG=1 for a traceback and please report it)", 3))
+    if code == 130:
+        typer.echo("advbg: interrupted", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 def _one_line(e, code: int) -> int:
