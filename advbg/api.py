@@ -29,15 +29,11 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
 
     Under ``torchrun`` every rank searches its share of the foregrounds with the store open read-only; rank 0
     then writes the results into the store and the outputs (see docs/scaling.md)."""
-    from .cli.options import classifier_from
-    from .report import worst_grid, write_json
+    from . import distributed
+    from .cli.options import classifier_from, working_store
+    from .models import resolve_device
     from .search import search
     from .store import Store
-
-    from .cli.options import working_store
-
-    from . import distributed
-    from .models import resolve_device
 
     cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp,
                        compile=compile, cuda_graphs=cuda_graphs, memory_gb=memory_gb, verify_close=verify_close)
@@ -55,16 +51,11 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
         clf = classifier_from(model, arch, weights, label_map, norm, device)
         result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress,
                         journal_dir=journal_dir)
-        if not d.main:
-            return result
-        echo(headline(result))
-        if results_file:
-            write_json(results_file, result.summary())
-            echo(f"summary: {results_file}")
-        if str(grid) != "-":
-            png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
-            worst_grid(s, result, png)
-            echo(f"worst composites: {png}")
+        if d.main:
+            _report(s, result, results_file, grid, echo)
+    distributed.barrier(d)  # no rank holds the store open any more
+    if not d.main:
+        return result
     if result.journal:  # torchrun: the ranks' units, merged now that no rank holds the store open
         from .journal import Journal
         from .results import merge_journal
@@ -74,6 +65,20 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
     if result.results_name:
         echo(f"results: {store}:/results/{result.results_name}")
     return result
+
+
+def _report(s, result: SearchResult, results_file: Path | None, grid: Path | None, echo) -> None:
+    """Headline, JSON summary and worst-composite grid of a search."""
+    from .report import worst_grid, write_json
+
+    echo(headline(result))
+    if results_file:
+        write_json(results_file, result.summary())
+        echo(f"summary: {results_file}")
+    if str(grid) != "-":
+        png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
+        worst_grid(s, result, png)
+        echo(f"worst composites: {png}")
 
 
 def _check_output(path: Path | None) -> None:

@@ -772,13 +772,13 @@ def _plan(store: Store, name: str, fp: str, resume: bool, journal, fg_ids, pool,
 
     n = len(fg_ids)
     g = store.results.get(name)
+    jfp = journal.fingerprint() if journal is not None else None
+    if resume and jfp == fp:  # an interrupted run (newer than any stored group): continue it
+        return dict(fg_block=int(journal.meta()["attrs"]["fg_block"]), done=journal.done_rows(n))
     if resume and g is not None and g.attrs.get("complete") and g.attrs.get("fingerprint") == fp:
         return dict(stored=True)
     if journal is None:
         return dict(fg_block=config.fg_block, done=np.zeros(n, bool))
-    jfp = journal.fingerprint()
-    if resume and jfp == fp:
-        return dict(fg_block=int(journal.meta()["attrs"]["fg_block"]), done=journal.done_rows(n))
     if resume and (jfp is not None or (g is not None and g.attrs.get("fingerprint") != fp)):
         raise AdvbgError(f"results {name!r} of {store.path} come from a different run (model, store, criterion, "
                          f"mode, precision or selection differ); resume needs the same settings, or drop --resume")

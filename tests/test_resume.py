@@ -1,0 +1,167 @@
+"""A search killed at any point (SIGKILL, SIGINT, a torn journal, a crash while merging) and resumed gives exactly
+the results of an uninterrupted run, outcome matrix included."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from advbg.errors import AdvbgError
+from advbg.journal import MAGIC, Journal, journal_folder
+from advbg.results import FIELDS, load_outcome, load_search
+from advbg.search import SearchConfig, search
+from advbg.store import Store
+
+from conftest import make_random_store, make_tiny_classifier
+
+ENTRY = Path(__file__).with_name("advbg_entry.py")
+NAME = "r"
+
+
+def cli(store, *extra, sleep=0.0):
+    """The real `python -m advbg search` in a subprocess (test model, no grid, quiet)."""
+    env = dict(os.environ, ADVBG_TEST_SLEEP=str(sleep), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    args = [sys.executable, str(ENTRY), "search", "--store", str(store), "--model", "test/tiny-entry",
+            "--results-name", NAME, "--fg-block", "2", "--batch-size", "8", "--grid", "-", "-q", *extra]
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stored(path):
+    with Store(path) as s:
+        r = load_search(s, NAME)
+        outcome, _, _ = load_outcome(s, NAME)
+    return {k: getattr(r, k) for k in FIELDS}, outcome
+
+
+def assert_same(a, b):
+    (va, oa), (vb, ob) = a, b
+    for k in FIELDS:
+        assert np.array_equal(va[k], vb[k], equal_nan=True), k
+    assert np.array_equal(oa, ob)
+
+
+def units_in(store) -> int:
+    j = Journal(journal_folder(store, NAME))
+    return sum(1 for _ in j.records(("start",))) if j.exists() else 0
+
+
+def test_sigkill_at_random_points_then_resume_matches_uninterrupted(tmp_path):
+    seed = int(time.time())
+    rng = np.random.default_rng(seed)
+    ref = make_random_store(tmp_path / "ref.h5", n_fg=16, n_bg=12, seed=11)
+    _run(ref, batch_size=8)
+    want = stored(ref)
+
+    store = make_random_store(tmp_path / "s.h5", n_fg=16, n_bg=12, seed=11)   # 8 units of 2 foregrounds
+    seen = []
+    for attempt in range(3):
+        p = cli(store, *(["--resume"] if attempt else []), sleep=0.02)
+        target = int(rng.integers(units_in(store), 7))
+        deadline = time.time() + 60
+        while p.poll() is None and units_in(store) < target and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0, 0.1)))        # anywhere in the next unit, its journal write included
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+        seen.append(units_in(store))
+    assert seen[0] < 8, f"the first run was not killed part-way (seed {seed})"
+    p = cli(store, "--resume")
+    assert p.wait(60) == 0, p.stderr.read()
+    assert_same(stored(store), want)
+    assert not journal_folder(store, NAME).exists()      # merged and removed
+    assert seen == sorted(seen), f"committed units were lost (seed {seed})"
+
+
+def test_sigint_stops_after_the_current_unit_and_resume_finishes(tmp_path):
+    store = make_random_store(tmp_path / "s.h5", n_fg=12, n_bg=10, seed=12)
+    p = cli(store, sleep=0.03)
+    deadline = time.time() + 60
+    while units_in(store) < 1 and time.time() < deadline:
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    assert p.wait(60) == 130
+    err = p.stderr.read()
+    assert "stopping after the current unit" in err and "--resume" in err and "Traceback" not in err
+    done = units_in(store)
+    assert 1 <= done < 6
+    with Store(store) as s:
+        assert NAME not in s.results                     # nothing half-written in the store
+    p = cli(store, "--resume")
+    assert p.wait(60) == 0, p.stderr.read()
+    with Store(store, "r+") as s:
+        res = search(s, make_tiny_classifier(), SearchConfig(fg_block=2, batch_size=8), write=False,
+                     progress=False)
+    got, _ = stored(store)
+    for k in FIELDS:
+        assert np.allclose(got[k], getattr(res, k), equal_nan=True, atol=1e-5), k
+
+
+def _run(path, batch_size=5, **kw):
+    with Store(path, "r+") as s:
+        return search(s, make_tiny_classifier(), SearchConfig(fg_block=2, batch_size=batch_size),
+                      results_name=NAME, progress=False, **kw)
+
+
+def test_torn_journal_tail_is_dropped_and_its_unit_redone(tmp_path):
+    path = make_random_store(tmp_path / "s.h5", n_fg=9, n_bg=7, seed=13)
+    _run(path)
+    want = stored(path)
+
+    calls = []
+
+    def stop_after_three(_):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(path, on_unit=stop_after_three)
+    rank0 = journal_folder(path, NAME) / "rank-00000.bin"
+    data = rank0.read_bytes()
+    last = data.rfind(MAGIC)
+    rng = np.random.default_rng(0)
+    for cut in sorted(rng.integers(last + 1, len(data), 3).tolist(), reverse=True):
+        rank0.write_bytes(data[:cut])                    # a crash in the middle of the third record
+        assert units_in(path) == 2
+    flipped = bytearray(data)
+    flipped[last + 40] ^= 0xFF                           # or a corrupt one: its checksum no longer matches
+    rank0.write_bytes(bytes(flipped))
+    assert units_in(path) == 2
+    res = _run(path, resume=True)
+    assert res.run.resumed_units == 2
+    assert_same(stored(path), want)
+
+
+def test_crash_while_merging_into_the_store_is_repaired_by_resume(tmp_path, monkeypatch):
+    path = make_random_store(tmp_path / "s.h5", n_fg=7, n_bg=6, seed=14)
+    _run(path)
+    want = stored(path)
+
+    import advbg.results as results
+
+    def crash(self, run):
+        raise KeyboardInterrupt                          # after every row is written, before `complete`
+
+    monkeypatch.setattr(results.SearchWriter, "finish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _run(path)
+    monkeypatch.undo()
+    with Store(path) as s:
+        assert not s.results[NAME].attrs["complete"]
+    res = _run(path, resume=True)
+    assert res.run.forwards == 0                         # everything came from the journal
+    assert_same(stored(path), want)
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    path = make_random_store(tmp_path / "s.h5", n_fg=5, n_bg=4, seed=15)
+    with pytest.raises(KeyboardInterrupt):
+        _run(path, on_unit=lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
+    with Store(path, "r+") as s, pytest.raises(AdvbgError, match="different run"):
+        search(s, make_tiny_classifier(), SearchConfig(criterion="bg-class", fg_block=2), results_name=NAME,
+               resume=True, progress=False)
