@@ -153,8 +153,6 @@ def _released_with(tmp_path, replace):
     return rel
 
 
-@pytest.mark.xfail(strict=True, reason="HAZARD (issue 3, advbg/ingest.py _image_size/read_rgb): Pillow's "
-                   "DecompressionBombError is not caught, so a bomb crashes ingest with an internal error")
 def test_ingest_refuses_a_decompression_bomb_with_a_reason(tmp_path):
     from advbg.ingest import ingest_in9
 
@@ -164,13 +162,12 @@ def test_ingest_refuses_a_decompression_bomb_with_a_reason(tmp_path):
 
     rel = _released_with(tmp_path, bomb)
     problems = []
-    with pytest.raises(AdvbgError):
+    with pytest.raises(AdvbgError, match="1 problem"):
         ingest_in9(rel.root, tmp_path / "s.h5", progress=False, on_problem=problems.append)
+    assert len(problems) == 1 and "decompression bomb" in problems[0] and rel.stems[0] in problems[0]
     assert not (tmp_path / "s.h5").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="HAZARD (issue 3, advbg/ingest.py read_rgb): Pillow's convert('RGB') "
-                   "clips 16-bit grayscale to 255 instead of scaling, so the photo silently turns white")
 def test_ingest_converts_16bit_gray_without_clipping(tmp_path):
     from advbg.ingest import ingest_in9
     from advbg.store import Store
@@ -182,7 +179,8 @@ def test_ingest_converts_16bit_gray_without_clipping(tmp_path):
         p.unlink()
 
     rel = _released_with(tmp_path, deep)
-    ingest_in9(rel.root, tmp_path / "s.h5", progress=False, skip_bad=True, on_problem=lambda s: None)
+    with pytest.warns(ImageWarning, match="16-bit samples reduced"):
+        ingest_in9(rel.root, tmp_path / "s.h5", progress=False, on_problem=pytest.fail)
     with Store(tmp_path / "s.h5") as s:
         k = s.foregrounds.source_ids.index(rel.stems[0])
         assert np.abs(s.foregrounds.read([k])[0].astype(int) - 100).max() <= 1
