@@ -201,7 +201,7 @@ def bar_chart(report: EvalReport, path: str | os.PathLike) -> Path:
         if len(models) == 1:
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(x, variants, rotation=45, ha="right", fontsize=8)
-    ax.set_ylim(0, 100 + 9 * ((len(models) + 2) // 3))   # headroom for the legend above the bars
+    ax.set_ylim(0, 100 + 12 * ((len(models) + 2) // 3))   # headroom for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"Accuracy per variant: {Path(report.store['path']).name}", fontsize=9)

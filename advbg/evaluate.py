@@ -262,17 +262,22 @@ def check_label_spaces(store: Store, classifiers: Sequence[Classifier], baseline
         base = tuple(c.lower() for c in baseline.label_map.class_names)
         for clf in classifiers:
             have = tuple(c.lower() for c in clf.label_map.class_names)
-            if have != base:
+            # an identity map's names may be placeholders ("0".."8"): then only the number of classes can differ
+            named = "identity" not in (clf.config.label_map, baseline.config.label_map)
+            if len(have) != len(base) or (named and have != base):
                 raise AdvbgError(f"baseline {baseline.config.name!r} has another label space ({len(base)} classes "
                                  f"via label map {baseline.config.label_map!r}) than {clf.config.name!r} "
                                  f"({len(have)} classes via {clf.config.label_map!r}); relative accuracy needs "
                                  f"the same classes")
     for clf in [*classifiers, *([baseline] if baseline is not None else [])]:
         have = tuple(c.lower() for c in clf.label_map.class_names)
-        if len(have) != len(want) or (have != want and clf.config.label_map != "identity"):
+        if len(have) != len(want):
             raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives {len(have)} classes, "
                              f"the store has {len(want)} ({', '.join(store.class_names)}); use a label map that "
                              f"fits (--label-map in9 for ImageNet-1k models on IN-9 stores)")
+        if have != want and clf.config.label_map != "identity":
+            raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives the classes "
+                             f"{', '.join(clf.label_map.class_names)}; the store's are {', '.join(store.class_names)}")
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -326,11 +331,18 @@ class EvalReport:
         plans = {p.name: p for p in self.plans}
         return dict(
             advbg_version=self.advbg_version, created=self.created, store=self.store, config=asdict(self.config),
-            label_rule=self.label_rule, baseline=self.baseline,
+            label_rule=self.label_rule, baseline=self.baseline, variant_options=_variant_options(),
             variants={v: dict(source=plans[v].label, detail=plans[v].detail) for v in self.variants},
             skipped=self.skipped, models=[m.to_dict() for m in self.models],
             timing=dict(seconds=self.seconds, images=self.images,
                         images_per_s=self.images / self.seconds if self.seconds > 0 else None))
+
+
+def _variant_options() -> dict:
+    """The knobs generated variants were made with (advbg.variants defaults; eval does not change them)."""
+    from .variants import VariantOptions
+
+    return asdict(VariantOptions())
 
 
 def ordered_variants(names: Sequence[str]) -> list[str]:

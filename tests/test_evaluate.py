@@ -223,7 +223,8 @@ def _builder(num_outputs: int, seed: int, class_names):
 @pytest.fixture(autouse=True)
 def registered_test_models(monkeypatch):
     for name, n, seed, names in (("test/eval9", 9, 0, IN9_CLASSES), ("test/eval9b", 9, 1, IN9_CLASSES),
-                                 ("test/eval1000", 1000, 2, None), ("test/eval5", 5, 3, ("a", "b", "c", "d", "e"))):
+                                 ("test/eval1000", 1000, 2, None), ("test/eval5", 5, 3, ("a", "b", "c", "d", "e")),
+                                 ("test/eval9n", 9, 4, None)):   # class names "0".."8" (a bare checkpoint)
         monkeypatch.setitem(models_mod._REGISTRY, name, _builder(n, seed, names))
 
 
@@ -268,6 +269,13 @@ def test_cli_single_model_prints_per_variant_and_per_class_tables(tmp_path, caps
     assert code == 0, err
     assert "label map in9" in out and "BG-Gap = mixed_same - mixed_rand" in out
     assert "per-class top-1 accuracy" in out and "none" in out.split("per-class")[0]
+
+
+def test_baseline_with_placeholder_class_names_shares_the_label_space(tmp_path, capsys):
+    code, out, err = run(["eval", "--store", str(full_store(tmp_path / "s.h5")), "-m", "test/eval1000",
+                          "--baseline", "test/eval9n", "-V", "original", "-q"], capsys)
+    assert code == 0, err
+    assert "relative to test/eval9n" in out
 
 
 def _one_line_error(code, err, pattern):
