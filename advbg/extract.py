@@ -40,6 +40,7 @@ REASONS = {
     "unreadable": "the image file could not be decoded",
     "box_count": "not exactly one bounding box",
     "unknown_label": "the box label is not one of the store's classes",
+    "bad_box": "the box is empty or lies outside its image",
     "fg_box_cropped": "foreground: less than min_crop_survival of the box survives the centre crop",
     "fg_mask_small": "foreground: the GrabCut mask covers less than min_mask_box_fraction of the box (after retries)",
     "bg_box_large": "background: the box covers more than max_bg_box_fraction of the image",
@@ -172,8 +173,8 @@ def process_photo(job: Job, cfg: ExtractConfig) -> Outcome:
     else:
         try:
             _segment_photo(out, image, job.boxes[0], cfg)
-        except AdvbgError:  # a box outside its image: an annotation problem, counted like a bad box
-            out.fg, out.bg, out.reasons = None, None, ("box_count",)
+        except AdvbgError:  # segment refuses an empty box or one outside the image: an annotation problem
+            out.fg, out.bg, out.reasons = None, None, ("bad_box",)
     out.total_s = time.perf_counter() - t0
     return out
 

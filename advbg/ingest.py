@@ -222,13 +222,14 @@ def _close(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: bool = False,
-               overwrite: bool = False, progress: bool = True,
+               overwrite: bool = False, evalsets: bool = True, progress: bool = True,
                on_problem: Callable[[str], None] | None = None) -> IngestReport:
     """Build a store from the released layout at ``path``; return what was written.
 
     Problems are passed to ``on_problem`` (default: one line each on stderr) as ``file: what is wrong``. Without
     ``skip_bad`` any problem fails the ingest (no store is left behind); with it, bad items are left out and
-    their number is stored in the attrs ``skipped_items`` / ``skipped_report``.
+    their number is stored in the attrs ``skipped_items`` / ``skipped_report``. ``evalsets=False`` skips the
+    other variant folders (about 0.5 GB of pixels each for the full release).
     """
     root = find_release_root(path)
     folders = sorted(p.name for p in (root / FG_VARIANT / "val").iterdir() if p.is_dir())
@@ -244,7 +245,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
     run = _Ingest(root, writer, folders, writer.image_size, report, on_problem or _stderr_report, progress)
     try:
         run.ingest_items(items)
-        for variant in _evalset_variants(root):
+        for variant in _evalset_variants(root) if evalsets else []:
             report.evalsets[variant] = run.ingest_evalset(variant)
         if report.problems and not skip_bad:
             raise AdvbgError(f"{len(report.problems)} problem(s) in {root} (listed above; first: "

@@ -36,7 +36,9 @@ from .labels import IN9_CLASSES, IN9_FOLDERS
 from .store import Store
 
 _STR = h5py.string_dtype("utf-8")
-_COMPRESSION = dict(compression="gzip", compression_opts=4)
+# Level 1: photos shrink by ~15% at any gzip level, and level 1 costs about half the time of level 4.
+_COMPRESSION = dict(compression="gzip", compression_opts=1)
+_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 EVALSETS_SCHEMA = 1
 
 
@@ -500,7 +502,7 @@ def _write_folder(store: Store, tmp: Path, name: str, batches: Iterator[VariantB
                     rel = f"val/{folders[y]}/{stem}_{k}.png"
                 used.add(rel)
                 (base / rel).parent.mkdir(parents=True, exist_ok=True)
-                if not cv2.imwrite(str(base / rel), cv2.cvtColor(batch.images[i], cv2.COLOR_RGB2BGR)):
+                if not cv2.imwrite(str(base / rel), cv2.cvtColor(batch.images[i], cv2.COLOR_RGB2BGR), _PNG):
                     raise AdvbgError(f"could not write {base / rel}")
                 wr.writerow([rel, y, store.class_names[y], f, b, batch.source_id[i],
                              store.foregrounds.source_ids[f] if f >= 0 else "",

@@ -84,6 +84,8 @@ def _filter_set(d, rng):
     photo("edge", 100, 300, (0, 20, 60, 80))                     # the centre crop cuts the box away
     save_png(d / "flat.png", np.full((140, 140, 3), 120, np.uint8))  # nothing for GrabCut to find
     rows.append(("flat.png", 35, 35, 105, 105, "cat"))
+    photo("bad_box", 140, 140, (35, 35, 105, 105), write_box=False)
+    rows.append(("bad_box.png", 150, 150, 160, 160, "cat"))     # wholly outside the 140x140 photo
     (d / "corrupt.png").write_bytes(b"not a png")
     rows.append(("corrupt.png", 35, 35, 105, 105, "cat"))
     photo("tiny", 140, 140, (64, 64, 74, 74))                    # sehwag: foreground < 5% of the image
@@ -117,6 +119,7 @@ def reference_run(filter_photos, tmp_path_factory):
     ("edge", "bg;fg_box_cropped"),
     ("flat", "bg;fg_mask_small"),
     ("corrupt", "none;unreadable"),
+    ("bad_box", "none;bad_box"),
 ])
 def test_reference_filter_drops_for_its_reason(reference_run, photo, outcome):
     _, out = reference_run
@@ -126,14 +129,14 @@ def test_reference_filter_drops_for_its_reason(reference_run, photo, outcome):
 def test_summary_counts_every_reason_and_is_stored(reference_run):
     summary, out = reference_run
     assert summary.reasons["box_count"] == 2
-    for reason in ("unknown_label", "bg_box_large", "fg_box_cropped", "fg_mask_small", "unreadable"):
+    for reason in ("unknown_label", "bg_box_large", "fg_box_cropped", "fg_mask_small", "unreadable", "bad_box"):
         assert summary.reasons[reason] >= 1, reason
     text = summary.format()
     for reason in summary.reasons:
         assert reason in text
     with Store(out) as s:
         stored = json.loads(s.attrs["extract_summary"])
-        assert stored["dropped"] == dict(summary.reasons) and stored["images"] == summary.images == 10
+        assert stored["dropped"] == dict(summary.reasons) and stored["images"] == summary.images == 11
         assert json.loads(s.attrs["extract_config"])["filter"] == "reference"
 
 

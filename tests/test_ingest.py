@@ -84,9 +84,12 @@ def test_mixed_rand_lying_names_do_not_become_provenance(ingested):
         assert mr.attrs["n_unverified_bg"] == sum(rel.mixed_rand_bg[s] != rel.mixed_next_bg[s] for s in rel.stems)
 
 
-def test_accepts_the_folder_holding_bg_challenge(released, tmp_path):
-    report = ingest_in9(released.root.parent, tmp_path / "s.h5", progress=False)
-    assert report.n_foregrounds == 18
+def test_accepts_the_folder_holding_bg_challenge_and_no_evalsets(released, tmp_path, capsys):
+    assert run_cli(["ingest", "in9", str(released.root.parent), "--out", str(tmp_path / "s.h5"), "--no-evalsets",
+                    "-q"]) == 0
+    assert "18 foregrounds, 18 backgrounds, 9 classes; evaluation sets: none" in capsys.readouterr().out
+    with Store(tmp_path / "s.h5") as s:
+        assert evalset_names(s.file) == []
 
 
 @pytest.fixture()

@@ -39,6 +39,8 @@ def ingest_in9(
     out: Annotated[Path, typer.Option("--out", "-o", help="Store to write (HDF5).")],
     skip_bad: Annotated[bool, typer.Option(
         "--skip-bad", help="Leave out items with problems (counted in the store attrs) instead of failing.")] = False,
+    evalsets: Annotated[bool, typer.Option(
+        "--evalsets/--no-evalsets", help="Also store the other released variants as /evalsets/<variant>.")] = True,
     overwrite: OverwriteOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
@@ -46,7 +48,8 @@ def ingest_in9(
     variants as evaluation sets."""
     from ..ingest import ingest_in9 as run
 
-    typer.echo(run(path, out, skip_bad=skip_bad, overwrite=overwrite, progress=not quiet).summary())
+    typer.echo(run(path, out, skip_bad=skip_bad, overwrite=overwrite, evalsets=evalsets,
+                   progress=not quiet).summary())
 
 
 @app.command()
