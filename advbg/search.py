@@ -349,9 +349,7 @@ class _Scheduler:
         act = np.flatnonzero(live)
         if act.size == 0:
             return None
-        take = np.minimum(avail[act], -(-size // act.size))
-        before = np.cumsum(take) - take
-        take = np.minimum(take, np.maximum(size - before, 0))
+        take = _water_fill(avail[act], size)
         keep = take > 0
         act, take = act[keep], take[keep]
         before = np.cumsum(take) - take
@@ -362,6 +360,24 @@ class _Scheduler:
 
     def fooled(self, a: np.ndarray, p: np.ndarray) -> None:
         np.minimum.at(self.first, a, p)
+
+
+def _water_fill(avail: np.ndarray, size: int) -> np.ndarray:
+    """Split ``size`` slots among foregrounds with ``avail`` pairs left: as equally as possible (level s, one more
+    for the first few), none above its ``avail``; fills all ``size`` slots whenever the pairs left allow."""
+    if avail.sum() <= size:
+        return avail.copy()
+    srt = np.sort(avail)
+    k = srt.size
+    cums = np.cumsum(srt)
+    at_break = cums - srt + srt * (k - np.arange(k))   # slots used at level srt[i]
+    i = int(np.searchsorted(at_break, size, side="right"))
+    base = int(cums[i - 1]) if i else 0
+    level = (size - base) // (k - i)
+    take = np.minimum(avail, level)
+    extra = np.flatnonzero(avail > level)[: size - int(take.sum())]
+    take[extra] += 1
+    return take
 
 
 # --------------------------------------------------------------------------------------------- engine
