@@ -55,8 +55,9 @@ def _sources(report: EvalReport) -> str:
     by: dict[str, list[str]] = {}
     for p in report.plans:
         if p.name not in report.skipped:
-            by.setdefault(p.detail if p.source == "evalset" else f"generated (seed {report.config.seed})",
-                          []).append(p.name)
+            key = (f"{p.origin} sets /evalsets/* of {Path(p.file or '').name}" if p.source == "evalset"
+                   else f"generated from the foregrounds (seed {report.config.seed})")
+            by.setdefault(key, []).append(p.name)
     return "; ".join(f"{src}: {', '.join(v)}" if len(by) > 1 else src for src, v in by.items())
 
 

@@ -388,23 +388,15 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
     everyone = list(classifiers) + ([baseline] if baseline is not None and baseline not in classifiers else [])
     files = _evalset_files(store, evalsets)
     names = list(store.class_names)
-    scores: list[dict[str, VariantScore]] = [{} for _ in everyone]
+    scores: list[dict[str, VariantScore]] = [{} for _ in everyone]   # per classifier: variant -> score
     skipped: dict[str, str] = {}
     bar = tqdm(total=sum(variant_size(p, store, files) for p in plans), unit="img", disable=not progress)
     t0, n_images = time.perf_counter(), 0
     try:
         for plan in plans:
             bar.set_description(plan.name)
-            parts: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in everyone]
-            labels: list[np.ndarray] = []
             try:
-                for images, y in _blocks(plan, store, files, config.batch_size, config.seed):
-                    _check_labels(y, names, plan)
-                    labels.append(np.asarray(y, np.int64))
-                    for i, clf in enumerate(everyone):
-                        parts[i].append(_score_block(clf, images, y, config.amp))
-                    n_images += len(y) * len(everyone)
-                    bar.update(len(y))
+                per_model = _run_variant(plan, everyone, store, files, config, bar)
             except AdvbgError as e:
                 if plan.explicit:
                     raise
@@ -412,12 +404,9 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
                 if on_skip:
                     on_skip(plan.name, str(e))
                 continue
-            y_all = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-            for i, clf in enumerate(everyone):
-                ranks = np.concatenate([r for r, _ in parts[i]]) if parts[i] else np.zeros(0, np.int64)
-                preds = np.concatenate([p for _, p in parts[i]]) if parts[i] else np.zeros(0, np.int64)
-                scores[i][plan.name] = variant_score(plan.name, ranks, preds, y_all, names, config.top_k,
-                                                     clf.label_map.has_none)
+            for i, sc in enumerate(per_model):
+                scores[i][plan.name] = sc
+                n_images += sc.n
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -427,6 +416,27 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
                                  foregrounds=len(store.foregrounds), backgrounds=len(store.backgrounds)),
                       config=config, baseline=baseline.config.name if baseline is not None else None,
                       created=_now(), seconds=seconds, images=n_images)
+
+
+def _run_variant(plan: VariantPlan, everyone: list[Classifier], store: Store, files: list[h5py.File],
+                 config: EvalConfig, bar) -> list[VariantScore]:
+    """One variant through every classifier, block by block (each block is made or read once)."""
+    names = list(store.class_names)
+    ranks: list[list[np.ndarray]] = [[] for _ in everyone]
+    preds: list[list[np.ndarray]] = [[] for _ in everyone]
+    labels: list[np.ndarray] = [np.zeros(0, np.int64)]
+    for images, y in _blocks(plan, store, files, config.batch_size, config.seed):
+        _check_labels(y, names, plan)
+        labels.append(np.asarray(y, np.int64))
+        for i, clf in enumerate(everyone):
+            r, p = _score_block(clf, images, y, config.amp)
+            ranks[i].append(r)
+            preds[i].append(p)
+        bar.update(len(y))
+    y_all = np.concatenate(labels)
+    return [variant_score(plan.name, np.concatenate(ranks[i] or [np.zeros(0, np.int64)]),
+                          np.concatenate(preds[i] or [np.zeros(0, np.int64)]), y_all, names, config.top_k,
+                          clf.label_map.has_none) for i, clf in enumerate(everyone)]
 
 
 def _model_results(everyone: list[Classifier], scores: list[dict[str, VariantScore]], baseline: Classifier | None
