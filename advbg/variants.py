@@ -465,10 +465,17 @@ def open_evalset(file: h5py.File, name: str) -> Evalset:
 
 # --------------------------------------------------------------------------------------------- writing sets
 def class_folders(class_names: Sequence[str]) -> list[str]:
-    """Folder names of the released layout: IN-9's own for IN-9, else ``NN_name``."""
+    """Folder names of the released layout: IN-9's own for IN-9, else ``NN_name``.
+
+    A class name is data, never a path: separators and control characters become '_' (spaces are kept, as in
+    the release), so no name can lead outside the output folder.
+    """
     if tuple(class_names) == IN9_CLASSES:
         return list(IN9_FOLDERS)
-    return [f"{k:02d}_{name}" for k, name in enumerate(class_names)]
+    return [f"{k:02d}_{_UNSAFE_IN_FOLDER.sub('_', name)}" for k, name in enumerate(class_names)]
+
+
+_UNSAFE_IN_FOLDER = re.compile(r"[/\\\x00-\x1f]")
 
 
 def _safe_name(s: str) -> str:

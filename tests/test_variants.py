@@ -271,3 +271,17 @@ def test_cli_variants(store_path, tmp_path, capsys):
     assert "unknown variant 'mixed_nxt'; did you mean mixed_next" in err and len(err.strip().splitlines()) == 1
     assert run_cli(["variants", "--store", str(store_path), "--out", str(tmp_path / "o.h5")]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_class_names_never_become_paths(store, tmp_path):
+    imgs, masks = _fg(store)
+    names = ["../../escape", "a/b"] + [f"c{k}" for k in range(2, 9)]
+    (tmp_path / "deep").mkdir()
+    write_store(tmp_path / "deep" / "s.h5", class_names=names, fg_images=imgs, fg_masks=masks.astype(np.uint8),
+                fg_labels=store.foregrounds.labels, bg_images=store.backgrounds.read(slice(0, 27)),
+                bg_labels=store.backgrounds.labels, fg_source_ids=[f"../../{s}" for s in store.foregrounds.source_ids])
+    write_variants(tmp_path / "deep" / "s.h5", tmp_path / "deep" / "out", names=["only_fg"], progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deep"]
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["out", "s.h5"]
+    assert sorted(p.name for p in (tmp_path / "deep" / "out" / "only_fg" / "val").iterdir())[:2] == [
+        "00_.._.._escape", "01_a_b"]
