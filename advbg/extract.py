@@ -245,7 +245,7 @@ def read_boxes_csv(path: Path) -> dict[str, list[tuple[tuple[int, int, int, int]
     """{file: [(box, label), ...]} from a CSV with header file,xmin,ymin,xmax,ymax,label."""
     need = ["file", "xmin", "ymin", "xmax", "ymax", "label"]
     out: dict[str, list] = {}
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark
         rd = csv.DictReader(fh)
         if rd.fieldnames is None or [c.strip() for c in rd.fieldnames[:6]] != need:
             raise AdvbgError(f"{path}: the CSV header must be {','.join(need)} (got {rd.fieldnames})")
@@ -357,7 +357,27 @@ def _log_datasets(f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]:
     if "source_id" not in g:
         g.create_dataset("source_id", (0,), _STR, maxshape=(None,), chunks=(1024,))
         g.create_dataset("outcome", (0,), _STR, maxshape=(None,), chunks=(1024,))
+    n = min(g["source_id"].shape[0], g["outcome"].shape[0])  # a kill between the two appends
+    for ds in (g["source_id"], g["outcome"]):
+        ds.resize(n, axis=0)
     return g["source_id"], g["outcome"]
+
+
+def _drop_unlogged_tail(f: h5py.File, logged: set[str]) -> None:
+    """A photo is finished once logged (its log entry is written last): cut items of an unfinished last photo."""
+    for grp in ("foregrounds", "backgrounds"):
+        g = f[grp]
+        ids = g["source_id"]
+        n = ids.shape[0]
+        while n and _text(ids[n - 1]) not in logged:
+            n -= 1
+        if n < ids.shape[0]:
+            for ds in g.values():
+                ds.resize(n, axis=0)
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _append(ds: h5py.Dataset, value: str) -> None:
@@ -403,12 +423,13 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
     with StoreWriter(out, class_names=names, image_size=(cfg.crop, cfg.crop), overwrite=overwrite, resume=resume,
                      attrs=dict(source="advbg extract", extract_config=cfg_json)) as w:
         if w.file.attrs.get("extract_config") != cfg_json or tuple(
-                s.decode() if isinstance(s, bytes) else s for s in w.file["class_names"][()]) != names:
+                _text(s) for s in w.file["class_names"][()]) != names:
             raise AdvbgError(f"{w.partial} was started with other options or classes; rerun without --resume "
                              f"to start over")
         log_src, log_out = _log_datasets(w.file)
-        done = w.done_source_ids | {s.decode() if isinstance(s, bytes) else s for s in log_src[()]}
-        _tally(summary, (c.decode() if isinstance(c, bytes) else c for c in log_out[()]))
+        done = {_text(s) for s in log_src[()]}
+        _drop_unlogged_tail(w.file, done)
+        _tally(summary, (_text(c) for c in log_out[()]))
         pending = [j for j in jobs if j.source_id not in done]
         t0 = time.perf_counter()
         for o in tqdm(_outcomes(pending, cfg, workers), total=len(pending), desc="extract", unit="img",

@@ -220,3 +220,25 @@ def test_resume_with_other_options_is_refused(drawn, tmp_path, monkeypatch):
         extract(images, boxes, tmp_path / "r.h5", config=CFG, workers=1, progress=False)
     with pytest.raises(AdvbgError, match="other options"):
         extract(images, boxes, tmp_path / "r.h5", config=SEHWAG, workers=1, resume=True, progress=False)
+
+
+def test_photo_interrupted_between_its_foreground_and_background_is_redone(drawn, tmp_path, monkeypatch):
+    from advbg.store import StoreWriter
+
+    images, boxes, _ = drawn
+    real, calls = StoreWriter.add_background, []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the second photo's foreground is written, its background is not
+        return real(self, *a, **k)
+    monkeypatch.setattr(StoreWriter, "add_background", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, boxes, tmp_path / "r.h5", config=CFG, workers=1, progress=False)
+    monkeypatch.setattr(StoreWriter, "add_background", real)
+    summary = extract(images, boxes, tmp_path / "r.h5", config=CFG, workers=1, resume=True, progress=False)
+    assert summary.processed_now == 3 and summary.images == 4
+    extract(images, boxes, tmp_path / "once.h5", config=CFG, workers=1, progress=False)
+    with Store(tmp_path / "r.h5") as a, Store(tmp_path / "once.h5") as b:
+        assert a.digest() == b.digest() and a.foregrounds.source_ids == b.foregrounds.source_ids
