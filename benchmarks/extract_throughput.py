@@ -6,13 +6,16 @@ Draws ``n`` ImageNet-sized photos (375-500 px sides, a textured background, one 
 colour inside its box), writes them as JPEGs with a CSV of boxes, then runs the real ``extract`` with the
 reference geometry (resize 256, crop 224, GrabCut 5 iterations, reference filter) once per worker count.
 images/s counts every photo processed, end to end (decode, resize/crop, GrabCut, Only-BG-T, store write).
-The GrabCut share is summed worker time inside ``grabcut_mask`` over summed worker time per photo.
+The GrabCut share is summed worker time inside ``grabcut_mask`` over summed worker time per photo. CPU s/image
+(this process + its worker processes, from getrusage) is insensitive to other jobs on the machine; workers / that
+is the rate the same run would reach with its cores to itself.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +48,11 @@ def draw_photo(rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, in
     return np.clip(img, 0, 255).astype(np.uint8), (int(x0), int(y0), int(x0 + bw), int(y0 + bh))
 
 
+def _cpu() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=96, help="photos to draw")
@@ -65,13 +73,14 @@ def main() -> None:
               f"{os.cpu_count()} CPU cores visible")
         for workers in (int(w) for w in args.workers.split(",")):
             out = tmp / f"s{workers}.h5"
-            t = time.perf_counter()
+            t, cpu0 = time.perf_counter(), _cpu()
             s = extract(tmp / "img", tmp / "boxes.csv", out, config=ExtractConfig(), workers=workers, progress=False)
-            wall = time.perf_counter() - t
+            wall, cpu = time.perf_counter() - t, (_cpu() - cpu0) / args.n
             print(f"workers={workers}: {args.n / wall:6.1f} images/s end to end ({wall:.1f} s, pool start included; "
                   f"{s.processed_now / s.wall_s:.1f} images/s in the loop), GrabCut "
                   f"{100 * s.grabcut_s / s.worker_s:.0f}% of worker time, {s.foregrounds} fg / {s.backgrounds} bg, "
-                  f"dropped {dict(s.reasons)}")
+                  f"dropped {dict(s.reasons)}; CPU {cpu:.3f} s/image -> {workers / cpu:.1f} images/s on "
+                  f"{workers} idle core(s)")
 
 
 if __name__ == "__main__":
