@@ -357,3 +357,18 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
         assert torch.allclose(clf(x), net.eval()((x - clf.mean) / clf.std), atol=1e-5)
     code, _, err = run(["models", "--dir", str(tmp_path / "nope")], capsys)
     _one_line_error(code, err, "does not exist")
+
+
+def test_demo_store_with_the_embedded_model_prints_the_table_and_pins_identity(tmp_path, capsys):
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[1] / "data" / "demo.h5"
+    code, out, err = run(["eval", "--store", str(demo), "-V", "original", "--results-file", str(tmp_path / "d.json"),
+                          "--plot", "-", "-q"], capsys)                  # one variant: the model load dominates
+    assert code == 0, err
+    assert any(line.split()[:4] == ["original", "generated", "11", "100.0"] for line in out.splitlines()), out
+    data = json.loads((tmp_path / "d.json").read_text())
+    ident = data["models"][0]["model"]
+    assert ident["name"] == "advbg/lite0" and ident["tag"] == "tf_efficientnet_lite0.embedded"
+    assert ident["weights_sha256"].startswith("5793442") and ident["label_map"] == "in9"
+    assert ident["timm_version"] and ident["torch_version"]
