@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from . import __version__, distributed
-from .compositor import composite_pairs
+from .compositor import composite_pairs, select_mask
 from .criteria import Criterion
 from .errors import AdvbgError
 from .models import Classifier
@@ -237,15 +237,22 @@ class _Step:
         self.comp_dtype = lp if (self.low_precision and device.type == "cuda") else torch.float32
         self.channels_last = config.channels_last
         self.any = criterion.name == "any"
+        kind = type(classifier)
+        self._direct = kind.forward is Classifier.forward and kind.preprocess is Classifier.preprocess
+        self._input_hw = tuple(classifier.config.input_size[1:])
         self._fn = self._logits
         if config.compile:
             mode = "reduce-overhead" if (config.cuda_graphs and device.type == "cuda") else "default"
             self._fn = torch.compile(self._logits, mode=mode, dynamic=False)
 
-    def _logits(self, fg, mask, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
-        x = composite_pairs(fg, mask, bg, fi, bj, dtype)
+    def _logits(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
+        x = composite_pairs(fg, sel, bg, fi, bj, dtype)
         if not self.channels_last:
             x = x.contiguous()
+        if self._direct and tuple(x.shape[-2:]) == self._input_hw:
+            # Classifier.preprocess without a resize, in place: the same arithmetic, no float temporaries.
+            x.sub_(self.classifier.mean.to(x.dtype)).div_(self.classifier.std.to(x.dtype))
+            return self.classifier.model(x)
         return self.classifier(x)
 
     def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False):
@@ -390,7 +397,7 @@ class _UnitState:
     BJ: np.ndarray | None          # (n, L) pool position of each trial, -1 = none (None: position = trial)
     BJd: torch.Tensor | None
     fg: torch.Tensor
-    mask: torch.Tensor
+    mask: torch.Tensor             # (n, H, W, 3) 0/255 select masks
     true: torch.Tensor
     M: torch.Tensor                # (n, L) float32 margin, NaN until evaluated
     P: torch.Tensor                # (n, L) int16 mapped prediction
@@ -448,7 +455,7 @@ class _Engine:
         n, dev = len(ids), self.device
         fgs = self.store.foregrounds
         fg = upload(read_items(fgs.images, ids, executor=self.executor), dev)
-        mask = upload(read_items(fgs.masks, ids, executor=self.executor), dev)
+        mask = select_mask(upload(read_items(fgs.masks, ids, executor=self.executor), dev))
         true = torch.as_tensor(fgs.labels[ids], device=dev)
         BJ = BJd = None
         L = len(self.pool)
