@@ -322,6 +322,9 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
     if not arch:
         raise ModelError(f"{p} does not record its architecture; pass arch= (--arch), e.g. --arch resnet50")
     timm = _timm()
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        raise ModelError(f"unknown architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
     probe = timm.create_model(arch, pretrained=False)
     # robustness-library layout (module./model. prefixes, normaliser/attacker entries): see advbg.checkpoints
     from .checkpoints import normalize_state_dict_keys
