@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)  # non-standalone typer returns Exit codes (130 on Ctrl-C)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except BrokenPipeError:  # `advbg ... | head`: the reader left; stop quietly like other Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        sys.exit(141)
     except KeyboardInterrupt:
         typer.echo("advbg: interrupted", err=True)
         sys.exit(130)
