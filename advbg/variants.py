@@ -373,6 +373,25 @@ def make_variant(store: Store, name: str, fg_index: Sequence[int] | np.ndarray |
                         np.asarray(bg_id, np.int64), [fg.source_ids[r] for r in index], index)
 
 
+def why_not(store: Store, name: str, options: VariantOptions | None = None) -> str | None:
+    """Why the variant cannot be made for every foreground of this store (None when it can)."""
+    _spec(name)
+    bg = store.backgrounds.labels
+    have = set(bg[bg >= 0].tolist())
+    n_classes = len(store.class_names)
+    need = {"mixed_same": lambda y: y, "mixed_next": lambda y: (y + 1) % n_classes}.get(name)
+    if need is not None:
+        missing = sorted({need(int(y)) for y in store.foregrounds.labels} - have)
+        if missing:
+            return (f"{name} needs backgrounds of class(es) {', '.join(store.class_names[c] for c in missing)}; "
+                    f"the store has none")
+    if name == "mixed_rand" and not have:
+        return "mixed_rand needs labelled backgrounds; the store has none"
+    if name == "bg_texture" and (options or VariantOptions()).texture == "store" and not (bg < 0).any():
+        return "bg_texture with texture 'store' needs unlabelled backgrounds (label -1); the store has none"
+    return None
+
+
 def iter_variant(store: Store, name: str, *, block: int = 64, rng_seed: int = 0,
                  options: VariantOptions | None = None) -> Iterator[VariantBatch]:
     """The whole variant over all foreground rows, ``block`` rows at a time."""
@@ -527,20 +546,26 @@ def _write_h5(store: Store, f: h5py.File, name: str, batches: Iterator[VariantBa
 
 def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt: str | None = None,
                    names: Sequence[str] | None = None, seed: int = 0, options: VariantOptions | None = None,
-                   block: int = 64, overwrite: bool = False, progress: bool = True) -> dict[str, int]:
+                   block: int = 64, overwrite: bool = False, progress: bool = True,
+                   on_skip: Callable[[str, str], None] | None = None) -> dict[str, int]:
     """Write variant sets of a store to ``out`` (a folder in the released layout, or a new .h5 file).
 
     Returns the number of images per variant. ``out`` appears only when everything was written (built under
-    ``<out>.partial`` and renamed).
+    ``<out>.partial`` and renamed). A variant the store cannot make (``why_not``) fails the call when it was
+    named in ``names``; with ``names=None`` (all) it is skipped, reported to ``on_skip(name, reason)`` and listed
+    under ``skipped`` in the output's metadata.
     """
     out = Path(out)
     fmt = fmt or ("h5" if out.suffix.lower() in (".h5", ".hdf5") else "folder")
     if fmt not in ("folder", "h5"):
         raise AdvbgError(f"--format must be folder or h5, got {fmt!r}")
+    explicit = names is not None
     names = list(names or variant_names())
     for n in names:
         _spec(n)
     options = (options or VariantOptions()).validate()
+    if not names:
+        raise AdvbgError("no variants named")
     if out.exists() and not overwrite:
         raise AdvbgError(f"{out} already exists; pass --overwrite to replace it")
     if not out.parent.exists():
@@ -549,8 +574,15 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
     _remove(tmp)
     counts: dict[str, int] = {}
     with Store(store_path) as store:
+        skipped = {n: r for n in names if (r := why_not(store, n, options))}
+        if skipped and explicit:
+            raise AdvbgError(next(iter(skipped.values())))
+        for n, reason in skipped.items():
+            if on_skip:
+                on_skip(n, reason)
+        names = [n for n in names if n not in skipped]
         meta = dict(seed=int(seed), options=json.dumps(asdict(options)), store=str(Path(store_path).resolve()),
-                    store_digest=store.digest())
+                    store_digest=store.digest(), skipped=json.dumps(skipped))
         bar = tqdm(total=len(names) * len(store.foregrounds), unit="img", desc="variants", disable=not progress)
 
         def batches(name: str) -> Iterator[VariantBatch]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import cv2
 import h5py
@@ -220,6 +221,14 @@ def test_missing_background_class_is_a_clear_error(store, tmp_path):
                 bg_labels=store.backgrounds.labels[keep])
     with Store(tmp_path / "no1.h5") as s, pytest.raises(AdvbgError, match="mixed_next needs a background"):
         make_variant(s, "mixed_next", [0])  # class 0 -> background class 1, which has none
+    with pytest.raises(AdvbgError, match="mixed_next needs backgrounds of class.es. bird"):
+        write_variants(tmp_path / "no1.h5", tmp_path / "x.h5", names=["only_fg", "mixed_next"], progress=False)
+    skipped = []
+    counts = write_variants(tmp_path / "no1.h5", tmp_path / "all.h5", progress=False,
+                            on_skip=lambda n, why: skipped.append(n))   # all: what cannot be made is skipped
+    assert skipped == ["mixed_same", "mixed_next"] and len(counts) == len(ALL) - 2
+    with h5py.File(tmp_path / "all.h5") as f:
+        assert sorted(json.loads(f.attrs["skipped"])) == ["mixed_next", "mixed_same"]
 
 
 # --------------------------------------------------------------------------------------------- writers

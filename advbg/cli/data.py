@@ -105,5 +105,6 @@ def variants(
     opts = VariantOptions(blur_kernel=blur_kernel, recolor=recolor, hue_shift=hue_shift,
                           reduced_margin=reduced_margin, reduced_fill=reduced_fill, texture=texture)
     counts = write_variants(store, out, fmt=format, names=[n.strip() for n in names.split(",")] if names else None,
-                            seed=seed, options=opts, overwrite=overwrite, progress=not quiet)
+                            seed=seed, options=opts, overwrite=overwrite, progress=not quiet,
+                            on_skip=lambda n, why: typer.echo(f"skipped {n}: {why}", err=True))
     typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
