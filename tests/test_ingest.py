@@ -134,3 +134,19 @@ def test_cli_ingest_reports_per_file_then_one_line_error(corrupted, tmp_path, ca
 def test_not_a_release_folder_is_a_clear_error(tmp_path, capsys):
     assert run_cli(["ingest", "in9", str(tmp_path), "--out", str(tmp_path / "x.h5")]) == 1
     assert "not the released IN-9 layout" in capsys.readouterr().err
+
+
+def test_ingested_store_makes_every_variant_and_the_released_pixels(ingested):
+    from PIL import Image
+
+    from advbg.variants import make_variant, variant_names
+
+    rel, out, _ = ingested
+    with Store(out) as s:
+        bgt = make_variant(s, "only_bg_t", range(18))
+        for i, stem in enumerate(rel.stems):
+            jpeg = rel.root / "only_bg_t" / "val" / IN9_FOLDERS[rel.labels[i]] / f"{stem}.JPEG"
+            assert np.array_equal(bgt.images[i], np.asarray(Image.open(jpeg).convert("RGB")))
+        for name in variant_names():  # no boxes were released: box-based variants use the mask's box
+            b = make_variant(s, name, [0, 17])
+            assert b.images.shape == (2, SIZE, SIZE, 3)
