@@ -70,3 +70,4 @@ from . import data as _data  # noqa: E402,F401
 from . import universal as _universal  # noqa: E402,F401
 from . import verify as _verify  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
+from . import train as _train  # noqa: E402,F401

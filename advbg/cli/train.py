@@ -1,0 +1,91 @@
+"""`advbg export`, `advbg finetune`, `advbg synth`: from fooling backgrounds to a retrained model."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import app, options as o
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must be empty or absent).")],
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    results: Annotated[Optional[str], typer.Option(
+        help="Search results name in the store (default: the most recent complete search).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="folder (ImageFolder PNGs, lossless) or h5 (one advbg "
+                                                      "store: backgrounds + composites with masks).")] = "folder",
+    what: Annotated[str, typer.Option(help="backgrounds, composites or both.")] = "both",
+    top: Annotated[Optional[int], typer.Option(help="Keep the first N of each kind.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Keep the first N of each class and kind.")] = None,
+    rank: Annotated[str, typer.Option(
+        help="Background ranking: fooled (foregrounds fooled under the search's criterion) or asr (share of "
+             "other-class foregrounds predicted as the background's class).")] = "fooled",
+    include_unfooled: Annotated[bool, typer.Option(
+        "--include-unfooled", help="Composites: also foregrounds no background fooled (their worst case).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+) -> None:
+    """Export fooling backgrounds and worst composites of a search, with a manifest, for training."""
+    from ..export import ExportConfig, export as run_export
+
+    run_export(store, out, results=results, overwrite=overwrite, echo=typer.echo,
+               config=ExportConfig(what=what, fmt=fmt, top=top, per_class=per_class, rank=rank,
+                                   include_unfooled=include_unfooled))
+
+
+@app.command()
+def finetune(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint path; writes OUT.safetensors and OUT.json.")],
+    model: o.ModelOpt = "advbg/lite0",
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    policy: Annotated[str, typer.Option(help="original, mixed-rand (random backgrounds) or adversarial "
+                                             "(backgrounds drawn by fooling power for the current model).")] = "mixed-rand",
+    ratio: Annotated[float, typer.Option(help="Share of samples composited onto a drawn background.")] = 1.0,
+    epochs: Annotated[int, typer.Option("--epochs", "-e")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per training step.")] = 64,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9, Nesterov).")] = "adamw",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule per step).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms and biases).")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation and of every background draw.")] = 0,
+    refresh_every: Annotated[int, typer.Option(help="adversarial: steps between fooling-power refreshes.")] = 50,
+    probe_per_class: Annotated[int, typer.Option(help="adversarial: probe foregrounds per class per refresh.")] = 2,
+    backgrounds: Annotated[Optional[Path], typer.Option(
+        help="Draw backgrounds from this store instead (e.g. the export.h5 of `advbg export --format h5`).")] = None,
+    pretrained: Annotated[bool, typer.Option(
+        "--pretrained/--no-pretrained", help="timm names: start from pretrained weights (offline cache) or random.")] = True,
+    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), off, bf16, fp16.")] = "auto",
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    device: o.DeviceOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Fine-tune a model on a store with a background policy; the checkpoint works with `advbg search --model`."""
+    from ..finetune import FinetuneConfig, finetune as run_finetune
+
+    run_finetune(model, store, out, FinetuneConfig(
+        policy=policy, ratio=ratio, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=num_workers,
+        refresh_every=refresh_every, probe_per_class=probe_per_class, pretrained=pretrained),
+        backgrounds=backgrounds, device=device, overwrite=overwrite, progress=not quiet, echo=typer.echo)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Store file to write (.h5).")],
+    classes: Annotated[int, typer.Option(help="Number of shape classes (2..9: circle, square, triangle, cross, "
+                                              "ring, diamond, star, hexagon, crescent).")] = 6,
+    per_class: Annotated[int, typer.Option(help="Photos per class.")] = 100,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    correlation: Annotated[float, typer.Option(
+        help="Background-class correlation strength in [0, 1]: P(own class style) before a uniform draw.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed (use different seeds for train and test stores).")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
+) -> None:
+    """Write a synthetic store: shapes with exact masks on class-correlated backgrounds."""
+    from ..synth import SynthConfig, make_synthetic
+
+    make_synthetic(out, SynthConfig(n_classes=classes, n_per_class=per_class, image_size=size,
+                                    correlation=correlation, seed=seed), overwrite=overwrite, echo=typer.echo)
