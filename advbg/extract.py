@@ -288,7 +288,8 @@ def _imagenet_synsets() -> list[str]:
     return p.read_text().split() if p.is_file() else []
 
 
-def resolve_classes(labels: Iterable[str], classes: str | Sequence[str] | None) -> tuple[tuple[str, ...], dict[str, int]]:
+def resolve_classes(labels: Iterable[str], classes: str | Sequence[str] | None
+                    ) -> tuple[tuple[str, ...], dict[str, int]]:
     """(class names of the store, {annotation label: class index}) for ``--classes`` (None, 'in9' or names).
 
     None: the sorted distinct labels. 'in9': IN-9's classes; labels may be IN-9 names, IN-9 folder names or

@@ -476,7 +476,8 @@ def open_evalset(file: h5py.File, name: str) -> Evalset:
     """The complete evaluation set ``/evalsets/<name>`` of an open h5py file (a store's ``.file`` or a variants .h5)."""
     names = evalset_names(file)
     if name not in names:
-        raise AdvbgError(f"{file.filename} has no complete evaluation set {name!r} (it has: {', '.join(names) or 'none'})")
+        raise AdvbgError(f"{file.filename} has no complete evaluation set {name!r} "
+                         f"(it has: {', '.join(names) or 'none'})")
     g = file["evalsets"][name]
     return Evalset(name, g["image"], g["label"][()], g["fg_id"][()], g["bg_id"][()],
                    [s.decode() if isinstance(s, bytes) else s for s in g["source_id"][()]], dict(g.attrs))

@@ -138,7 +138,8 @@ def write_csv(path: Path, rows: list[tuple[str, int, int, int, int, str]]) -> Pa
     return path
 
 
-def write_voc(path: Path, filename: str, size: tuple[int, int], objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
+def write_voc(path: Path, filename: str, size: tuple[int, int],
+              objects: list[tuple[str, tuple[int, int, int, int]]]) -> None:
     """A PASCAL VOC annotation; ``objects`` boxes are 0-based exclusive, written 1-based inclusive."""
     objs = "".join(
         f"<object><name>{n}</name><bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{x1}</xmax>"

@@ -275,7 +275,8 @@ def test_cli_variants(store_path, tmp_path, capsys):
     assert run_cli(["variants", "--store", str(store_path), "--out", str(tmp_path / "o.h5"),
                     "--variants", "mixed_same,bg_blur", "--blur-kernel", "7", "--seed", "1", "-q"]) == 0
     assert "mixed_same 27, bg_blur 27" in capsys.readouterr().out
-    assert run_cli(["variants", "--store", str(store_path), "--out", str(tmp_path / "p"), "--variants", "mixed_nxt"]) == 1
+    assert run_cli(["variants", "--store", str(store_path), "--out", str(tmp_path / "p"),
+                    "--variants", "mixed_nxt"]) == 1
     err = capsys.readouterr().err
     assert "unknown variant 'mixed_nxt'; did you mean mixed_next" in err and len(err.strip().splitlines()) == 1
     assert run_cli(["variants", "--store", str(store_path), "--out", str(tmp_path / "o.h5")]) == 1

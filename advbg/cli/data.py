@@ -20,7 +20,8 @@ OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an exis
 def fetch_in9(
     dest: Annotated[Path, typer.Option("--dest", "-d", help="Folder to download and unpack into.")],
     archive: Annotated[Optional[Path], typer.Option(
-        "--archive", help="Use this already-downloaded archive (verified, then unpacked) instead of downloading.")] = None,
+        "--archive", help="Use this already-downloaded archive (verified, then unpacked) instead of downloading.")
+    ] = None,
     sha256: Annotated[Optional[str], typer.Option(
         "--sha256", help="Expected SHA-256 of the archive (default: the pinned release checksum).")] = None,
     timeout: Annotated[float, typer.Option(help="Network timeout per connect/read, seconds.")] = 15.0,
@@ -95,7 +96,8 @@ def variants(
     hue_shift: Annotated[int, typer.Option(help="bg_recolor: hue rotation, degrees.")] = 90,
     reduced_margin: Annotated[int, typer.Option(help="bg_reduced: pixels kept around the object box.")] = 16,
     reduced_fill: Annotated[str, typer.Option(help="bg_reduced: black, gray or white outside.")] = "black",
-    texture: Annotated[str, typer.Option(help="bg_texture: auto, store (unlabelled backgrounds) or procedural.")] = "auto",
+    texture: Annotated[str, typer.Option(
+        help="bg_texture: auto, store (unlabelled backgrounds) or procedural.")] = "auto",
     overwrite: OverwriteOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
