@@ -24,8 +24,12 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
                results_name: str | None = None, results_file: Path | None = None, grid: Path | None = None,
                resume: bool = False, write: bool = True, progress: bool = True, compile: bool = False,
                cuda_graphs: bool = False, memory_gb: float | None = None, verify_close: float = 0.0,
-               journal_dir: Path | None = None, echo: Callable[[str], None] = print) -> SearchResult:
+               journal_dir: Path | None = None, prune: int | None = None, prune_ratio: float | None = None,
+               prune_rule: str = "mix", echo: Callable[[str], None] = print) -> SearchResult:
     """`advbg search`: load, search, write results into the store, JSON and grid PNG, print the headline.
+
+    ``prune``/``prune_ratio``: try each foreground on only K (or a share of the pool) candidate backgrounds
+    chosen by ``prune_rule`` from the embeddings `advbg index` stored (see advbg.prune, docs/index.md).
 
     Under ``torchrun`` every rank searches its share of the foregrounds with the store open read-only; rank 0
     then writes the results into the store and the outputs (see docs/scaling.md)."""
@@ -38,6 +42,9 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
     cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=batch_size, fg_block=fg_block, amp=amp,
                        compile=compile, cuda_graphs=cuda_graphs, memory_gb=memory_gb, verify_close=verify_close)
     cfg.validate()
+    from .prune import prune_spec, pruned_search
+
+    spec = prune_spec(prune, prune_ratio, prune_rule)
     _check_output(results_file)
     d = distributed.setup(distributed.local_device(resolve_device(device)))
     if write:  # one rank makes the demo's working copy; the others find it fresh
@@ -49,8 +56,12 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
     with Store(store, mode="r+" if write and not d.active else "r") as s:
         s.require_nonempty()
         clf = classifier_from(model, arch, weights, label_map, norm, device)
-        result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress,
-                        journal_dir=journal_dir)
+        if spec:
+            result = pruned_search(s, clf, cfg, spec, results_name=results_name, write=write, resume=resume,
+                                   progress=progress, journal_dir=journal_dir)
+        else:
+            result = search(s, clf, cfg, results_name=results_name, write=write, resume=resume, progress=progress,
+                            journal_dir=journal_dir)
         if d.main:
             _report(s, result, results_file, grid, echo)
     distributed.barrier(d)  # no rank holds the store open any more
@@ -72,8 +83,14 @@ def _report(s, result: SearchResult, results_file: Path | None, grid: Path | Non
     from .report import worst_grid, write_json
 
     echo(headline(result))
+    summary = result.summary()
+    if result.run.pruning:
+        from .prune import prune_line, prune_summary
+
+        echo(prune_line(result, len(s.backgrounds)))
+        summary.update(prune_summary(result, len(s.backgrounds)))
     if results_file:
-        write_json(results_file, result.summary())
+        write_json(results_file, summary)
         echo(f"summary: {results_file}")
     if str(grid) != "-":
         png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")

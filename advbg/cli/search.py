@@ -48,6 +48,15 @@ def search(
     journal_dir: Annotated[Optional[Path], typer.Option(
         help="Folder for the resume journal (default: beside the store; under torchrun on several nodes it must "
              "be on storage every node sees).")] = None,
+    prune: Annotated[Optional[int], typer.Option(
+        "--prune", metavar="K", help="Try each foreground on only K candidate backgrounds chosen with the model's "
+                                     "embeddings (run `advbg index` first); reports the composites skipped.")] = None,
+    prune_ratio: Annotated[Optional[float], typer.Option(
+        "--prune-ratio", metavar="R", help="Like --prune with K = R x the number of backgrounds (0 < R <= 1).")] = None,
+    prune_rule: Annotated[str, typer.Option(
+        "--prune-rule", help="How candidates are chosen: mix (foreground and background class scores mixed by "
+                             "object area), score (background class scores alone), neighbours (mix, then FAISS "
+                             "neighbours of the worst backgrounds found), random.")] = "mix",
     quiet: o.QuietOpt = False,
 ) -> None:
     """Find every foreground's worst-case background and print the fooling rate."""
@@ -57,4 +66,5 @@ def search(
                batch_size=batch_size, fg_block=fg_block, amp=amp, label_map=label_map, arch=arch, weights=weights,
                norm=norm, device=device, results_name=results_name, results_file=results_file, grid=grid,
                resume=resume, write=not no_write, progress=not quiet, compile=compile, cuda_graphs=cuda_graphs,
-               memory_gb=memory_gb, verify_close=verify_close, journal_dir=journal_dir, echo=typer.echo)
+               memory_gb=memory_gb, verify_close=verify_close, journal_dir=journal_dir, prune=prune,
+               prune_ratio=prune_ratio, prune_rule=prune_rule, echo=typer.echo)

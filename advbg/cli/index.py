@@ -1,0 +1,31 @@
+"""`advbg index`: embed a store's backgrounds and foregrounds with a model and build its FAISS indexes."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import app, options as o
+
+
+@app.command()
+def index(
+    store: o.StoreOpt = o.DEFAULT_STORE,
+    model: o.ModelOpt = "advbg/lite0",
+    label_map: o.LabelMapOpt = "auto",
+    arch: o.ArchOpt = None,
+    weights: o.WeightsOpt = None,
+    norm: o.NormOpt = None,
+    device: o.DeviceOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
+    kind: Annotated[str, typer.Option(
+        "--kind", help="FAISS index: auto (exact flat up to 20,000 items, then HNSW on CPU / IVF on GPU), "
+                       "flat, ivf or hnsw.")] = "auto",
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Embed every background and foreground with the model (penultimate features and class scores), store the
+    embeddings in the store and write FAISS indexes beside it, for `advbg search --prune`."""
+    from ..index import run_index
+
+    run_index(store=store, model=model, label_map=label_map, arch=arch, weights=weights, norm=norm, device=device,
+              batch_size=batch_size, kind=kind, progress=not quiet, echo=typer.echo)
