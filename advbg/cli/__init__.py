@@ -71,3 +71,4 @@ from . import universal as _universal  # noqa: E402,F401
 from . import verify as _verify  # noqa: E402,F401
 from . import evaluate as _evaluate  # noqa: E402,F401
 from . import train as _train  # noqa: E402,F401
+from . import index as _index  # noqa: E402,F401
