@@ -43,11 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     except AdvbgError as e:
         raise SystemExit(_one_line(e, 1))
     except Exception as e:  # click usage errors, then anything unexpected: never a traceback
-        import click
-
-        if isinstance(e, click.exceptions.UsageError):
+        # By class name: recent typer vendors its own copy of click, so click's classes may not be these.
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "UsageError" in kinds:
             raise SystemExit(_one_line(e.format_message(), 2))
-        if isinstance(e, click.exceptions.Abort):
+        if "Abort" in kinds:
             raise SystemExit(_one_line("aborted", 1))
         if os.environ.get("ADVBG_DEBUG"):
             raise
