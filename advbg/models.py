@@ -36,6 +36,9 @@ NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 
 # --------------------------------------------------------------------------------------------- label maps
+_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
 @dataclass(frozen=True)
 class LabelMap:
     """Maps a model's outputs to the store's classes.
@@ -63,8 +66,13 @@ class LabelMap:
         return UNMAPPED in self.table
 
     def _index(self, device: torch.device) -> torch.Tensor:
-        t = torch.tensor(self.table, dtype=torch.int64, device=device)
-        return torch.where(t < 0, torch.full_like(t, self.num_classes), t)
+        # Cached per device: building it from the table is a blocking host->device copy, i.e. a GPU sync per batch.
+        key = (self.table, self.num_classes, str(torch.device(device)))
+        t = _INDEX_CACHE.get(key)
+        if t is None:
+            t = torch.tensor(self.table, dtype=torch.int64, device=device)
+            t = _INDEX_CACHE[key] = torch.where(t < 0, torch.full_like(t, self.num_classes), t)
+        return t
 
     def reduce(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, num_inputs) logits -> (N, num_classes [+1 "none" column]) group scores."""
