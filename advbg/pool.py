@@ -112,7 +112,7 @@ class BackgroundPool:
                 read_items(self.images, self.pool[s:s + self.block], arr[s:s + self.block], self.executor)
             return torch.from_numpy(arr)
         dev = torch.empty((n,) + self.item_shape, dtype=torch.uint8, device=self.device)
-        stage = torch.empty((min(n, self.block),) + self.item_shape, dtype=torch.uint8).pin_memory()
+        stage = torch.empty((min(n, self.block),) + self.item_shape, dtype=torch.uint8, pin_memory=True)
         for s in range(0, n, self.block):
             e = min(n, s + self.block)
             read_items(self.images, self.pool[s:e], stage.numpy()[: e - s], self.executor)
@@ -156,7 +156,7 @@ def _cuda_stream_blocks(pool: BackgroundPool) -> Iterator[tuple[int, int, torch.
     spans = _spans(pool)
     dev = pool.device
     k = min(2, len(spans))
-    host = [torch.empty((pool.block,) + pool.item_shape, dtype=torch.uint8).pin_memory() for _ in range(k)]
+    host = [torch.empty((pool.block,) + pool.item_shape, dtype=torch.uint8, pin_memory=True) for _ in range(k)]
     devbuf = [torch.empty((pool.block,) + pool.item_shape, dtype=torch.uint8, device=dev) for _ in range(k)]
     copied = [torch.cuda.Event() for _ in range(k)]      # host[i] -> devbuf[i] copy finished
     released = [torch.cuda.Event() for _ in range(k)]    # compute finished with devbuf[i]

@@ -255,13 +255,14 @@ class _Step:
             return self.classifier.model(x)
         return self.classifier(x)
 
-    def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False):
+    def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False, eager: bool = False):
+        fn = self._logits if (fp32 or eager) else self._fn
         with torch.inference_mode():
             if fp32 or not self.low_precision:
-                logits = (self._logits if fp32 else self._fn)(fg, mask, bg, fi, bj, torch.float32).float()
+                logits = fn(fg, mask, bg, fi, bj, torch.float32).float()
             else:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    logits = self._fn(fg, mask, bg, fi, bj, self.comp_dtype).float()
+                    logits = fn(fg, mask, bg, fi, bj, self.comp_dtype).float()
             lm = self.classifier.label_map
             pred = lm.predict(logits)
             margin = lm.margin(logits, true)
@@ -503,7 +504,7 @@ class _Engine:
         torch.cuda.synchronize(self.device)
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        self.step(u.fg, u.mask, blk, a, bj, true, bgl)
+        self.step(u.fg, u.mask, blk, a, bj, true, bgl, eager=True)   # no compile for a throw-away shape
         torch.cuda.synchronize(self.device)
         per = (torch.cuda.max_memory_allocated(self.device) - base) / max(1, k.numel())
         self.batch.size = auto_batch_size(per, self.budget - torch.cuda.memory_allocated(self.device))
