@@ -824,7 +824,9 @@ def _assemble(n: int, journal, mem: dict) -> dict[str, np.ndarray]:
             v[k][s:e] = r[k]
         have[s:e] = True
     if not have.all():
-        raise AdvbgError(f"{int((~have).sum())} foregrounds have no committed result (a rank stopped early?); "
+        where = f" in {journal.folder}" if journal else ""
+        raise AdvbgError(f"{int((~have).sum())} foregrounds have no committed result{where} (under torchrun on "
+                         f"several nodes the journal must be on a filesystem every node sees: --journal-dir); "
                          f"rerun with --resume")
     return v
 
