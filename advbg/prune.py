@@ -62,9 +62,10 @@ class PruneSpec:
             raise AdvbgError(f"--prune-ratio must be in (0, 1] (got {self.ratio})")
 
     def resolve_k(self, n_pool: int) -> int:
-        """Candidates per foreground for a pool of ``n_pool`` backgrounds (at least 1, at most the pool)."""
+        """Candidates per foreground for a pool of ``n_pool`` backgrounds: K, or the ratio's share of the pool
+        rounded down (a budget: never more than that share), at least 1 and at most the pool."""
         self.validate()
-        k = self.k if self.k is not None else math.ceil(self.ratio * n_pool)
+        k = self.k if self.k is not None else math.floor(self.ratio * n_pool + 1e-9)
         return max(1, min(int(k), n_pool))
 
     def describe(self, n_pool: int) -> str:

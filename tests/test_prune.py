@@ -74,10 +74,10 @@ def test_pruned_search_evaluates_k_backgrounds_per_foreground(indexed, rule):
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
         pruned = pruned_search(s, clf, cfg, PruneSpec(rule, ratio=0.3), write=False, progress=False)
-    assert (pruned.n_evaluated == 4).all() and pruned.run.forwards == 9 * 4        # ceil(0.3 * 13)
+    assert (pruned.n_evaluated == 3).all() and pruned.run.forwards == 9 * 3        # floor(0.3 * 13)
     assert (pruned.worst_margin >= full.worst_margin).all()                         # a subset never finds worse
     assert not (pruned.fooled & ~full.fooled).any()
-    assert prune_summary(pruned, 13)["composites_skipped"] == 9 * 13 - 9 * 4
+    assert prune_summary(pruned, 13)["composites_skipped"] == 9 * 13 - 9 * 3
 
 
 def test_mix_candidates_are_the_rules_top_k(indexed):
@@ -125,7 +125,7 @@ def test_prune_without_embeddings_says_to_run_index(random_store, tiny_classifie
 def test_prune_options_are_validated():
     assert prune_spec(None, None) is None
     assert PruneSpec(ratio=0.1).resolve_k(4050) == 405 and PruneSpec(k=10**6).resolve_k(30) == 30
-    assert PruneSpec(ratio=0.01).resolve_k(20) == 1
+    assert PruneSpec(ratio=0.01).resolve_k(20) == 1 and PruneSpec(ratio=0.29).resolve_k(100) == 29
     for kw, msg in [(dict(k=3, ratio=0.5), "exactly one"), (dict(k=0), "at least 1"),
                     (dict(ratio=0.0), r"in \(0, 1\]"), (dict(ratio=1.5), r"in \(0, 1\]"),
                     (dict(k=3, rule="magic"), "unknown prune rule 'magic'")]:
