@@ -184,11 +184,12 @@ def write_embeddings(store: Store, emb: Embeddings) -> str:
         g.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1)
     g.attrs.update(identity=json.dumps(emb.identity), identity_key=emb.key, store_digest=emb.store_digest,
                    feature_kind=emb.feature_kind, score_names=json.dumps(list(emb.score_names)),
-                   fg_fill=emb.fg_fill, created=_now(), advbg_version=__version__, complete=True)
+                   fg_fill=emb.fg_fill, created=_now(), advbg_version=__version__, complete=False)
     store.file.flush()
     if emb.name in root:
         del root[emb.name]
     root.move(tmp, emb.name)
+    root[emb.name].attrs["complete"] = True    # last: a crash before this leaves nothing that loads
     store.file.flush()
     return f"/{EMBED_GROUP}/{emb.name}"
 
