@@ -158,7 +158,8 @@ class PairSampler(Sampler):
         p = np.where(total > 0, w / np.where(total > 0, total, 1), 1.0 / max(len(self.pool), 1))
         p = (1 - self.policy.floor) * p + self.policy.floor / max(len(self.pool), 1)
         self._cdf = np.cumsum(p, 1)
-        self._cdf[:, -1] = 1.0 + 1e-12 if len(self.pool) else 0.0
+        if len(self.pool):
+            self._cdf[:, -1] = 1.0 + 1e-12     # v < 1 always lands inside the pool despite rounding
 
     def probabilities(self) -> np.ndarray:
         """(n_classes, B) current adversarial draw probabilities."""

@@ -224,6 +224,7 @@ def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, confi
     from .report import write_json
 
     write_json(recipe_file, record)
+    _default_permissions(recipe_file)
     echo(f"wrote {ckpt} and {recipe_file.name} ({meta['recipe']['steps']} steps in {seconds:.1f} s); "
          f"evaluate with: advbg search --model {ckpt} --store {store}")
     return FinetuneResult(ckpt, recipe_file, meta, history, net)
@@ -294,7 +295,15 @@ def _save(model: nn.Module, meta: dict, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     try:
         save_file(sd, str(tmp), metadata={"advbg": json.dumps(meta)})
+        _default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _default_permissions(path: Path) -> None:
+    """safetensors and mkstemp create files 0600; give them the permissions a plain open() would (umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

@@ -66,6 +66,7 @@ def test_each_epoch_visits_every_foreground_once():
 def test_original_policy_never_composites_and_mixed_rand_draws_uniformly():
     labels = np.arange(400) % 4
     assert all(b == -1 for _, b in _epoch(PairSampler(labels, np.arange(5), Policy("original"))))
+    assert all(b == -1 for _, b in _epoch(PairSampler(labels, [], Policy("original"))))   # no pool needed
     pool = np.array([3, 5, 8, 13, 21])
     draws = [b for e in range(10) for _, b in _epoch(PairSampler(labels, pool, Policy("mixed-rand"), seed=1), e)]
     counts = np.array([draws.count(b) for b in pool])

@@ -53,14 +53,17 @@ def test_two_epoch_finetune_writes_a_checkpoint_that_loads_and_that_search_accep
         assert len(r) == 24
 
 
-def test_cli_adversarial_finetune_refreshes_weights_and_refuses_to_overwrite(tiny_synth, tmp_path, capsys):
+def test_cli_adversarial_finetune_on_exported_backgrounds_refreshes_weights_and_refuses_to_overwrite(
+        tiny_synth, tmp_path, capsys):
+    other = make_synthetic(tmp_path / "other.h5", SynthConfig(n_classes=3, n_per_class=2, image_size=32, seed=7))
     out = tmp_path / "adv.safetensors"
     args = ["finetune", "--model", ARCH, "--no-pretrained", "--store", str(tiny_synth), "--policy", "adversarial",
+            "--backgrounds", str(other),
             "--epochs", "1", "--batch-size", "8", "--refresh-every", "1", "--optimizer", "sgd", "--lr", "0.01",
             "--out", str(out), "--quiet"]
     main(args)
     recipe = json.loads(checkpoint_paths(out)[1].read_text())["recipe"]
-    assert recipe["policy"] == "adversarial" and recipe["optimizer"] == "sgd"
+    assert recipe["policy"] == "adversarial" and recipe["optimizer"] == "sgd" and recipe["backgrounds"] == str(other)
     assert recipe["adversarial_refreshes"] == 3       # one before training, then after steps 1 and 2 (of 3)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
