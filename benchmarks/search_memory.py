@@ -149,7 +149,7 @@ def child(args) -> None:
     with Store(args.store) as s:
         cfg = SearchConfig(foregrounds=tuple(range(n_fg)) if n_fg else None, memory_gb=budget,
                            record_outcomes=True, device=dev)
-        from advbg import search as search_mod
+        from advbg.engine import budget_bytes
         from advbg.pool import BackgroundPool
 
         seen = {}
@@ -163,7 +163,7 @@ def child(args) -> None:
         t0 = time.perf_counter()
         res = search(s, clf, cfg, write=False, progress=False)
         secs = time.perf_counter() - t0
-    out = dict(budget=args.budget, effective_budget_gb=search_mod.budget_bytes(torch.device(dev), budget) / 2**30,
+    out = dict(budget=args.budget, effective_budget_gb=budget_bytes(torch.device(dev), budget) / 2**30,
                peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, rss_after_model_gb=base_rss,
                device=dev, composites=res.run.forwards, seconds=secs, batch_size=res.run.batch_size, **seen)
     if dev.startswith("cuda"):

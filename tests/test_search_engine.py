@@ -104,7 +104,7 @@ def test_verify_close_gives_fp32_decisions_from_a_bf16_run(tmp_path, mode):
 
 
 def test_water_fill_equals_round_robin_dealing():
-    from advbg.search import _water_fill
+    from advbg.engine import _water_fill
 
     rng = np.random.default_rng(0)
     for _ in range(300):
