@@ -15,7 +15,13 @@ def headline(result: SearchResult) -> str:
     return (f"fooling rate {result.fooling_rate:.1f}% (challenge accuracy {result.challenge_accuracy:.1f}%) | "
             f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
             f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
-            f"({r.composites_per_s:.0f} composites/s)")
+            f"({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))
+
+
+def _invalid_note(result: SearchResult) -> str:
+    n = int(result.n_invalid.sum())
+    return (f" | WARNING: {n} invalid composites (NaN/inf logits, e.g. fp16 overflow) counted as not fooled "
+            f"(rerun with --amp off to check)") if n else ""
 
 
 def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any", mode: str = "exhaustive",
