@@ -19,8 +19,8 @@ mixed_same / mixed_rand are composited here directly with ``advbg.compositor.com
 identical for every model) rather than through ``advbg.variants``, so this script depends only on the store,
 the compositor, the models and the search.
 
-    python benchmarks/augmentation_effect.py            # about 3-5 minutes on 2 CPU cores
-    python benchmarks/augmentation_effect.py --seeds 0 1 2
+    python benchmarks/augmentation_effect.py              # one seed: 4-10 minutes on a shared 2-core CPU
+    python benchmarks/augmentation_effect.py --seeds 0 1  # the table in benchmarks/README.md (21 minutes there)
 """
 from __future__ import annotations
 
