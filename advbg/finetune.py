@@ -114,6 +114,9 @@ def _build(model: str, class_names: tuple[str, ...], pretrained: bool, device: t
                              f"{len(class_names)} classes")
         net.reset_classifier(len(class_names))
         echo(f"{cfg.architecture}: new {len(class_names)}-way head (the model had {cfg.num_outputs} outputs)")
+    elif tuple(c.lower() for c in cfg.class_names) != tuple(c.lower() for c in class_names):
+        echo(f"note: keeping the model's {cfg.num_outputs}-way head, whose outputs were {', '.join(cfg.class_names)}; "
+             f"they are trained as the store's {', '.join(class_names)}")
     for p in net.parameters():
         p.requires_grad_(True)
     info = dict(architecture=cfg.architecture, mean=list(cfg.mean), std=list(cfg.std),
