@@ -155,8 +155,10 @@ def _check_group(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> N
     if complete is None:
         report.problem("group", f"/{where} has no completion flag (attrs['complete']); it may be half-written")
     elif not complete or where.endswith(".partial"):
-        report.problem("group", f"/{where} is incomplete (its write was interrupted); finish it (e.g. "
-                                f"`advbg search --resume` with the same settings) or delete it")
+        how = ("`advbg search --resume` with the same settings" if kind == "search"
+               else "rerun the command that wrote it")
+        report.problem("group", f"/{where} is incomplete (its write was interrupted); finish it ({how}) "
+                                f"or delete it")
     _check_digest(s, where, g, report)
     if kind == "search":
         _check_search_ids(s, where, g, report)

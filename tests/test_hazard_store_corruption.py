@@ -167,8 +167,8 @@ def test_results_group_interrupted_before_its_completion_flag_is_a_problem(store
         f["results/r/done"][4:] = 0
     report = verify_store(store)
     assert "/results/r: search, INCOMPLETE, 4/7 foregrounds done" in report.lines
-    assert report.problems == ["/results/r is incomplete (its write was interrupted); finish it (e.g. `advbg "
-                               "search --resume` with the same settings) or delete it"]
+    assert report.problems == ["/results/r is incomplete (its write was interrupted); finish it (`advbg search "
+                               "--resume` with the same settings) or delete it"]
     code, out, err = run(["verify", str(store), "-q"], capsys)
     one_line_error(code, err, "1 problem")
 
