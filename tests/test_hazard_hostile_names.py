@@ -64,8 +64,6 @@ def test_export_writes_nothing_outside_its_folder(hostile):
                                                       config=ExportConfig(include_unfooled=True)))
 
 
-@pytest.mark.xfail(strict=True, reason="HAZARD (issue 3, advbg/variants.py class_folders): class names become "
-                   "folder names unchecked, so a store's class name with '../' makes variants write outside --out")
 def test_variants_writes_nothing_outside_its_folder(hostile):
     from advbg.variants import write_variants
 
