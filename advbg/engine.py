@@ -150,8 +150,8 @@ def budget_bytes(device: torch.device, memory_gb: float | None) -> int:
     if memory_gb is not None:
         return int(memory_gb * 2**30)
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(0.9 * (free + torch.cuda.memory_allocated(device)))
+        free, _ = torch.cuda.mem_get_info(device)          # the driver's view: our cached blocks count as used
+        return int(0.9 * (free + torch.cuda.memory_reserved(device)))
     return int(CPU_BUDGET_GB * 2**30)
 
 
@@ -256,7 +256,8 @@ class Engine:
         self.lag = 1 if (self.stop and device.type == "cuda") else 0
         self.verify = config.verify_close if self.step.low_precision else 0.0
         size = config.batch_size or (CPU_BATCH if device.type != "cuda" else 0)
-        self.batch = _Batcher(self.step, size, pad=config.compile, echo=echo)
+        # Static shapes on CUDA (a short batch is padded): one compiled graph / cuDNN plan, CUDA graphs possible.
+        self.batch = _Batcher(self.step, size, pad=config.compile or device.type == "cuda", echo=echo)
         self.forwards = 0
         self.verified = 0
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -167,21 +168,31 @@ def matmul_tflops(device: torch.device) -> float:
 # --------------------------------------------------------------------------------------------- sections
 def run_section(models: list[str], variants: tuple[Variant, ...], device: torch.device, store_path: Path,
                 jpgs: list[Path], n_fg: int, fg_block: int, ref_fg: int, batch: int | None,
-                no_compile: bool = False) -> list[dict]:
+                no_compile: bool = False, repeat: int = 1) -> list[dict]:
     rows = []
     with Store(store_path) as store:
         for name in models:
             clf = classifier(name, device)
-            ref = measure_reference(clf, store, jpgs, ref_fg, device)
-            print(f"{name}: reference loop {ref:.1f} composites/s", flush=True)
+            refs = []
             for v in variants:
                 if v.compile and no_compile:
                     continue
-                s = measure_search(clf, store, v, n_fg, device, fg_block, batch)
-                bare = measure_bare(clf, store, v, s["batch"], device)
+                # Alternate reference, search and bare `repeat` times and keep medians: on a shared machine the
+                # load changes between measurements. A compiled step recompiles per search: measured once.
+                runs, bares = [], []
+                for _ in range(1 if v.compile else repeat):
+                    if len(refs) < repeat:
+                        refs.append(measure_reference(clf, store, jpgs, ref_fg, device))
+                    runs.append(measure_search(clf, store, v, n_fg, device, fg_block, batch))
+                    bares.append(measure_bare(clf, store, v, runs[-1]["batch"], device))
+                ref = statistics.median(refs)
+                s = {k: statistics.median(r[k] for r in runs) for k in ("steady", "end_to_end")}
+                s["batch"] = runs[-1]["batch"]
+                bare = statistics.median(bares)
                 row = dict(model=name, variant=v.name, batch=s["batch"], search=s["steady"],
                            search_end_to_end=s["end_to_end"], bare=bare, ratio=s["steady"] / bare,
-                           reference=ref, speedup=s["steady"] / ref, grid_minutes=GRID / s["steady"] / 60)
+                           reference=ref, speedup=s["steady"] / ref, grid_minutes=GRID / s["steady"] / 60,
+                           repeats=len(runs), load_average=os.getloadavg()[0])
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -216,6 +227,7 @@ def main() -> None:
     ap.add_argument("--ref-fg", type=int, default=None, help="foregrounds in the reference loop (default 2)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the search's automatic choice")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "advbg-bench")
+    ap.add_argument("--repeat", type=int, default=3, help="alternating repetitions, medians reported")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows (slow to compile)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -239,7 +251,7 @@ def main() -> None:
                 threads=torch.get_num_threads())
     print(json.dumps(info), flush=True)
     rows = run_section(models, GPU_VARIANTS if gpu else CPU_VARIANTS, device, store_path, jpgs, n_fg, fg_block,
-                       ref_fg, args.batch_size, args.no_compile)
+                       ref_fg, args.batch_size, args.no_compile, args.repeat)
     extra = {}
     if gpu:
         tflops = matmul_tflops(device)
@@ -250,7 +262,7 @@ def main() -> None:
     print()
     print(f"{info['device']}, {info['cpu_count']} CPU cores, torch {info['torch']}, {info['date']}, load average "
           f"{info['load_average']:.1f}; store {n_fg} foregrounds x {n_bg} backgrounds at 224 px, units of "
-          f"{fg_block}; reference over {ref_fg} foregrounds")
+          f"{fg_block}; reference over {ref_fg} foregrounds; medians of up to {args.repeat} alternating runs")
     print(table(rows))
     if extra:
         print(f"\nbf16 matmul ceiling {extra['matmul_bf16_tflops']:.0f} TFLOP/s -> compute floor of the grid for "
