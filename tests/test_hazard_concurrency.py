@@ -75,9 +75,10 @@ def test_second_writer_and_readers_are_refused_while_a_writer_holds_the_store(st
             Store(store)
         code, _, err = run(["verify", str(store), "-q"], capsys)
         one_line_error(code, err, rf"being written by another process \(pid {pid}\)")
-        code, _, err = run(["search", "--store", str(store), "--model", "nonexistent/model", "--grid", "-",
-                            "-q"], capsys)
-        one_line_error(code, err, rf"being written by another process \(pid {pid}\)")
+        for extra in ([], ["--no-write"]):  # a writer, then a reader
+            code, _, err = run(["search", "--store", str(store), "--model", "nonexistent/model", "--grid", "-",
+                                "-q", *extra], capsys)
+            one_line_error(code, err, rf"being written by another process \(pid {pid}\)")
     assert not (tmp_path / "s.h5.lock").exists()  # the holder released it; the refused ones never took it
     assert verify_store(store).ok
 
