@@ -76,11 +76,13 @@ class _Step:
         x = composite_pairs(fg, sel, bg, fi, bj, dtype)
         if not self.channels_last:
             x = x.contiguous()
-        if self._direct and tuple(x.shape[-2:]) == self._input_hw:
-            # Classifier.preprocess without a resize, in place: the same arithmetic, no float temporaries.
-            x.sub_(self.classifier.mean.to(x.dtype)).div_(self.classifier.std.to(x.dtype))
-            return self.classifier.model(x)
-        return self.classifier(x)
+        c = self.classifier
+        if self._direct and tuple(x.shape[-2:]) == self._input_hw and not (c._forward_hooks or c._forward_pre_hooks):
+            # Classifier.forward = model(preprocess(x)); preprocess without a resize done in place: the same
+            # arithmetic, no float temporaries. (Hooks on the classifier need the real call.)
+            x.sub_(c.mean.to(x.dtype)).div_(c.std.to(x.dtype))
+            return c.model(x)
+        return c(x)
 
     def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False, eager: bool = False):
         fn = self._logits if (fp32 or eager) else self._fn
