@@ -471,7 +471,11 @@ def read_models_file(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise AdvbgError(f"models file {p} does not exist")
-    names = [line.split("#", 1)[0].strip() for line in p.read_text().splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AdvbgError(f"models file {p} is not a UTF-8 text file (one model name per line)") from None
+    names = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     names = [n for n in names if n]
     if not names:
         raise AdvbgError(f"models file {p} names no model")

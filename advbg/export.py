@@ -139,8 +139,10 @@ def rank_composites(result, config: ExportConfig) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- export
 def class_folder(label: int, class_names) -> str:
-    """``NN_name`` (sorted order = label order), ``none`` for label -1."""
-    return f"{label:02d}_{class_names[label]}" if 0 <= label < len(class_names) else "none"
+    """``NN_name`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
+    from .variants import class_folders
+
+    return class_folders(class_names)[label] if 0 <= label < len(class_names) else "none"
 
 
 def _name(label: int, class_names) -> str:

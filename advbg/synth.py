@@ -54,6 +54,8 @@ class SynthConfig:
             raise AdvbgError(f"per-class count must be at least 1, got {self.n_per_class}")
         if self.image_size < 16:
             raise AdvbgError(f"image size must be at least 16 pixels, got {self.image_size}")
+        if self.seed < 0:
+            raise AdvbgError(f"seed must be a non-negative integer, got {self.seed}")
         if not 0.0 <= self.correlation <= 1.0:
             raise AdvbgError(f"correlation must be in [0, 1], got {self.correlation}")
         lo, hi = self.scale

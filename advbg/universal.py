@@ -351,6 +351,9 @@ def run_universal(*, store: Path, model="advbg/lite0", klass: str = "all", crite
     if top < 0 or greedy < 0:
         raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
     _check_output(results_file, (".json", ".csv"))
+    for png in (top_png, hist_png):
+        if png is not None and str(png) != "-":
+            _check_output(Path(png), (".png",))
     with Store(store) as s:
         s.require_nonempty()
         names = s.class_names
@@ -411,4 +414,4 @@ def _check_output(path: Path | None, suffixes: tuple[str, ...]) -> None:
     if not path.parent.exists():
         raise AdvbgError(f"folder {path.parent} does not exist")
     if path.suffix.lower() not in suffixes:
-        raise AdvbgError(f"results file {path} must end in {' or '.join(suffixes)}")
+        raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")

@@ -264,7 +264,7 @@ def test_usage_errors_are_one_line_exit_2_not_internal_errors(capsys):
         assert "internal error" not in err
 
 
-# Hazards the fuzzer found in other modules: each has a strict-xfail test below, and the fuzzer tolerates its
+# Hazards the fuzzer found in other modules (all fixed since): each has a regression test below; the fuzzer tolerates its
 # signature only while the probe still reproduces it (so a fix makes the fuzzer strict again by itself).
 KNOWN = {
     "models-file": ("HAZARD (issue 4, advbg/evaluate.py read_models_file): a binary --models-file raises "
@@ -291,7 +291,6 @@ def reproduces(key: str, files, capsys) -> bool:
     return code == 3 and KNOWN[key][2] in err
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["models-file"][0])
 def test_binary_models_file_is_a_one_line_error(tmp_path, capsys):
     files = {"store": make_random_store(tmp_path / "s.h5"), "png": tmp_path / "m.png"}
     files["png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
@@ -299,7 +298,6 @@ def test_binary_models_file_is_a_one_line_error(tmp_path, capsys):
     assert code == 1 and "internal error" not in err and err.startswith("advbg: error:")
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["universal-png"][0])
 def test_universal_png_in_missing_folder_is_refused_before_any_work(tmp_path, capsys):
     files = {"store": make_random_store(tmp_path / "s.h5")}
     before = files["store"].read_bytes()
@@ -307,7 +305,6 @@ def test_universal_png_in_missing_folder_is_refused_before_any_work(tmp_path, ca
     assert code == 1 and "internal error" not in err and files["store"].read_bytes() == before
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["synth-seed"][0])
 def test_negative_synth_seed_is_a_one_line_error(tmp_path, capsys):
     code, _, err = run_case(KNOWN["synth-seed"][1]({"store": tmp_path / "s.h5"}), capsys)
     assert code in (1, 2) and "internal error" not in err

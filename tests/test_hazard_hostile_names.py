@@ -53,8 +53,6 @@ def _writes_only_inside(tmp_path, out, fn):
     assert after == before, sorted(set(after) ^ set(before))
 
 
-@pytest.mark.xfail(strict=True, reason="HAZARD (issue 7, advbg/export.py class_folder): class names become folder "
-                   "names unchecked, so a store's class name with '../' makes export write outside --out")
 def test_export_writes_nothing_outside_its_folder(hostile):
     from advbg.export import ExportConfig, export
 

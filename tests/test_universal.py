@@ -114,8 +114,9 @@ def test_top_k_puts_nan_last():
 
 # --------------------------------------------------------------------------------------------- stored matrix
 def _counting(clf):
+    """Count forward passes at the wrapped network, which every path (search engine, eval, index) runs."""
     calls = []
-    clf.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    clf.model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
     return calls
 
 
@@ -180,7 +181,7 @@ def test_interrupted_fill_resumes_instead_of_starting_over(tmp_path):
     def crash_after_first_unit(m, i, o):
         if sum(calls) > per_unit:
             raise RuntimeError("simulated crash")
-    handle = clf.register_forward_hook(crash_after_first_unit)
+    handle = clf.model.register_forward_hook(crash_after_first_unit)
     kw = dict(store=path, model=clf, top_png="-", hist_png="-", progress=False, echo=lambda m: None)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_universal(**kw)
