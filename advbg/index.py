@@ -220,7 +220,7 @@ def _faiss():
     try:
         import faiss
     except ImportError:
-        raise AdvbgError("the FAISS index needs faiss (pip install faiss-cpu, or faiss-gpu on CUDA machines)") from None
+        raise AdvbgError("the FAISS index needs faiss: pip install -e '.[cpu]' (or '.[gpu]' on CUDA machines; never both)") from None
     return faiss
 
 
