@@ -99,6 +99,17 @@ def test_translucent_rgba_is_composited_over_black_with_warning(tmp_path):
     assert np.abs(out.astype(np.float64) - want).max() <= 0.5 + 1e-9
 
 
+def test_gray_with_alpha_is_replicated_and_composited_with_both_warnings(tmp_path):
+    gray, alpha = RGB[..., 0], np.where(RGB[..., 1] > 127, 255, 0).astype(np.uint8)
+    Image.fromarray(np.dstack([gray, alpha])).save(tmp_path / "la.png")
+    assert Image.open(tmp_path / "la.png").mode == "LA"
+    with pytest.warns(ImageWarning) as record:
+        out = read_image(tmp_path / "la.png")
+    messages = " ".join(str(w.message) for w in record)
+    assert "grayscale image replicated" in messages and "alpha channel composited over black" in messages
+    assert np.array_equal(out, np.repeat(np.where(alpha == 255, gray, 0)[..., None], 3, 2))
+
+
 def test_palette_with_transparency_goes_through_the_alpha_rule(tmp_path):
     p = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     p.info["transparency"] = 0

@@ -107,6 +107,16 @@ def test_labels_outside_the_class_list_and_bad_mask_values_are_problems(store):
     assert any("foreground 1 ('photo1'): checksum mismatch" in p for p in problems)  # the mask bytes changed
 
 
+def test_mask_values_other_than_0_1_are_a_problem_even_with_a_matching_checksum(store):
+    from advbg.store import item_checksum
+
+    with h5py.File(store, "r+") as f:
+        m = f["foregrounds/mask"][2] * 255
+        f["foregrounds/mask"][2] = m
+        f["foregrounds/checksum"][2] = item_checksum(f["foregrounds/image"][2], m)
+    assert verify_store(store).problems == ["foreground 2 ('photo2') has mask values other than 0/1"]
+
+
 def test_items_added_after_completion_change_the_recorded_counts(store):
     with h5py.File(store, "r+") as f:
         for k in ("image", "label", "source_id", "checksum"):
@@ -180,7 +190,13 @@ def test_results_on_other_store_content_and_forged_completion_are_problems(store
         f["foregrounds/label"][0] = (f["foregrounds/label"][0] + 1) % 9   # the store's content changed under it
         g = f.create_group("results/alien")
         g.create_dataset("x", data=[1])   # no completion flag
+        f.copy(f["results/r"], "results/r2")
+        f["results/r2/fg_id"][0] = 99     # ids that point past the store's items
+        del f["results/r2/n_fooling"]
+        f["results/r2"].create_dataset("n_fooling", data=np.zeros(3, np.int64))
     problems = verify_store(store).problems
+    assert "/results/r2: fg_id outside 0..6" in problems
+    assert "/results/r2/n_fooling has 3 rows for 7 foregrounds" in problems
     assert "/results/r is marked complete but only 6/7 units are done" in problems
     assert any(p.startswith("/results/r was computed on other store content") for p in problems)
     assert any(p.startswith("/results/alien has no completion flag") for p in problems)
