@@ -264,57 +264,42 @@ def test_usage_errors_are_one_line_exit_2_not_internal_errors(capsys):
         assert "internal error" not in err
 
 
-# Hazards the fuzzer found in other modules (all fixed since): each has a regression test below; the fuzzer tolerates its
-# signature only while the probe still reproduces it (so a fix makes the fuzzer strict again by itself).
-KNOWN = {
-    "models-file": ("HAZARD (issue 4, advbg/evaluate.py read_models_file): a binary --models-file raises "
-                    "UnicodeDecodeError from read_text(), reported as an internal error (exit 3)",
-                    lambda f: ["eval", "--store", str(f["store"]), "--model", "test/tiny-fuzz", "--models-file",
-                               str(f["png"]), "-q"],
-                    "UnicodeDecodeError"),
-    "universal-png": ("HAZARD (issue 5, advbg/universal.py run_universal): --top-png/--hist-png are not checked "
-                      "before the work, so a PNG path in a missing folder fails with FileNotFoundError (internal "
-                      "error, exit 3) after fill searches have already written into the store",
-                      lambda f: ["universal", "--store", str(f["store"]), "--model", "test/tiny-fuzz", "--hist-png",
-                                 str(f["store"].parent / "no-such-folder" / "h.png"), "--top-png", "-", "-q"],
-                      "FileNotFoundError"),
-    "synth-seed": ("HAZARD (issue 7, advbg/synth.py): a negative --seed reaches numpy's default_rng unchecked "
-                   "(ValueError: expected non-negative integer, reported as an internal error, exit 3)",
-                   lambda f: ["synth", "--out", str(f["store"].parent / "syn.h5"), "--seed", "-1", "--classes", "2",
-                              "--per-class", "1", "--size", "16"],
-                   "expected non-negative integer"),
+# Hazards the fuzzer found in other modules (all fixed since), kept as regression tests.
+REGRESSIONS = {
+    # advbg/evaluate.py read_models_file: a binary file raised UnicodeDecodeError (internal error, exit 3)
+    "models-file": lambda f: ["eval", "--store", str(f["store"]), "--model", "test/tiny-fuzz", "--models-file",
+                              str(f["png"]), "-q"],
+    # advbg/universal.py run_universal: PNG paths were checked only after fill searches had written the store
+    "universal-png": lambda f: ["universal", "--store", str(f["store"]), "--model", "test/tiny-fuzz", "--hist-png",
+                                str(f["store"].parent / "no-such-folder" / "h.png"), "--top-png", "-", "-q"],
+    # advbg/synth.py: a negative --seed reached numpy unchecked (internal error, exit 3)
+    "synth-seed": lambda f: ["synth", "--out", str(f["store"].parent / "syn.h5"), "--seed", "-1", "--classes", "2",
+                             "--per-class", "1", "--size", "16"],
 }
-
-
-def reproduces(key: str, files, capsys) -> bool:
-    code, _, err = run_case(KNOWN[key][1](files), capsys)
-    return code == 3 and KNOWN[key][2] in err
 
 
 def test_binary_models_file_is_a_one_line_error(tmp_path, capsys):
     files = {"store": make_random_store(tmp_path / "s.h5"), "png": tmp_path / "m.png"}
     files["png"].write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
-    code, _, err = run_case(KNOWN["models-file"][1](files), capsys)
+    code, _, err = run_case(REGRESSIONS["models-file"](files), capsys)
     assert code == 1 and "internal error" not in err and err.startswith("advbg: error:")
 
 
 def test_universal_png_in_missing_folder_is_refused_before_any_work(tmp_path, capsys):
     files = {"store": make_random_store(tmp_path / "s.h5")}
     before = files["store"].read_bytes()
-    code, _, err = run_case(KNOWN["universal-png"][1](files), capsys)
+    code, _, err = run_case(REGRESSIONS["universal-png"](files), capsys)
     assert code == 1 and "internal error" not in err and files["store"].read_bytes() == before
 
 
 def test_negative_synth_seed_is_a_one_line_error(tmp_path, capsys):
-    code, _, err = run_case(KNOWN["synth-seed"][1]({"store": tmp_path / "s.h5"}), capsys)
+    code, _, err = run_case(REGRESSIONS["synth-seed"]({"store": tmp_path / "s.h5"}), capsys)
     assert code in (1, 2) and "internal error" not in err
     assert not (tmp_path / "syn.h5").exists()
 
 
-def check(argv, code, out, err, before, after, outs, store, files, tolerated=()) -> list[str]:
+def check(argv, code, out, err, before, after, outs, store, files) -> list[str]:
     """Every way this case broke the CLI's promises (empty when it kept them)."""
-    if code == 3 and any(sig in err for sig in tolerated):
-        return []  # a known hazard, reported by its own xfail test
     bad = []
     if code == -1:
         return [f"still running after {CASE_LIMIT_S} s"]
@@ -342,7 +327,7 @@ def check(argv, code, out, err, before, after, outs, store, files, tolerated=())
     return bad
 
 
-def fuzz_case(argv, outs, store, files, inputs: Path, capsys, tolerated=()) -> list[str]:
+def fuzz_case(argv, outs, store, files, inputs: Path, capsys) -> list[str]:
     """Run one case; the broken promises, each prefixed with the command line."""
     before = snapshot(inputs)
     if LOG:
@@ -351,7 +336,7 @@ def fuzz_case(argv, outs, store, files, inputs: Path, capsys, tolerated=()) -> l
     code, sout, serr = run_case(argv, capsys, CASE_LIMIT_S)
     after = snapshot(inputs)
     shown = " ".join(repr(a) if " " in a or not a else a for a in argv)
-    return [f"advbg {shown}: {problem}" for problem in check(argv, code, sout, serr, before, after, outs, store, files, tolerated)]
+    return [f"advbg {shown}: {problem}" for problem in check(argv, code, sout, serr, before, after, outs, store, files)]
 
 
 def test_cli_fuzz_never_crashes_or_touches_other_files(tmp_path, monkeypatch, capsys):
@@ -361,8 +346,6 @@ def test_cli_fuzz_never_crashes_or_touches_other_files(tmp_path, monkeypatch, ca
     demo = hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest() if DEFAULT_STORE.exists() else None
     cmds = commands()
     assert len(cmds) >= 5 and any(p == ("verify",) for p, _ in cmds)
-    tolerated = [KNOWN[k][2] for k in KNOWN if reproduces(k, files, capsys)]
-    files["store"].write_bytes(pristine["store"])
     rnd = random.Random(SEED)
     failures, n, t0 = [], 0, time.monotonic()
     while time.monotonic() - t0 < SECONDS:
@@ -371,7 +354,7 @@ def test_cli_fuzz_never_crashes_or_touches_other_files(tmp_path, monkeypatch, ca
         n += 1
         argv, outs, store = make_case(rnd, cmds, files, out)
         if not known_unbounded(argv):
-            failures += fuzz_case(argv, outs, store, files, tmp_path / "in", capsys, tolerated)
+            failures += fuzz_case(argv, outs, store, files, tmp_path / "in", capsys)
         for k, p in files.items():  # restore inputs a successful command was allowed to change
             if k in pristine and (not p.exists() or p.read_bytes() != pristine[k]):
                 p.write_bytes(pristine[k])
