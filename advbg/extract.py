@@ -416,8 +416,9 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
     """
     cfg = (config or ExtractConfig()).validate()
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    if workers < 1:
-        raise AdvbgError(f"--workers must be >= 1, got {workers}")
+    most = 4 * (os.cpu_count() or 1)  # more processes than this only thrash (GrabCut is CPU-bound)
+    if not 1 <= workers <= most:
+        raise AdvbgError(f"--workers must be between 1 and {most} on this machine, got {workers}")
     jobs, names, missing = build_jobs(images, boxes, classes)
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
     summary = ExtractSummary(Path(out), cfg.filter, missing_images=missing)
@@ -441,6 +442,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
                 w.add_background(o.bg, o.label, o.source_id)
             _append(log_src, o.source_id)
             _append(log_out, o.code)
+            w.flush()  # a killed run leaves a .partial that --resume can open, losing at most this photo
             _tally(summary, [o.code])
             summary.worker_s += o.total_s
             summary.grabcut_s += o.grabcut_s

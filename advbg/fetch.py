@@ -132,6 +132,9 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
         clash = [t for t in tops if os.path.lexists(dest / t)]
         if clash:
             raise AdvbgError(f"{dest / clash[0]} already exists; delete it or choose another --dest")
+        if not hasattr(tarfile, "data_filter"):  # the second guard below needs Python 3.10.12+ / 3.11.4+
+            raise AdvbgError("safe unpacking needs Python >= 3.10.12 (or >= 3.11.4) for tarfile's data filter; "
+                             "upgrade Python, or unpack the archive yourself and run `advbg ingest in9`")
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
         try:
             for m in tqdm(members, desc="unpacking", unit="file", disable=not progress):

@@ -342,11 +342,7 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
     head = _classifier_key(probe) + ".weight"
     num_classes = int(sd[head].shape[0]) if head in sd else int(side.get("num_outputs", probe.num_classes))
     model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        first = str(e).split("\n\t")[1:3]
-        raise ModelError(f"{p} does not fit architecture {arch!r}: {'; '.join(first) or e}") from None
+    _load_strict(model, sd, p, arch)
     model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
     info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
                 weights_sha256=sha256_file(p))
@@ -354,6 +350,14 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
         if k in side:
             info[k] = side[k]
     return model, info
+
+
+def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1:3]
+        raise ModelError(f"{path} does not fit architecture {arch!r}: {'; '.join(first) or e}") from None
 
 
 # --------------------------------------------------------------------------------------------- timm
@@ -369,13 +373,20 @@ def _timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mo
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see `advbg models` or timm.list_models()"
         raise ModelError(f"unknown model {name!r}{hint}")
-    kwargs = {}
     if weights:
-        if not Path(weights).is_file():
-            raise ModelError(f"weights file {weights} does not exist")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+        # Read through read_state_dict (weights_only, safetensors), never timm's loader: the same safety
+        # whatever timm/torch versions are installed, and a refusal that names the real problem.
+        sd, _ = read_state_dict(weights)
+        model = timm.create_model(name, pretrained=False)
+        from .checkpoints import normalize_state_dict_keys
+
+        sd, report = normalize_state_dict_keys(sd, model)
+        report.require_complete(Path(weights), arch)
+        _load_strict(model, sd, weights, arch)
+        return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
+                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights))
     try:
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as e:
         if not pretrained:
             raise ModelError(f"cannot build {name!r}: {e}") from None
@@ -385,8 +396,7 @@ def _timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mo
             f"fills the Hugging Face cache), or pass a local file with --weights PATH") from None
     tag = model.pretrained_cfg.get("tag") or "default"
     info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
-                source="timm" if pretrained else "random", weights_file=weights,
-                weights_sha256=sha256_file(weights) if weights else None)
+                source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
     return model, info
 
 

@@ -50,8 +50,10 @@ class SynthConfig:
     def validate(self) -> "SynthConfig":
         if not 2 <= self.n_classes <= len(SHAPES):
             raise AdvbgError(f"classes must be 2..{len(SHAPES)} ({', '.join(SHAPES)}), got {self.n_classes}")
-        if self.n_per_class < 1:
-            raise AdvbgError(f"per-class count must be at least 1, got {self.n_per_class}")
+        if not 1 <= self.n_per_class <= 100_000:
+            raise AdvbgError(f"per-class count must be 1..100000, got {self.n_per_class}")
+        if self.image_size > 1024:
+            raise AdvbgError(f"image size must be at most 1024 pixels, got {self.image_size}")
         if self.image_size < 16:
             raise AdvbgError(f"image size must be at least 16 pixels, got {self.image_size}")
         if self.seed < 0:

@@ -242,3 +242,10 @@ def test_photo_interrupted_between_its_foreground_and_background_is_redone(drawn
     extract(images, boxes, tmp_path / "once.h5", config=CFG, workers=1, progress=False)
     with Store(tmp_path / "r.h5") as a, Store(tmp_path / "once.h5") as b:
         assert a.digest() == b.digest() and a.foregrounds.source_ids == b.foregrounds.source_ids
+
+
+def test_absurd_worker_counts_are_refused_before_any_work(drawn, tmp_path):
+    images, boxes = drawn[:2]
+    with pytest.raises(AdvbgError, match="--workers must be between 1 and"):
+        extract(images, boxes, tmp_path / "s.h5", config=CFG, workers=10**16, progress=False)
+    assert not list(tmp_path.glob("s.h5*"))

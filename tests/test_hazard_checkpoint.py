@@ -72,14 +72,30 @@ def test_hostile_pickle_is_refused_by_the_search_cli_and_never_runs(tmp_path, ca
 
 
 def test_hostile_pickle_given_as_timm_weights_never_runs(tmp_path, capsys):
-    """--weights goes through timm's loader; whatever its message, the payload must not execute."""
+    """--weights is read like any checkpoint (weights_only): refused with the real reason, the payload never runs."""
     marker = tmp_path / "pwned"
     store = make_random_store(tmp_path / "s.h5")
     for path in _pickles(tmp_path, marker):
         code, _, err = run(["search", "--store", str(store), "--model", "resnet18", "--weights", str(path),
                             "--grid", "-", "-q"], capsys)
-        one_line_error(code, err, "resnet18")
+        one_line_error(code, err, "refusing to load")
         assert not marker.exists(), path.name
+
+
+def test_timm_weights_file_loads_through_the_safe_reader(tmp_path):
+    """A plain state dict given with --weights loads into the timm architecture, pinned by its SHA-256."""
+    import torch
+
+    from advbg.models import load_classifier, sha256_file
+    from advbg._compat import import_timm
+
+    net = import_timm().create_model("resnet18", pretrained=False)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")
+    clf = load_classifier("resnet18.tv_in1k", weights=str(tmp_path / "w.pth"))
+    assert clf.config.weight_tag == "tv_in1k" and clf.config.weights_sha256 == sha256_file(tmp_path / "w.pth")
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(clf.model(x), net.eval()(x), atol=1e-5)
 
 
 def _resnet18_sd():

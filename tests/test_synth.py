@@ -76,7 +76,8 @@ def test_same_seed_same_pixels_other_seed_other_pixels(tmp_path):
 
 @pytest.mark.parametrize("kw, match", [(dict(n_classes=1), "classes"), (dict(n_classes=10), "classes"),
                                        (dict(correlation=1.5), "correlation"), (dict(image_size=8), "image size"),
-                                       (dict(n_per_class=0), "per-class")])
+                                       (dict(n_per_class=0), "per-class"), (dict(n_per_class=10**9), "per-class"),
+                                       (dict(image_size=10**6), "image size"), (dict(seed=-1), "seed")])
 def test_bad_settings_are_refused(tmp_path, kw, match):
     with pytest.raises(AdvbgError, match=match):
         make_synthetic(tmp_path / "x.h5", SynthConfig(**kw))
