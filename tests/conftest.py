@@ -78,3 +78,26 @@ def make_random_store(path, n_fg: int = 7, n_bg: int = 11, size: int = 32, seed:
 def random_store(tmp_path):
     """Path of a small random 9-class store: 7 foregrounds, 11 backgrounds, 32x32."""
     return make_random_store(tmp_path / "store.h5")
+
+
+def run_cli(args, capsys):
+    """Run the real `advbg` CLI in-process: (exit code, stdout, stderr)."""
+    from advbg.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code or 0, out.out, out.err
+
+
+def assert_one_line_error(code, err, pattern: str = "") -> None:
+    """Bad input: non-zero exit, no traceback, exactly one `advbg: error:` line matching ``pattern``."""
+    import re
+
+    assert code not in (0, None) and "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
+    assert re.search(pattern, lines[0]), lines[0]

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from advbg.checkpoints import normalize_state_dict_keys
-from advbg.cli import main
 from advbg.errors import ModelError
 from advbg.models import NORMS, load_classifier
 

@@ -6,11 +6,10 @@ import h5py
 import numpy as np
 import pytest
 
-from advbg.cli import main
 from advbg.models import register
 from advbg.store import Store
 
-from conftest import TinyNet, make_random_store
+from conftest import TinyNet, make_random_store, run_cli as run, assert_one_line_error as one_line_error
 
 
 @register("test/tiny")
@@ -19,17 +18,6 @@ def _tiny():
                             weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
                             class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
                                          "primate", "fish"))
-
-
-def run(args, capsys):
-    """Run the real CLI in-process; returns (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_search_writes_results_json_and_grid(tmp_path, capsys):
@@ -53,17 +41,6 @@ def test_help_documents_every_option(capsys):
     for opt in ("--store", "--model", "--criterion", "--early-exit", "--batch-size", "--label-map",
                 "--results-file", "--grid", "--resume", "--device", "--amp"):
         assert opt in out
-
-
-def _one_line_error(code, err, pattern):
-    assert code not in (0, None)
-    assert "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("advbg: error:")
-    import re
-
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def _bad_mask_store(path):
@@ -130,7 +107,7 @@ def test_bad_input_gets_one_line_and_no_output(tmp_path, capsys, case, pattern):
         args += ["--criterion", "foo"]
     results = tmp_path / "r.json"
     code, out, err = run(["search", "--store", str(store), *args, "--results-file", str(results), "-q"], capsys)
-    _one_line_error(code, err, pattern)
+    one_line_error(code, err, pattern)
     assert not results.exists()
     assert not list(tmp_path.glob("*.partial*"))
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from advbg import models as models_mod
-from advbg.cli import main
 from advbg.errors import AdvbgError
 from advbg.evaluate import (EvalConfig, bg_gap, evaluate, group_rank, parse_top_k, relative_accuracy,
                             variant_score)
@@ -17,7 +16,7 @@ from advbg.models import Classifier, ClassifierConfig, identity_map, in9_map
 from advbg.store import Store, write_store
 from advbg.variants import EvalsetWriter, variant_names
 
-from conftest import TinyNet
+from conftest import TinyNet, run_cli as run
 
 SIZE = 16
 
@@ -226,16 +225,6 @@ def registered_test_models(monkeypatch):
                                  ("test/eval1000", 1000, 2, None), ("test/eval5", 5, 3, ("a", "b", "c", "d", "e")),
                                  ("test/eval9n", 9, 4, None)):   # class names "0".."8" (a bare checkpoint)
         monkeypatch.setitem(models_mod._REGISTRY, name, _builder(n, seed, names))
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_multi_model_table_json_csv_and_bar_chart(tmp_path, capsys):

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import pickle
-import re
 
 import pytest
 import torch
 
-from advbg.cli import main
 from advbg.errors import ModelError
 from advbg.models import load_classifier
 
-from conftest import make_random_store
+from conftest import make_random_store, run_cli as run, assert_one_line_error as one_line_error
 
 
 class Evil:
@@ -32,23 +30,6 @@ def _pickles(tmp_path, marker):
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "extra": Evil(marker)}, zipped)
     assert not marker.exists()  # saving does not unpickle
     return [raw, zipped]
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code or 0, out.out, out.err
-
-
-def one_line_error(code, err, pattern):
-    assert code not in (0, None) and "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 def test_hostile_pickle_is_refused_by_load_classifier_and_never_runs(tmp_path):

@@ -4,7 +4,6 @@ a store replaced by a new write is swapped in atomically, so a reader that alrea
 consistent snapshot."""
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import textwrap
@@ -13,12 +12,11 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from advbg.cli import main
 from advbg.errors import StoreError
 from advbg.store import Store, StoreWriter, write_store
 from advbg.verify import verify_store
 
-from conftest import make_random_store
+from conftest import make_random_store, run_cli as run, assert_one_line_error as one_line_error
 
 HOLDER = textwrap.dedent("""
     import sys
@@ -41,23 +39,6 @@ def held(path, mode):
     finally:
         proc.stdin.close()
         proc.wait(timeout=20)
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code or 0, out.out, out.err
-
-
-def one_line_error(code, err, pattern):
-    assert code not in (0, None) and "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture

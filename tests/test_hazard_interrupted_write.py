@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from advbg.errors import StoreError
-from advbg.store import Store, StoreWriter, write_store
+from advbg.store import Store, StoreWriter
 from advbg.verify import verify_store
 
 from conftest import make_random_store

@@ -9,13 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from advbg.cli import main
 from advbg.labels import IN9_CLASSES
 from advbg.models import Classifier, ClassifierConfig, identity_map, register
 from advbg.search import SearchConfig, search
 from advbg.store import Store, write_store
 
-from conftest import TinyNet
+from conftest import TinyNet, run_cli as run
 
 POISON = [2, 4]  # background ids whose composites overflow
 N_FG, N_BG = 4, 6
@@ -90,16 +89,6 @@ def test_only_nonfinite_composites_give_no_fooling_and_no_worst_background(store
         got = search(s, classifier("inf"), SearchConfig(backgrounds=POISON), write=False, progress=False)
     assert got.fooling_rate == 0.0 and (got.worst_bg == -1).all() and np.isnan(got.worst_margin).all()
     assert (got.n_invalid == len(POISON)).all()
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code or 0, out.out, out.err
 
 
 def test_cli_reports_invalid_composites_in_the_json_summary(store, tmp_path, capsys):

@@ -8,14 +8,13 @@ import h5py
 import numpy as np
 import pytest
 
-from advbg.cli import main
 from advbg.errors import AdvbgError, StoreError
 from advbg.models import register
 from advbg.search import SearchConfig, search
 from advbg.store import Store
 from advbg.verify import verify_store
 
-from conftest import TinyNet, make_random_store
+from conftest import TinyNet, make_random_store, run_cli as run, assert_one_line_error as one_line_error
 
 
 @register("test/tiny-hazard")
@@ -24,23 +23,6 @@ def _tiny():
                             weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
                             class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
                                          "primate", "fish"))
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code or 0, out.out, out.err
-
-
-def one_line_error(code, err, pattern=""):
-    assert code not in (0, None) and "Traceback" not in err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
-    assert re.search(pattern, lines[0]), lines[0]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from advbg.cli import main
 from advbg.errors import AdvbgError
 from advbg.index import (FLAT_MAX, build_index, choose_kind, compute_embeddings, feature_kind, features_and_logits,
                          foreground_alone, index_path, load_embeddings, make_index, model_identity, normalise,
@@ -15,7 +14,7 @@ from advbg.labels import IN9_CLASSES
 from advbg.models import Classifier, register
 from advbg.store import Store
 
-from conftest import TinyNet, make_tiny_classifier
+from conftest import TinyNet, make_tiny_classifier, run_cli as run
 
 
 class TimmLike(nn.Module):
@@ -56,16 +55,6 @@ def _info(seed):
 # Two registered models for the CLI: same architecture and tag, different weights.
 register("test/index-a")(lambda: (TinyNet(9, seed=0), _info(0)))
 register("test/index-b")(lambda: (TinyNet(9, seed=5), _info(0)))
-
-
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # --------------------------------------------------------------------------------------------- FAISS
