@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .report import check_output
 from .search import SearchConfig, SearchResult
 
 
@@ -51,7 +52,8 @@ def run_search(*, store: Path, model: str = "advbg/lite0", criterion: str = "any
     from .prune import prune_spec, pruned_search
 
     spec = prune_spec(prune, prune_ratio, prune_rule)
-    _check_output(results_file)
+    check_output(results_file)
+    check_output(grid, (".png",))
     d = distributed.setup(distributed.local_device(resolve_device(device)))
     if write:  # one rank makes the demo's working copy; the others find it fresh
         if not d.main:
@@ -103,14 +105,3 @@ def _report(s, result: SearchResult, results_file: Path | None, grid: Path | Non
         worst_grid(s, result, png)
         echo(f"worst composites: {png}")
 
-
-def _check_output(path: Path | None) -> None:
-    from .errors import AdvbgError
-
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise AdvbgError(f"{path} is a directory; give a file name for the results")
-    if not path.parent.exists():
-        raise AdvbgError(f"folder {path.parent} does not exist")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from .errors import AdvbgError
 from .evaluate import PAPER_COLUMNS, EvalReport, ModelResult, ordered_variants
-from .report import atomic_write_text, write_json
+from .report import atomic_write_text, save_figure, write_json
 
 RESULTS_FORMATS = ("json", "csv")
 
@@ -176,15 +176,6 @@ def _plt():
     return plt
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
-
-
 def bar_chart(report: EvalReport, path: str | os.PathLike) -> Path:
     """PNG: top-1 accuracy per variant, one bar per model, BG-Gap in the legend."""
     import numpy as np
@@ -209,7 +200,7 @@ def bar_chart(report: EvalReport, path: str | os.PathLike) -> Path:
     ax.legend(fontsize=7, loc="upper center", ncol=min(3, len(models)), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- advbg plot
@@ -282,7 +273,7 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
         ax.axis("off")
     fig.suptitle("Accuracy on original vs each variant (one point per model)", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def run_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, variants: str = "paper",

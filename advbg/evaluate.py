@@ -32,6 +32,7 @@ from . import __version__
 from .compositor import to_device_u8
 from .errors import AdvbgError
 from .models import Classifier
+from .report import check_output
 from .store import Store, _now
 
 PAPER_COLUMNS = ("original", "only_bg_t", "mixed_same", "mixed_rand")
@@ -502,7 +503,7 @@ def run_eval(*, store: Path, models: Sequence[str] = (), models_file: Path | Non
     fmt = results_format_of(results_file, results_format)
     png = _plot_path(plot, results_file)
     for out in (results_file, png):
-        _check_output(out)
+        check_output(out)
     with Store(store) as s, _open_evalsets(evalsets) as extra:
         plan_variants(s, variants, source=source, seed=seed, evalsets=extra)   # fail fast, before loading models
         load = lambda n: classifier_from(n, arch, weights, label_map, norm, device)  # noqa: E731
@@ -526,15 +527,6 @@ def _plot_path(plot: Path | None, results_file: Path | None) -> Path | None:
         return None if str(plot) == "-" else Path(plot)
     return Path(results_file).with_suffix(".png") if results_file else None
 
-
-def _check_output(path: Path | None) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise AdvbgError(f"{path} is a directory; give a file name")
-    if not path.parent.exists():
-        raise AdvbgError(f"folder {path.parent} does not exist")
 
 
 @contextlib.contextmanager

@@ -27,6 +27,36 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output path before any work: a directory, a missing folder, or (if given) a wrong suffix."""
+    from .errors import AdvbgError
+
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise AdvbgError(f"{path} is a directory; give a file name")
+    if not path.parent.exists():
+        raise AdvbgError(f"folder {path.parent} does not exist")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -87,9 +117,4 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
                  f"{run.classifier['weight_tag']}), criterion {str(run.criterion).split(':')[0].split('(')[-1]}",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # leave room for the suptitle
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

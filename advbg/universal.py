@@ -25,6 +25,7 @@ import numpy as np
 
 from .criteria import CRITERIA
 from .errors import AdvbgError
+from .report import check_output
 from .search import OUTCOME_MISSING
 
 TIE_RULE = "ties go to the lowest bg_id"
@@ -350,10 +351,9 @@ def run_universal(*, store: Path, model="advbg/lite0", klass: str = "all", crite
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
     if top < 0 or greedy < 0:
         raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
-    _check_output(results_file, (".json", ".csv"))
-    for png in (top_png, hist_png):
-        if png is not None and str(png) != "-":
-            _check_output(Path(png), (".png",))
+    check_output(results_file, (".json", ".csv"))
+    check_output(top_png, (".png",))
+    check_output(hist_png, (".png",))
     with Store(store) as s:
         s.require_nonempty()
         names = s.class_names
@@ -404,14 +404,3 @@ def _write_outputs(result: UniversalResult, store: Path, klass: str, results_fil
             draw(s, result, path)
             echo(f"{what}: {path}")
 
-
-def _check_output(path: Path | None, suffixes: tuple[str, ...]) -> None:
-    if path is None:
-        return
-    path = Path(path)
-    if path.is_dir():
-        raise AdvbgError(f"{path} is a directory; give a file name for the results")
-    if not path.parent.exists():
-        raise AdvbgError(f"folder {path.parent} does not exist")
-    if path.suffix.lower() not in suffixes:
-        raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")

@@ -22,12 +22,9 @@ def _plt():
 def _save(fig, path: str | os.PathLike, tight: bool = True) -> Path:
     if tight:
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # leave room for the suptitle
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    fig.savefig(tmp, dpi=90)
-    _plt().close(fig)
-    os.replace(tmp, path)
-    return path
+    from .report import save_figure
+
+    return save_figure(fig, path)
 
 
 def _title(result) -> str:
