@@ -354,6 +354,11 @@ def run_universal(*, store: Path, model="advbg/lite0", klass: str = "all", crite
     check_output(results_file, (".json", ".csv"))
     check_output(top_png, (".png",))
     check_output(hist_png, (".png",))
+    # The bundled demo store is never written (filling missing pairs adds a results group); its working copy
+    # is also where `advbg search` left the outcome matrix to reuse.
+    from .cli.options import working_store
+
+    store = working_store(store, echo)
     with Store(store) as s:
         s.require_nonempty()
         names = s.class_names

@@ -261,3 +261,25 @@ def test_cli_unknown_class_is_one_line_error(tmp_path, cli_model, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("advbg: error: unknown class 'spiders'") and err.count("\n") == 1
+
+
+def test_bundled_demo_store_is_never_written(tmp_path, monkeypatch, capsys):
+    """universal on the default store works on runs/demo.h5 and reuses what `advbg search` stored there."""
+    import hashlib
+
+    from advbg.cli.options import DEFAULT_STORE
+
+    if not DEFAULT_STORE.exists():
+        pytest.skip("data/demo.h5 not present")
+    before = hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest()
+    monkeypatch.chdir(tmp_path)
+    clf = make_tiny_classifier(1000, "in9", seed=1, size=224)
+    calls = _counting(clf)
+    kw = dict(store=DEFAULT_STORE, model=clf, klass="insect", top_png="-", hist_png="-", progress=False,
+              echo=lambda m: None)
+    first = run_universal(**kw)
+    assert first.forwards == sum(calls) > 0
+    assert (tmp_path / "runs" / "demo.h5").exists()
+    calls.clear()
+    assert run_universal(**kw).forwards == 0 == sum(calls)
+    assert hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest() == before
