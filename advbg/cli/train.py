@@ -30,7 +30,7 @@ def export(
     """Export fooling backgrounds and worst composites of a search, with a manifest, for training."""
     from ..export import ExportConfig, export as run_export
 
-    run_export(store, out, results=results, overwrite=overwrite, echo=typer.echo,
+    run_export(o.working_store(store, typer.echo), out, results=results, overwrite=overwrite, echo=typer.echo,
                config=ExportConfig(what=what, fmt=fmt, top=top, per_class=per_class, rank=rank,
                                    include_unfooled=include_unfooled))
 
@@ -65,7 +65,7 @@ def finetune(
     """Fine-tune a model on a store with a background policy; the checkpoint works with `advbg search --model`."""
     from ..finetune import FinetuneConfig, finetune as run_finetune
 
-    run_finetune(model, store, out, FinetuneConfig(
+    run_finetune(model, o.working_store(store, typer.echo), out, FinetuneConfig(
         policy=policy, ratio=ratio, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=num_workers,
         refresh_every=refresh_every, probe_per_class=probe_per_class, pretrained=pretrained),
