@@ -80,8 +80,7 @@ def test_lite0_on_demo_foregrounds_matches_labels(lite0):
     from advbg.store import Store
 
     demo = Path(__file__).resolve().parents[1] / "data" / "demo.h5"
-    if not demo.exists():
-        pytest.skip("data/demo.h5 not built")
+    assert demo.exists(), "data/demo.h5 is committed; rebuild it with python data/build_demo.py"
     with Store(demo) as s:
         x = torch.from_numpy(s.foregrounds.read(slice(None))).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():

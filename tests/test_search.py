@@ -11,17 +11,20 @@ from advbg.store import Store
 from conftest import make_random_store, make_tiny_classifier
 
 
-def naive_search(store: Store, clf, criterion: str, early_exit: bool):
-    """The obvious reference: one foreground, one background, one forward at a time."""
+def naive_search(store: Store, clf, criterion: str, early_exit: bool, orders=None):
+    """The obvious reference: one foreground, one background, one forward at a time.
+
+    ``orders``: per foreground, the bg_ids to try in order (default: every background, in store order)."""
     crit = Criterion(criterion)
     out = []
     for i in range(len(store.foregrounds)):
+        order = range(len(store.backgrounds)) if orders is None else [int(j) for j in orders[i]]
         fg = store.foregrounds.read([i])[0].astype(np.float32) / 255
         m = store.foregrounds.read_masks([i])[0][..., None].astype(np.float32)
         y = int(store.foregrounds.labels[i])
         worst = (np.inf, -1, -1)
         first, n_fool, n_eval = -1, 0, 0
-        for j in range(len(store.backgrounds)):
+        for j in order:
             bg = store.backgrounds.read([j])[0].astype(np.float32) / 255
             x = torch.from_numpy(m * fg + (1 - m) * bg).permute(2, 0, 1)[None].contiguous()
             with torch.no_grad():

@@ -10,6 +10,7 @@ from advbg.search import SearchConfig, search
 from advbg.store import Store
 
 from conftest import make_random_store, make_tiny_classifier
+from test_search import naive_search
 
 
 class Sizes(torch.nn.Module):
@@ -38,34 +39,6 @@ def test_early_exit_batches_stay_full_until_a_unit_runs_out_of_pairs(tmp_path):
     assert res.fooled.any() and not res.fooled.all()    # foregrounds stop at different times
 
 
-def naive_pruned(store, clf, cands, early_exit):
-    out = []
-    for i, order in enumerate(cands):
-        fg = store.foregrounds.read([i])[0].astype(np.float32) / 255
-        m = store.foregrounds.read_masks([i])[0][..., None].astype(np.float32)
-        y = int(store.foregrounds.labels[i])
-        worst, first, n_fool, n_eval = (np.inf, -1, -1), -1, 0, 0
-        for j in order:
-            bg = store.backgrounds.read([int(j)])[0].astype(np.float32) / 255
-            x = torch.from_numpy(m * fg + (1 - m) * bg).permute(2, 0, 1)[None].contiguous()
-            with torch.no_grad():
-                logits = clf(x)
-            pred = int(clf.label_map.predict(logits)[0])
-            margin = float(clf.label_map.margin(logits, torch.tensor([y]))[0])
-            n_eval += 1
-            if margin < worst[0]:
-                worst = (margin, int(j), pred)
-            if pred != y:
-                n_fool += 1
-                if first < 0:
-                    first = int(j)
-                    if early_exit:
-                        break
-        out.append(dict(worst_margin=worst[0], worst_bg=worst[1], worst_pred=worst[2], first_fooling_bg=first,
-                        n_fooling=n_fool, n_evaluated=n_eval))
-    return out
-
-
 @pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
 @pytest.mark.parametrize("streamed", [False, True])
 def test_pruned_candidate_lists_in_any_order_equal_the_naive_loop(tmp_path, mode, streamed):
@@ -78,7 +51,7 @@ def test_pruned_candidate_lists_in_any_order_equal_the_naive_loop(tmp_path, mode
                        candidates=lambda ids: [cands[int(i)] for i in ids])
     with Store(path, "r+") as s:
         res = search(s, clf, cfg, write=False, progress=False)
-        ref = naive_pruned(s, clf, cands, mode == "early-exit")
+        ref = naive_search(s, clf, "any", mode == "early-exit", orders=cands)
     for k, r in enumerate(ref):
         for f in ("worst_bg", "worst_pred", "first_fooling_bg", "n_fooling", "n_evaluated"):
             assert getattr(res, f)[k] == r[f], (k, f)

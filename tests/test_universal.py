@@ -269,8 +269,7 @@ def test_bundled_demo_store_is_never_written(tmp_path, monkeypatch, capsys):
 
     from advbg.cli.options import DEFAULT_STORE
 
-    if not DEFAULT_STORE.exists():
-        pytest.skip("data/demo.h5 not present")
+    assert DEFAULT_STORE.exists(), "data/demo.h5 is committed; rebuild it with python data/build_demo.py"
     before = hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest()
     monkeypatch.chdir(tmp_path)
     clf = make_tiny_classifier(1000, "in9", seed=1, size=224)
