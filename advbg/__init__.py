@@ -3,9 +3,8 @@
 The Python API mirrors the CLI: ``Store`` (the HDF5 store), ``load_classifier`` (a timm model or checkpoint with
 its preprocessing and label map attached), ``search`` (worst-case background per foreground).
 """
-__version__ = "0.1.0"
-
-from .errors import AdvbgError, ModelError, StoreError  # noqa: E402
-from .store import Store, StoreWriter, write_store  # noqa: E402
+from advbg._version import __version__
+from advbg.data.store import Store, StoreWriter, write_store  # noqa: E402
+from advbg.errors import AdvbgError, ModelError, StoreError  # noqa: E402
 
 __all__ = ["__version__", "AdvbgError", "ModelError", "StoreError", "Store", "StoreWriter", "write_store"]

@@ -15,8 +15,8 @@ synthetic test store (another seed, same correlation):
   fooling     worst-case fooling rate of `advbg.search` (criterion any, exhaustive) over a subset of
               test foregrounds x all test backgrounds
 
-mixed_same / mixed_rand are composited here directly with ``advbg.compositor.composite_pairs`` (seeded pairs,
-identical for every model) rather than through ``advbg.variants``, so this script depends only on the store,
+mixed_same / mixed_rand are composited here directly with ``advbg.search.compositor.composite_pairs`` (seeded pairs,
+identical for every model) rather than through ``advbg.data.variants``, so this script depends only on the store,
 the compositor, the models and the search.
 
     python benchmarks/augmentation_effect.py              # one seed: 4-10 minutes on a shared 2-core CPU
@@ -37,12 +37,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
-from advbg.compositor import composite_pairs
-from advbg.finetune import FinetuneConfig, finetune
-from advbg.models import load_classifier
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-from advbg.synth import SynthConfig, make_synthetic
+from advbg.data.store import Store
+from advbg.data.synth import SynthConfig, make_synthetic
+from advbg.models.classifier import load_classifier
+from advbg.search.compositor import composite_pairs
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search
+from advbg.train.finetune import FinetuneConfig, finetune
 
 POLICIES = ("original", "mixed-rand", "adversarial")
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from advbg.extract import ExtractConfig, extract
+from advbg.data.extract import ExtractConfig, extract
 
 
 def draw_photo(rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int, int]]:

@@ -9,7 +9,7 @@ fp16 with --verify-close, and compares with fp32:
     largest change of the worst margin; the fooling rate (criterion any).
 Verified runs use criterion any, so their any-decisions are the ones --verify-close guarantees.
 
-    python benchmarks/precision_agreement.py [--model advbg/lite0] [--store data/demo.h5]
+    python benchmarks/precision_agreement.py [--model advbg/lite0] [--store advbg/data/demo.h5]
         [--synthetic 16x48] [--tol 0.5] [--precisions bf16,fp16] [--device cpu|cuda]
 """
 from __future__ import annotations
@@ -31,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search_memory import build_store  # noqa: E402
 
-from advbg.models import load_classifier  # noqa: E402
-from advbg.results import load_outcome  # noqa: E402
-from advbg.search import OUTCOME_NONE, SearchConfig, search  # noqa: E402
-from advbg.store import Store  # noqa: E402
+from advbg.data.store import Store  # noqa: E402
+from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import OUTCOME_NONE
+from advbg.search.results import load_outcome  # noqa: E402
+from advbg.search.runner import search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +104,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="advbg/lite0")
-    ap.add_argument("--store", type=Path, default=REPO / "data" / "demo.h5", help="'' to skip")
+    ap.add_argument("--store", type=Path, default=REPO / "advbg" / "data" / "demo.h5", help="'' to skip")
     ap.add_argument("--synthetic", default="16x48", help="FxB of the synthetic store ('' to skip)")
     ap.add_argument("--tol", type=float, default=0.5, help="--verify-close tolerance (logits)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -12,7 +12,7 @@ For each store the exhaustive search gives the truth; then every rule runs at se
 Criterion `any` throughout.
 
 Stores:
-  - demo: data/demo.h5 (real photos) with the embedded tf_efficientnet_lite0 (IN-9 label map), copied to a
+  - demo: advbg/data/demo.h5 (real photos) with the embedded tf_efficientnet_lite0 (IN-9 label map), copied to a
     temporary folder so the bundled store is never written.
   - synthetic: built here. Foregrounds are colour-coded blobs (ellipse or rectangle, random size, position and
     saturation) of 9 classes; backgrounds come in families (a prototype per ~20 backgrounds: class-tinted stripes
@@ -39,12 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advbg.index import build_index
-from advbg.labels import IN9_CLASSES
-from advbg.models import Classifier, ClassifierConfig, identity_map, load_classifier
-from advbg.prune import RULES, PruneSpec, pruned_search
-from advbg.search import SearchConfig, search
-from advbg.store import Store, write_store
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store, write_store
+from advbg.models.classifier import (
+    Classifier,
+    ClassifierConfig,
+    identity_map,
+    load_classifier,
+)
+from advbg.search.config import SearchConfig
+from advbg.search.index import build_index
+from advbg.search.runner import search
+from advbg.search.strategies import RULES, Pruned, PruneSpec
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array([[220, 40, 40], [230, 120, 30], [220, 210, 40], [60, 180, 60], [40, 170, 170], [40, 80, 220],
@@ -178,7 +184,7 @@ def measure(name: str, path: Path, clf: Classifier, ks: list[int], rules, batch_
         for rule in rules:
             for k in ks:
                 t = time.perf_counter()
-                r = pruned_search(s, clf, cfg, PruneSpec(rule, k=k), write=False, progress=False)
+                r = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=k)), write=False, progress=False)
                 secs = time.perf_counter() - t
                 gap = r.worst_margin - full.worst_margin
                 row = dict(store=name, rule=rule, k=k, share=r.run.forwards / full.run.forwards,
@@ -206,7 +212,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "demo"):
             demo = Path(tmp) / "demo.h5"
-            shutil.copyfile(REPO / "data" / "demo.h5", demo)
+            shutil.copyfile(REPO / "advbg" / "data" / "demo.h5", demo)
             measure("demo", demo, load_classifier("advbg/lite0", device="cpu"), [1, 2, 3, 5], rules, 64)
         if args.only in (None, "synthetic"):
             t = time.perf_counter()

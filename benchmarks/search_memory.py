@@ -29,8 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from advbg.labels import IN9_CLASSES  # noqa: E402
-from advbg.store import SCHEMA_VERSION, _STR, _now, item_checksum  # noqa: E402
+from advbg.data.labels import IN9_CLASSES  # noqa: E402
+from advbg.data.store import _STR, SCHEMA_VERSION, item_checksum  # noqa: E402
+from advbg.files import now as _now  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- the store
@@ -58,7 +59,7 @@ def ellipse_masks(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def build_store(path: Path, n_fg: int, n_bg: int, size: int, distinct: int = 24, seed: int = 0) -> float:
-    """Write an advbg store (schema of advbg.store) with ``distinct`` images cycled; returns seconds taken."""
+    """Write an advbg store (schema of advbg.data.store) with ``distinct`` images cycled; returns seconds taken."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     fg_img, bg_img = smooth_images(distinct, size, rng), smooth_images(distinct, size, rng)
@@ -113,7 +114,7 @@ def probe_classifier(size: int):
     import torch
     from torch import nn
 
-    from advbg.models import Classifier, ClassifierConfig, identity_map
+    from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(3 * 64, 9))
@@ -125,7 +126,7 @@ def probe_classifier(size: int):
 
 
 def make_classifier(name: str, size: int, device: str):
-    from advbg.models import load_classifier
+    from advbg.models.classifier import load_classifier
 
     if name == "probe":
         return probe_classifier(size).to(device)
@@ -136,8 +137,9 @@ def make_classifier(name: str, size: int, device: str):
 def child(args) -> None:
     import torch
 
-    from advbg.search import SearchConfig, search
-    from advbg.store import Store
+    from advbg.data.store import Store
+    from advbg.search.config import SearchConfig
+    from advbg.search.runner import search
 
     dev = args.device
     clf = make_classifier(args.model, args.size, dev)
@@ -149,8 +151,8 @@ def child(args) -> None:
     with Store(args.store) as s:
         cfg = SearchConfig(foregrounds=tuple(range(n_fg)) if n_fg else None, memory_gb=budget,
                            record_outcomes=True, device=dev)
-        from advbg.engine import budget_bytes
-        from advbg.pool import BackgroundPool
+        from advbg.search.engine import budget_bytes
+        from advbg.search.pool import BackgroundPool
 
         seen = {}
         real = BackgroundPool.__init__

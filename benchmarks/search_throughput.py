@@ -39,9 +39,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from search_memory import build_store  # noqa: E402
 
-from advbg.models import load_classifier  # noqa: E402
-from advbg.search import SearchConfig, search  # noqa: E402
-from advbg.store import Store  # noqa: E402
+from advbg.data.store import Store  # noqa: E402
+from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search  # noqa: E402
 
 GRID = 4050 * 4050
 RESNET50_FLOP = 2 * 4.1e9      # per 224 px forward
@@ -89,7 +90,7 @@ def measure_search(clf, store: Store, v: Variant, n_fg: int, device: torch.devic
 
 def measure_bare(clf, store: Store, v: Variant, batch: int, device: torch.device, seconds: float = 3.0) -> float:
     """Images/s of clf.model on a pre-built, normalised batch of real composites (same settings as the search)."""
-    from advbg.compositor import composite_pairs
+    from advbg.search.compositor import composite_pairs
 
     fmt = torch.channels_last if v.channels_last else torch.contiguous_format
     clf.to(memory_format=fmt)

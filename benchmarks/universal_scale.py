@@ -24,13 +24,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from advbg.labels import IN9_CLASSES
-from advbg.models import Classifier, ClassifierConfig, identity_map
-from advbg.results import FIELDS, SearchWriter, fingerprint, group_attrs
-from advbg.search import OUTCOME_NONE, RunRecord, SearchConfig
-from advbg.store import Store, write_store
-from advbg.universal import analyse, run_universal
-from advbg.universal_plots import asr_histogram_png, top_backgrounds_png
+from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
+from advbg.analysis.universal import analyse
+from advbg.commands.universal import run_universal
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store, write_store
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import OUTCOME_NONE
+from advbg.search.results import (
+    FIELDS,
+    RunRecord,
+    SearchWriter,
+    fingerprint,
+    group_attrs,
+)
 
 
 class _NeverCalled(nn.Module):

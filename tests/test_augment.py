@@ -1,4 +1,4 @@
-"""advbg.augment: exact composites, backgrounds drawn per policy, seeded sequences, DataLoader workers."""
+"""advbg.train.augment: exact composites, backgrounds drawn per policy, seeded sequences, DataLoader workers."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +6,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from advbg.augment import CompositeDataset, PairSampler, Policy, fooling_power, probe_rows
+from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.store import Store
+from advbg.train.augment import (
+    CompositeDataset,
+    PairSampler,
+    Policy,
+    fooling_power,
+    probe_rows,
+)
 
 
 @pytest.fixture
@@ -120,7 +126,7 @@ def test_dataloader_with_two_workers_gives_the_same_batches_as_one_process(store
 
 
 def test_fooling_power_is_the_mean_off_class_probability_of_each_composite(store, tiny_classifier):
-    from advbg.compositor import composite_pairs
+    from advbg.search.compositor import composite_pairs
 
     with Store(store) as s:
         fg = torch.from_numpy(s.foregrounds.read(slice(0, 5)))

@@ -3,13 +3,12 @@ import json
 
 import pytest
 import torch
+from test_evaluate import full_store, run
 from torch import nn
 
-from advbg.checkpoints import normalize_state_dict_keys
 from advbg.errors import ModelError
-from advbg.models import NORMS, load_classifier
-
-from test_evaluate import full_store, run
+from advbg.models.checkpoints import normalize_state_dict_keys
+from advbg.models.classifier import NORMS, load_classifier
 
 IMAGENET_MEAN, IMAGENET_STD = NORMS["imagenet"]
 

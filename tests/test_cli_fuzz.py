@@ -3,7 +3,7 @@
 Every command the app registers is discovered (new commands are fuzzed without editing this file). Each case
 must end with: no traceback; exit 0, or a non-zero exit whose stderr ends in one ``advbg: error:`` line that is
 not an internal error (exit 3 = an unexpected exception); no file changed outside the paths given as outputs
-(the store given with --store may change only when the command succeeded); data/demo.h5 never changes.
+(the store given with --store may change only when the command succeeded); advbg/data/demo.h5 never changes.
 ADVBG_FUZZ_SECONDS / ADVBG_FUZZ_SEED override the budget (default 10 s) and the seed.
 """
 from __future__ import annotations
@@ -19,15 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import typer
-
-from advbg.cli import app, main
-from advbg.cli.options import DEFAULT_STORE
-from advbg.models import register
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-
 from conftest import TinyNet, make_random_store, make_tiny_classifier
 from fixtures_data import draw_object, make_released, save_png, write_csv
+
+from advbg.cli.app import app
+from advbg.cli import main
+from advbg.commands.common import DEMO_STORE as DEFAULT_STORE
+from advbg.data.store import Store
+from advbg.models.classifier import register
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search
 
 SECONDS = float(os.environ.get("ADVBG_FUZZ_SECONDS", "10"))
 SEED = int(os.environ.get("ADVBG_FUZZ_SEED", "20240609"))
@@ -360,5 +361,5 @@ def test_cli_fuzz_never_crashes_or_touches_other_files(tmp_path, monkeypatch, ca
         shutil.rmtree(out, ignore_errors=True)
     assert n >= 5, f"only {n} cases ran in {SECONDS} s"
     if demo:
-        assert hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest() == demo, "data/demo.h5 changed"
+        assert hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest() == demo, "advbg/data/demo.h5 changed"
     assert not failures, f"{len(failures)} of {n} cases broke the CLI's promises:\n" + "\n".join(failures[:30])

@@ -5,11 +5,12 @@ import pickle
 import h5py
 import numpy as np
 import pytest
+from conftest import TinyNet, make_random_store
+from conftest import assert_one_line_error as one_line_error
+from conftest import run_cli as run
 
-from advbg.models import register
-from advbg.store import Store
-
-from conftest import TinyNet, make_random_store, run_cli as run, assert_one_line_error as one_line_error
+from advbg.data.store import Store
+from advbg.models.classifier import register
 
 
 @register("test/tiny")
@@ -52,7 +53,7 @@ def _bad_mask_store(path):
 
 
 def _empty_store(path):
-    from advbg.store import write_store
+    from advbg.data.store import write_store
 
     return write_store(path, class_names=["a"], fg_images=np.zeros((0, 8, 8, 3), np.uint8),
                        fg_masks=np.zeros((0, 8, 8)), fg_labels=[], bg_images=np.zeros((2, 8, 8, 3), np.uint8),

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from advbg.compositor import composite_grid, composite_pairs, grid_pairs
+from advbg.search.compositor import composite_grid, composite_pairs, grid_pairs
 
 
 def naive(fg, mask, bg):

@@ -1,4 +1,4 @@
-"""The committed demo store (data/demo.h5) and its rebuild script (data/build_demo.py)."""
+"""The committed demo store (advbg/data/demo.h5) and its rebuild script (data/build_demo.py)."""
 import hashlib
 import importlib.util
 import json
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advbg.labels import IN9_CLASSES
-from advbg.store import Store, item_checksum
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store, item_checksum
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 SOURCES = json.loads((DATA / "demo_sources.json").read_text())
@@ -18,7 +18,7 @@ PHOTOS = SOURCES["photos"]
 
 @pytest.fixture(scope="module")
 def store():
-    with Store(DATA / "demo.h5") as s:
+    with Store(DATA.parent / "advbg" / "data" / "demo.h5") as s:
         yield s
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from advbg.distributed import Dist, shard
-from advbg.journal import journal_folder
-from advbg.results import FIELDS, load_outcome, load_search
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
+
+from advbg.data.store import Store
+from advbg.search.config import SearchConfig
+from advbg.search.distributed import Dist, shard
+from advbg.search.journal import journal_folder
+from advbg.search.results import FIELDS, load_outcome, load_search
+from advbg.search.runner import search
 
 ENTRY = Path(__file__).with_name("advbg_entry.py")
 

@@ -5,18 +5,25 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet
+from conftest import run_cli as run
 from torch import nn
 
-from advbg import models as models_mod
+from advbg.analysis.evaluate import (
+    EvalConfig,
+    bg_gap,
+    evaluate,
+    group_rank,
+    parse_top_k,
+    relative_accuracy,
+    variant_score,
+)
+from advbg.data.labels import IN9_CLASSES, imagenet_to_in9
+from advbg.data.store import Store, write_store
+from advbg.data.variants import EvalsetWriter, variant_names
 from advbg.errors import AdvbgError
-from advbg.evaluate import (EvalConfig, bg_gap, evaluate, group_rank, parse_top_k, relative_accuracy,
-                            variant_score)
-from advbg.labels import IN9_CLASSES, imagenet_to_in9
-from advbg.models import Classifier, ClassifierConfig, identity_map, in9_map
-from advbg.store import Store, write_store
-from advbg.variants import EvalsetWriter, variant_names
-
-from conftest import TinyNet, run_cli as run
+from advbg.models import classifier as models_mod
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map
 
 SIZE = 16
 
@@ -323,8 +330,8 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
     from huggingface_hub import constants
 
     from advbg._compat import import_timm
-    from advbg.evaluate import model_identity
-    from advbg.models import load_classifier
+    from advbg.analysis.evaluate import model_identity
+    from advbg.models.classifier import load_classifier
 
     net = import_timm().create_model("test_resnet", pretrained=False)     # timm's tiny model for tests
     _fake_hf_cache(tmp_path / "hf", "test_resnet.r160_in1k", {k: v.contiguous() for k, v in net.state_dict().items()})
@@ -351,7 +358,7 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
 def test_demo_store_with_the_embedded_model_prints_the_table_and_pins_identity(tmp_path, capsys):
     from pathlib import Path
 
-    demo = Path(__file__).resolve().parents[1] / "data" / "demo.h5"
+    demo = Path(__file__).resolve().parents[1] / "advbg" / "data" / "demo.h5"
     code, out, err = run(["eval", "--store", str(demo), "-V", "original", "--results-file", str(tmp_path / "d.json"),
                           "--plot", "-", "-q"], capsys)                  # one variant: the model load dominates
     assert code == 0, err

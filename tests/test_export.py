@@ -9,13 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from advbg import export as export_mod
 from advbg.cli import main
+from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.export import ExportConfig, background_fooling, export
-from advbg.results import load_outcome, load_search
-from advbg.search import SearchConfig, search
-from advbg.store import Store
+from advbg.search.config import SearchConfig
+from advbg.search.results import load_outcome, load_search
+from advbg.search.runner import search
+from advbg.train import export as export_mod
+from advbg.train.export import ExportConfig, background_fooling, export
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import pytest
-
-import advbg.extract as ex
-from advbg import Store, segment
-from advbg.errors import AdvbgError
-from advbg.extract import ExtractConfig, extract
 from fixtures_data import draw_object, run_cli, save_png, write_csv, write_voc
+
+import advbg.data.extract as ex
+from advbg.data import segment
+from advbg.data.extract import ExtractConfig, extract
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
 
 CFG = ExtractConfig(resize=128, crop=112)   # the reference 256/224 geometry at half size: faster, same logic
 SEHWAG = ExtractConfig(resize=128, crop=112, filter="sehwag")
@@ -223,7 +224,7 @@ def test_resume_with_other_options_is_refused(drawn, tmp_path, monkeypatch):
 
 
 def test_photo_interrupted_between_its_foreground_and_background_is_redone(drawn, tmp_path, monkeypatch):
-    from advbg.store import StoreWriter
+    from advbg.data.store import StoreWriter
 
     images, boxes, _ = drawn
     real, calls = StoreWriter.add_background, []

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from advbg import fetch
-from advbg.errors import AdvbgError
 from fixtures_data import run_cli
+
+from advbg.data import fetch as fetch
+from advbg.errors import AdvbgError
 
 
 def _tar(path: Path, members: list[tuple[str, str, bytes | str]]) -> Path:

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from advbg.cli import main
+from advbg.data.store import Store
+from advbg.data.synth import SynthConfig, make_synthetic
 from advbg.errors import AdvbgError
-from advbg.finetune import FinetuneConfig, _schedule, checkpoint_paths, finetune
-from advbg.models import load_classifier, read_state_dict
-from advbg.results import load_search
-from advbg.store import Store
-from advbg.synth import SynthConfig, make_synthetic
+from advbg.models.classifier import load_classifier, read_state_dict
+from advbg.search.results import load_search
+from advbg.train.finetune import FinetuneConfig, _schedule, checkpoint_paths, finetune
 
 ARCH = "test_resnet"     # timm's own tiny test model: random init, no download
 

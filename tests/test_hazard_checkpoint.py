@@ -5,11 +5,12 @@ import pickle
 
 import pytest
 import torch
+from conftest import assert_one_line_error as one_line_error
+from conftest import make_random_store
+from conftest import run_cli as run
 
 from advbg.errors import ModelError
-from advbg.models import load_classifier
-
-from conftest import make_random_store, run_cli as run, assert_one_line_error as one_line_error
+from advbg.models.classifier import load_classifier
 
 
 class Evil:
@@ -67,8 +68,9 @@ def test_timm_weights_file_loads_through_the_safe_reader(tmp_path):
     """A plain state dict given with --weights loads into the timm architecture, pinned by its SHA-256."""
     import torch
 
-    from advbg.models import load_classifier, sha256_file
     from advbg._compat import import_timm
+    from advbg.files import sha256_file
+    from advbg.models.classifier import load_classifier
 
     net = import_timm().create_model("resnet18", pretrained=False)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")

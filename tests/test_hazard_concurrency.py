@@ -11,16 +11,17 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error as one_line_error
+from conftest import make_random_store
+from conftest import run_cli as run
 
+from advbg.data.store import Store, StoreWriter, write_store
+from advbg.data.verify import verify_store
 from advbg.errors import StoreError
-from advbg.store import Store, StoreWriter, write_store
-from advbg.verify import verify_store
-
-from conftest import make_random_store, run_cli as run, assert_one_line_error as one_line_error
 
 HOLDER = textwrap.dedent("""
     import sys
-    from advbg.store import Store
+    from advbg.data.store import Store
     with Store(sys.argv[1], sys.argv[2]) as s:
         print("ready", flush=True)
         sys.stdin.read()          # hold the store open until the test closes our stdin

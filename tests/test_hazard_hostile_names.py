@@ -7,12 +7,12 @@ import os
 
 import numpy as np
 import pytest
-
-from advbg.errors import AdvbgError
-from advbg.search import SearchConfig, search
-from advbg.store import Store, write_store
-
 from conftest import make_tiny_classifier
+
+from advbg.data.store import Store, write_store
+from advbg.errors import AdvbgError
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search
 
 HOSTILE = "x/../../../../escape"
 
@@ -54,7 +54,7 @@ def _writes_only_inside(tmp_path, out, fn):
 
 
 def test_export_writes_nothing_outside_its_folder(hostile):
-    from advbg.export import ExportConfig, export
+    from advbg.train.export import ExportConfig, export
 
     tmp_path, store = hostile
     out = tmp_path / "a" / "b" / "out"
@@ -63,7 +63,7 @@ def test_export_writes_nothing_outside_its_folder(hostile):
 
 
 def test_variants_writes_nothing_outside_its_folder(hostile):
-    from advbg.variants import write_variants
+    from advbg.data.variants import write_variants
 
     tmp_path, store = hostile
     out = tmp_path / "a" / "b" / "out"

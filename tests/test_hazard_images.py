@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from advbg.data.imageio import ImageWarning, read_image
 from advbg.errors import AdvbgError
-from advbg.imageio import ImageWarning, read_image
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, (24, 32, 3), dtype=np.uint8)
@@ -156,7 +156,7 @@ def test_max_pixels_applies_to_ordinary_images(tmp_path):
 def _released_with(tmp_path, replace):
     from fixtures_data import make_released
 
-    from advbg.labels import IN9_FOLDERS
+    from advbg.data.labels import IN9_FOLDERS
 
     rel = make_released(tmp_path, per_class=1)
     target = rel.root / "original" / "val" / IN9_FOLDERS[0] / f"{rel.stems[0]}.JPEG"
@@ -165,7 +165,7 @@ def _released_with(tmp_path, replace):
 
 
 def test_ingest_refuses_a_decompression_bomb_with_a_reason(tmp_path):
-    from advbg.ingest import ingest_in9
+    from advbg.data.ingest import ingest_in9
 
     def bomb(p):
         png_header_only(p.with_suffix(".png"), 60_000, 60_000)
@@ -180,8 +180,8 @@ def test_ingest_refuses_a_decompression_bomb_with_a_reason(tmp_path):
 
 
 def test_ingest_converts_16bit_gray_without_clipping(tmp_path):
-    from advbg.ingest import ingest_in9
-    from advbg.store import Store
+    from advbg.data.ingest import ingest_in9
+    from advbg.data.store import Store
 
     gray = np.full((32, 32), 100, np.uint16)
 

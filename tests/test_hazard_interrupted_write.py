@@ -11,12 +11,11 @@ import time
 import h5py
 import numpy as np
 import pytest
-
-from advbg.errors import StoreError
-from advbg.store import Store, StoreWriter
-from advbg.verify import verify_store
-
 from conftest import make_random_store
+
+from advbg.data.store import Store, StoreWriter
+from advbg.data.verify import verify_store
+from advbg.errors import StoreError
 
 SIZE = (8, 8)
 
@@ -80,7 +79,7 @@ def test_class_names_hdf5_cannot_hold_are_refused_with_a_reason(tmp_path):
 
 WRITER = textwrap.dedent("""
     import numpy as np
-    from advbg.store import StoreWriter
+    from advbg.data.store import StoreWriter
     with StoreWriter({path!r}, class_names=["a", "b", "c"], image_size=(8, 8), resume=True) as w:
         k = len(w.done_source_ids)
         while True:

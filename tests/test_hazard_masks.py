@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+from advbg.data.imageio import ImageWarning, check_mask
 from advbg.errors import AdvbgError
-from advbg.imageio import ImageWarning, check_mask
 
 SHAPE = (6, 8, 3)
 BASE = np.zeros(SHAPE[:2], np.uint8)
@@ -66,7 +66,7 @@ def test_name_appears_in_messages():
 
 def test_store_writer_applies_the_same_binarisation(tmp_path):
     """The store's own rule (values > 0 are foreground) agrees with check_mask, so both paths store the same bits."""
-    from advbg.store import Store, write_store
+    from advbg.data.store import Store, write_store
 
     soft = BASE * 0.4
     write_store(tmp_path / "s.h5", class_names=["a"], fg_images=np.zeros((1,) + SHAPE, np.uint8),

@@ -7,14 +7,15 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet
+from conftest import run_cli as run
 from torch import nn
 
-from advbg.labels import IN9_CLASSES
-from advbg.models import Classifier, ClassifierConfig, identity_map, register
-from advbg.search import SearchConfig, search
-from advbg.store import Store, write_store
-
-from conftest import TinyNet, run_cli as run
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store, write_store
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, register
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search
 
 POISON = [2, 4]  # background ids whose composites overflow
 N_FG, N_BG = 4, 6

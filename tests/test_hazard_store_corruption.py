@@ -7,14 +7,16 @@ import re
 import h5py
 import numpy as np
 import pytest
+from conftest import TinyNet, make_random_store
+from conftest import assert_one_line_error as one_line_error
+from conftest import run_cli as run
 
+from advbg.data.store import Store
+from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError, StoreError
-from advbg.models import register
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-from advbg.verify import verify_store
-
-from conftest import TinyNet, make_random_store, run_cli as run, assert_one_line_error as one_line_error
+from advbg.models.classifier import register
+from advbg.search.config import SearchConfig
+from advbg.search.runner import search
 
 
 @register("test/tiny-hazard")
@@ -90,7 +92,7 @@ def test_labels_outside_the_class_list_and_bad_mask_values_are_problems(store):
 
 
 def test_mask_values_other_than_0_1_are_a_problem_even_with_a_matching_checksum(store):
-    from advbg.store import item_checksum
+    from advbg.data.store import item_checksum
 
     with h5py.File(store, "r+") as f:
         m = f["foregrounds/mask"][2] * 255
@@ -111,7 +113,7 @@ def test_items_added_after_completion_change_the_recorded_counts(store):
 
 def test_empty_and_full_masks_are_flagged_not_failed(store):
     with h5py.File(store, "r+") as f:  # rewrite two items consistently (checksums updated): legal but odd
-        from advbg.store import item_checksum
+        from advbg.data.store import item_checksum
 
         for i, value in ((0, 0), (6, 1)):
             m = np.full(f["foregrounds/mask"].shape[1:], value, np.uint8)
@@ -144,7 +146,7 @@ def test_interrupted_search_never_leaves_results_that_read_as_complete(store, ti
 
     with pytest.raises(KeyboardInterrupt):
         _search(store, tiny_classifier, on_unit=stop)
-    from advbg.results import load_search
+    from advbg.search.results import load_search
 
     with Store(store) as s, pytest.raises(AdvbgError, match="no complete search results|incomplete"):
         load_search(s)

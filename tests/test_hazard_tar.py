@@ -1,4 +1,4 @@
-"""Hazard: tar archives with traversal or link tricks. `advbg.fetch.safe_unpack` refuses them and writes nothing,
+"""Hazard: tar archives with traversal or link tricks. `advbg.data.fetch.safe_unpack` refuses them and writes nothing,
 inside or outside DEST; the outside world is compared byte for byte before and after."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from advbg.data.fetch import safe_unpack
 from advbg.errors import AdvbgError
-from advbg.fetch import safe_unpack
 
 
 def make_tar(path: Path, members: list[tuple]) -> Path:

@@ -4,17 +4,31 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet, make_tiny_classifier
+from conftest import run_cli as run
 from torch import nn
 
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.index import (FLAT_MAX, build_index, choose_kind, compute_embeddings, feature_kind, features_and_logits,
-                         foreground_alone, index_path, load_embeddings, make_index, model_identity, normalise,
-                         place_index, read_index_file, search_index)
-from advbg.labels import IN9_CLASSES
-from advbg.models import Classifier, register
-from advbg.store import Store
-
-from conftest import TinyNet, make_tiny_classifier, run_cli as run
+from advbg.models.classifier import Classifier, register
+from advbg.search.index import (
+    FLAT_MAX,
+    build_index,
+    choose_kind,
+    compute_embeddings,
+    feature_kind,
+    features_and_logits,
+    foreground_alone,
+    index_path,
+    load_embeddings,
+    make_index,
+    model_identity,
+    normalise,
+    place_index,
+    read_index_file,
+    search_index,
+)
 
 
 class TimmLike(nn.Module):
@@ -92,7 +106,7 @@ def test_index_kind_is_flat_for_small_pools_and_approximate_past_the_threshold()
 
 
 def test_cpu_index_is_used_when_faiss_has_no_gpu(monkeypatch):
-    import advbg.index as ix
+    import advbg.search.index as ix
 
     monkeypatch.setattr(ix, "faiss_gpus", lambda: 0)
     index = make_index(normalise(np.eye(4)), "flat")
@@ -103,7 +117,7 @@ def test_cpu_index_is_used_when_faiss_has_no_gpu(monkeypatch):
 
 
 def test_hnsw_stays_on_cpu_even_when_a_gpu_is_there(monkeypatch):
-    import advbg.index as ix
+    import advbg.search.index as ix
 
     monkeypatch.setattr(ix, "faiss_gpus", lambda: 1)   # no GPU call is made for an HNSW index
     hnsw = make_index(normalise(np.random.default_rng(0).standard_normal((50, 4))), "hnsw")
@@ -113,7 +127,7 @@ def test_hnsw_stays_on_cpu_even_when_a_gpu_is_there(monkeypatch):
 
 
 def test_gpu_index_gives_the_cpu_answer():
-    from advbg.index import faiss_gpus
+    from advbg.search.index import faiss_gpus
 
     if faiss_gpus() == 0:
         pytest.skip("faiss sees no GPU (faiss-cpu installed, or no CUDA device): not checked that a flat index is "

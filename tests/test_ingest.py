@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from advbg import Store
-from advbg.errors import AdvbgError
-from advbg.ingest import ingest_in9
-from advbg.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.variants import evalset_names, open_evalset
 from fixtures_data import SIZE, corrupt_released, make_released, run_cli
+
+from advbg.data.ingest import ingest_in9
+from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
+from advbg.data.store import Store
+from advbg.data.variants import evalset_names, open_evalset
+from advbg.errors import AdvbgError
 
 RELEASED_EVALSETS = ["mixed_next", "mixed_rand", "mixed_same", "no_fg", "only_bg_b", "only_fg"]
 
@@ -139,7 +139,7 @@ def test_not_a_release_folder_is_a_clear_error(tmp_path, capsys):
 def test_ingested_store_makes_every_variant_and_the_released_pixels(ingested):
     from PIL import Image
 
-    from advbg.variants import make_variant, variant_names
+    from advbg.data.variants import make_variant, variant_names
 
     rel, out, _ = ingested
     with Store(out) as s:

@@ -4,12 +4,16 @@ import pickle
 
 import pytest
 import torch
-
-from advbg.errors import ModelError
-from advbg.labels import IN9_CLASSES, IN9_IMAGENET_INDICES, imagenet_to_in9
-from advbg.models import in9_map, load_classifier, make_label_map, read_state_dict
-
 from conftest import TinyNet
+
+from advbg.data.labels import IN9_CLASSES, IN9_IMAGENET_INDICES, imagenet_to_in9
+from advbg.errors import ModelError
+from advbg.models.classifier import (
+    in9_map,
+    load_classifier,
+    make_label_map,
+    read_state_dict,
+)
 
 
 def test_in9_map_has_370_indices_with_reference_counts():
@@ -77,10 +81,10 @@ def test_lite0_on_demo_foregrounds_matches_labels(lite0):
     """The labelled ImageNet photos of the demo store are mostly classified right without any background change."""
     from pathlib import Path
 
-    from advbg.store import Store
+    from advbg.data.store import Store
 
-    demo = Path(__file__).resolve().parents[1] / "data" / "demo.h5"
-    assert demo.exists(), "data/demo.h5 is committed; rebuild it with python data/build_demo.py"
+    demo = Path(__file__).resolve().parents[1] / "advbg" / "data" / "demo.h5"
+    assert demo.exists(), "advbg/data/demo.h5 is committed; rebuild it with python data/build_demo.py"
     with Store(demo) as s:
         x = torch.from_numpy(s.foregrounds.read(slice(None))).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():

@@ -3,15 +3,16 @@ decides whether the background pool is resident or streamed, never the results."
 import numpy as np
 import pytest
 import torch
-
-import advbg.pool as pool_mod
-from advbg.errors import AdvbgError
-from advbg.models import Classifier
-from advbg.results import FIELDS
-from advbg.search import SearchConfig, auto_batch_size, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
+
+import advbg.search.pool as pool_mod
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.models.classifier import Classifier
+from advbg.search.config import SearchConfig
+from advbg.search.engine import auto_batch_size
+from advbg.search.results import FIELDS
+from advbg.search.runner import search
 
 
 class OomAbove(torch.nn.Module):

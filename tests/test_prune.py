@@ -1,15 +1,22 @@
 """Pruned search: candidate rules checked against plain loops, and K = pool size equals the exhaustive search."""
 import numpy as np
 import pytest
-
-from advbg.errors import AdvbgError
-from advbg.index import build_index, load_embeddings
-from advbg.prune import PruneSpec, prune_spec, prune_summary, predicted_margin, pruned_search, top_k
-from advbg.results import load_search
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
+
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.search.config import SearchConfig
+from advbg.search.index import build_index, load_embeddings
+from advbg.search.results import load_search
+from advbg.search.runner import search
+from advbg.search.strategies import (
+    Pruned,
+    PruneSpec,
+    predicted_margin,
+    prune_spec,
+    prune_summary,
+    top_k,
+)
 
 FIELDS = ("fg_id", "true_class", "worst_bg", "worst_margin", "worst_pred", "first_fooling_bg", "n_fooling",
           "n_evaluated", "n_invalid")
@@ -60,7 +67,7 @@ def test_pruned_search_with_k_equal_to_the_pool_is_the_exhaustive_search(indexed
     cfg = SearchConfig(criterion=criterion, batch_size=7, fg_block=4, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, k=13), write=False, progress=False)
+        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(pruned, f), getattr(full, f), err_msg=f)
     assert pruned.run.forwards == full.run.forwards == 9 * 13
@@ -73,7 +80,7 @@ def test_pruned_search_evaluates_k_backgrounds_per_foreground(indexed, rule):
     cfg = SearchConfig(batch_size=16, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, ratio=0.3), write=False, progress=False)
+        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, ratio=0.3)), write=False, progress=False)
     assert (pruned.n_evaluated == 3).all() and pruned.run.forwards == 9 * 3        # floor(0.3 * 13)
     assert (pruned.worst_margin >= full.worst_margin).all()                         # a subset never finds worse
     assert not (pruned.fooled & ~full.fooled).any()
@@ -84,8 +91,8 @@ def test_mix_candidates_are_the_rules_top_k(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
         emb = load_embeddings(s, clf)
-        pruned = pruned_search(s, clf, SearchConfig(record_outcomes=True), PruneSpec("mix", k=3), progress=False)
-        from advbg.results import load_outcome
+        pruned = search(s, clf, SearchConfig(record_outcomes=True), strategy=Pruned(PruneSpec("mix", k=3)), progress=False)
+        from advbg.search.results import load_outcome
 
         outcome, fg_id, _ = load_outcome(s, pruned.results_name)
         pred = predicted_margin(emb.fg_scores, s.foregrounds.labels, emb.fg_area, emb.bg_scores,
@@ -97,7 +104,7 @@ def test_mix_candidates_are_the_rules_top_k(indexed):
 def test_two_stage_result_is_written_and_loads_back(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
-        res = pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=4), progress=False)
+        res = search(s, clf, SearchConfig(), strategy=Pruned(PruneSpec("neighbours", k=4)), progress=False)
         back = load_search(s, res.results_name)
     assert res.results_name == "tinynet.seed0.any.exhaustive.neighbours-k4"
     for f in FIELDS:
@@ -111,7 +118,7 @@ def test_early_exit_with_every_candidate_finds_the_same_fooled_foregrounds(index
     cfg = SearchConfig(mode="early-exit", batch_size=5, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, k=13), write=False, progress=False)
+        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
     np.testing.assert_array_equal(pruned.fooled, full.fooled)
     assert (pruned.n_evaluated <= 13).all()
 
@@ -119,7 +126,7 @@ def test_early_exit_with_every_candidate_finds_the_same_fooled_foregrounds(index
 def test_prune_without_embeddings_says_to_run_index(random_store, tiny_classifier):
     with Store(random_store) as s:
         with pytest.raises(AdvbgError, match="no embeddings for model.*Run `advbg index"):
-            pruned_search(s, tiny_classifier, SearchConfig(), PruneSpec(k=2), write=False, progress=False)
+            search(s, tiny_classifier, SearchConfig(), strategy=Pruned(PruneSpec(k=2)), write=False, progress=False)
 
 
 def test_prune_options_are_validated():
@@ -137,4 +144,4 @@ def test_resume_is_refused_for_the_two_stage_rule(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
         with pytest.raises(AdvbgError, match="--resume does not apply"):
-            pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), resume=True, progress=False)
+            search(s, clf, SearchConfig(), strategy=Pruned(PruneSpec("neighbours", k=2)), resume=True, progress=False)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from advbg.errors import AdvbgError
-from advbg.journal import MAGIC, Journal, journal_folder
-from advbg.results import FIELDS, load_outcome, load_search
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
+
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.search.config import SearchConfig
+from advbg.search.journal import MAGIC, Journal, journal_folder
+from advbg.search.results import FIELDS, load_outcome, load_search
+from advbg.search.runner import search
 
 ENTRY = Path(__file__).with_name("advbg_entry.py")
 NAME = "r"
@@ -130,7 +130,7 @@ def test_crash_while_merging_into_the_store_is_repaired_by_resume(tmp_path, monk
     _run(path)
     want = stored(path)
 
-    import advbg.results as results
+    import advbg.search.results as results
 
     def crash(self, run):
         raise KeyboardInterrupt                          # after every row is written, before `complete`

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from advbg.store import Store, write_store
-from advbg.verify import verify_store
+from advbg.data.store import Store, write_store
+from advbg.data.verify import verify_store
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True)
@@ -101,7 +101,7 @@ def _write_release(root: Path, rel: dict) -> None:
 @settings(max_examples=10, **SETTINGS)
 @given(rel=releases())
 def test_released_layout_ingest_round_trip(rel):
-    from advbg.ingest import ingest_in9
+    from advbg.data.ingest import ingest_in9
 
     d = Path(tempfile.mkdtemp())
     try:
@@ -127,7 +127,8 @@ def searched(tmp_path_factory):
     """A searched random store (exhaustive, outcome matrix recorded) to export from."""
     from conftest import make_random_store, make_tiny_classifier
 
-    from advbg.search import SearchConfig, search
+    from advbg.search.config import SearchConfig
+    from advbg.search.runner import search
 
     path = make_random_store(tmp_path_factory.mktemp("exp") / "s.h5", n_fg=6, n_bg=8, seed=5)
     with Store(path, "r+") as s:
@@ -139,8 +140,8 @@ def searched(tmp_path_factory):
 @given(what=st.sampled_from(["backgrounds", "composites", "both"]), per_class=st.none() | st.integers(1, 3),
        include_unfooled=st.booleans())
 def test_export_folder_decodes_to_the_stored_pixels(searched, what, per_class, include_unfooled):
-    from advbg.export import ExportConfig, export
-    from advbg.imageio import read_image
+    from advbg.data.imageio import read_image
+    from advbg.train.export import ExportConfig, export
 
     d = Path(tempfile.mkdtemp())
     try:

@@ -2,13 +2,14 @@
 import numpy as np
 import pytest
 import torch
-
-from advbg.criteria import Criterion
-from advbg.results import load_outcome, load_search
-from advbg.search import OUTCOME_MISSING, OUTCOME_NONE, SearchConfig, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
+
+from advbg.data.store import Store
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import Criterion
+from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE
+from advbg.search.results import load_outcome, load_search
+from advbg.search.runner import search
 
 
 def naive_search(store: Store, clf, criterion: str, early_exit: bool, orders=None):

@@ -3,14 +3,14 @@ any order follow the naive loop, and --verify-close makes low-precision decision
 import numpy as np
 import pytest
 import torch
-
-from advbg.models import Classifier
-from advbg.results import FIELDS
-from advbg.search import SearchConfig, search
-from advbg.store import Store
-
 from conftest import make_random_store, make_tiny_classifier
 from test_search import naive_search
+
+from advbg.data.store import Store
+from advbg.models.classifier import Classifier
+from advbg.search.config import SearchConfig
+from advbg.search.results import FIELDS
+from advbg.search.runner import search
 
 
 class Sizes(torch.nn.Module):
@@ -77,7 +77,7 @@ def test_verify_close_gives_fp32_decisions_from_a_bf16_run(tmp_path, mode):
 
 
 def test_water_fill_equals_round_robin_dealing():
-    from advbg.engine import _water_fill
+    from advbg.search.engine import _water_fill
 
     rng = np.random.default_rng(0)
     for _ in range(300):

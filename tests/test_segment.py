@@ -1,10 +1,17 @@
-"""Pixel operations of the IN-9 protocol (advbg.segment)."""
+"""Pixel operations of the IN-9 protocol (advbg.data.segment)."""
 import cv2
 import numpy as np
 import pytest
 
+from advbg.data.segment import (
+    box_fraction,
+    grabcut_mask,
+    mask_fraction,
+    only_bg_b,
+    only_bg_t,
+    resize_crop,
+)
 from advbg.errors import AdvbgError
-from advbg.segment import (box_fraction, grabcut_mask, mask_fraction, only_bg_b, only_bg_t, resize_crop)
 
 
 def _scene(seed: int = 0):

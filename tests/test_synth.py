@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 
 from advbg.cli import main
+from advbg.data.segment import only_bg_t
+from advbg.data.store import Store
+from advbg.data.synth import (
+    SHAPES,
+    SynthConfig,
+    make_synthetic,
+    render_photo,
+    shape_mask,
+)
 from advbg.errors import AdvbgError
-from advbg.segment import only_bg_t
-from advbg.store import Store
-from advbg.synth import SHAPES, SynthConfig, make_synthetic, render_photo, shape_mask
 
 
 def test_photo_is_the_shape_colour_exactly_under_its_mask_and_the_clean_background_elsewhere():

@@ -4,14 +4,18 @@ import json
 
 import numpy as np
 import pytest
-
-from advbg.errors import AdvbgError
-from advbg.results import load_outcome
-from advbg.search import OUTCOME_MISSING as MISS, OUTCOME_NONE as NONE, SearchConfig, search
-from advbg.store import Store
-from advbg.universal import analyse, asr, class_union, fooled_matrix, greedy_cover, run_universal, top_k
-
 from conftest import make_random_store, make_tiny_classifier
+
+from advbg.analysis.universal import analyse, class_union, fooled_matrix, greedy_cover, top_k
+from advbg.search.criteria import asr
+from advbg.commands.universal import run_universal
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import OUTCOME_MISSING as MISS
+from advbg.search.criteria import OUTCOME_NONE as NONE
+from advbg.search.results import load_outcome
+from advbg.search.runner import search
 
 # Hand-made: classes 0..3 (class 3 has no backgrounds). fg6 has no class, bg3 has none; 255 only where unused.
 FG = np.array([0, 0, 1, 1, 2, 2, -1])
@@ -203,22 +207,22 @@ def test_results_of_another_classifier_are_not_reused(tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli_model(monkeypatch):
-    import advbg.cli.options
+    from advbg.models.classifier import ModelSpec
 
     clf = make_tiny_classifier()
     seen = {}
 
-    def fake(model, arch, weights, label_map, norm, device):
-        seen.update(model=model, label_map=label_map)
+    def fake(spec):
+        seen.update(model=spec.name, label_map=spec.label_map)
         return clf
-    monkeypatch.setattr(advbg.cli.options, "classifier_from", fake)
+    monkeypatch.setattr(ModelSpec, "load", fake)
     return seen
 
 
 def test_cli_all_classes_prints_table_and_writes_files(tmp_path, cli_model):
     from typer.testing import CliRunner
 
-    from advbg.cli import app
+    from advbg.cli.app import app
 
     path = make_random_store(tmp_path / "s.h5", n_fg=10, n_bg=4)    # 4 backgrounds: most classes have none
     res = CliRunner().invoke(app, ["universal", "--store", str(path), "--model", "tiny", "--class", "all",
@@ -237,7 +241,7 @@ def test_cli_all_classes_prints_table_and_writes_files(tmp_path, cli_model):
 def test_cli_one_class_csv(tmp_path, cli_model):
     from typer.testing import CliRunner
 
-    from advbg.cli import app
+    from advbg.cli.app import app
 
     path = make_random_store(tmp_path / "s.h5", n_fg=10, n_bg=12)
     csv_path = tmp_path / "u.csv"
@@ -267,9 +271,9 @@ def test_bundled_demo_store_is_never_written(tmp_path, monkeypatch, capsys):
     """universal on the default store works on runs/demo.h5 and reuses what `advbg search` stored there."""
     import hashlib
 
-    from advbg.cli.options import DEFAULT_STORE
+    from advbg.commands.common import DEMO_STORE as DEFAULT_STORE
 
-    assert DEFAULT_STORE.exists(), "data/demo.h5 is committed; rebuild it with python data/build_demo.py"
+    assert DEFAULT_STORE.exists(), "advbg/data/demo.h5 is committed; rebuild it with python data/build_demo.py"
     before = hashlib.sha256(DEFAULT_STORE.read_bytes()).hexdigest()
     monkeypatch.chdir(tmp_path)
     clf = make_tiny_classifier(1000, "in9", seed=1, size=224)

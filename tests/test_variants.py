@@ -8,14 +8,21 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from fixtures_data import make_store, run_cli
 from PIL import Image
 
-import advbg.variants as V
-from advbg import Store, segment, write_store
+import advbg.data.variants as V
+from advbg.data import segment
+from advbg.data.labels import IN9_FOLDERS
+from advbg.data.store import Store, write_store
+from advbg.data.variants import (
+    VariantOptions,
+    make_variant,
+    open_evalset,
+    variant_names,
+    write_variants,
+)
 from advbg.errors import AdvbgError
-from advbg.labels import IN9_FOLDERS
-from advbg.variants import VariantOptions, make_variant, open_evalset, variant_names, write_variants
-from fixtures_data import make_store, run_cli
 
 ALL = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next",
        "fg_white", "bg_white", "bg_texture", "bg_gauss", "bg_uniform", "bg_color", "bg_blur", "bg_recolor",

@@ -10,26 +10,14 @@ import sys
 
 import typer
 
-app = typer.Typer(
-    name="advbg",
-    help="Adversarial background search for image classifiers (ImageNet-9 protocol).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print ``advbg: error: message`` (one line) and return the Exit to raise."""
-    typer.echo(f"advbg: error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code)
+# Each command module registers its commands on `app` when imported.
+from advbg.cli import data, evaluate, index, search, train, universal, verify  # noqa: F401
+from advbg.cli.app import app
+from advbg.errors import AdvbgError
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every error into one line and a non-zero exit."""
-    from ..errors import AdvbgError
-
     try:
         code = app(args=argv, standalone_mode=False)  # non-standalone typer returns Exit codes (130 on Ctrl-C)
     except typer.Exit as e:
@@ -62,13 +50,3 @@ def main(argv: list[str] | None = None) -> None:
 def _one_line(e, code: int) -> int:
     typer.echo(f"advbg: error: {' '.join(str(e).split())}", err=True)
     return code
-
-
-# Command modules register themselves on `app` when imported.
-from . import search as _search  # noqa: E402,F401
-from . import data as _data  # noqa: E402,F401
-from . import universal as _universal  # noqa: E402,F401
-from . import verify as _verify  # noqa: E402,F401
-from . import evaluate as _evaluate  # noqa: E402,F401
-from . import train as _train  # noqa: E402,F401
-from . import index as _index  # noqa: E402,F401

@@ -6,7 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.data.extract import ExtractConfig
+from advbg.data.extract import extract as extract_store
+from advbg.data.fetch import fetch_in9 as fetch_in9_release
+from advbg.data.ingest import ingest_in9 as ingest_released_in9
+from advbg.data.variants import VariantOptions, write_variants
 
 fetch_app = typer.Typer(help="Download a released dataset.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Turn a released dataset into an advbg store.", no_args_is_help=True)
@@ -28,9 +34,7 @@ def fetch_in9(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Download the released ImageNet-9 test data (4,050 images x 8 variants + masks), verify and unpack it."""
-    from ..fetch import fetch_in9 as run
-
-    root = run(dest, archive=archive, sha256=sha256, timeout=timeout, progress=not quiet)
+    root = fetch_in9_release(dest, archive=archive, sha256=sha256, timeout=timeout, progress=not quiet)
     typer.echo(f"IN-9 release ready at {root}; next: advbg ingest in9 {root} --out in9.h5")
 
 
@@ -47,9 +51,7 @@ def ingest_in9(
 ) -> None:
     """Ingest the released IN-9 layout: foregrounds (original + fg_mask), backgrounds (only_bg_t), other
     variants as evaluation sets."""
-    from ..ingest import ingest_in9 as run
-
-    typer.echo(run(path, out, skip_bad=skip_bad, overwrite=overwrite, evalsets=evalsets,
+    typer.echo(ingest_released_in9(path, out, skip_bad=skip_bad, overwrite=overwrite, evalsets=evalsets,
                    progress=not quiet).summary())
 
 
@@ -75,10 +77,8 @@ def extract(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Build a store from photos + bounding boxes (GrabCut foregrounds, Only-BG-T backgrounds)."""
-    from ..extract import ExtractConfig, extract as run
-
     cfg = ExtractConfig(resize=resize, crop=crop, iterations=iterations, filter=filter, seed=seed)
-    typer.echo(run(images, boxes, out, classes=classes, config=cfg, workers=workers, resume=resume,
+    typer.echo(extract_store(images, boxes, out, classes=classes, config=cfg, workers=workers, resume=resume,
                    overwrite=overwrite, progress=not quiet).format())
 
 
@@ -102,8 +102,6 @@ def variants(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Write IN-9 variant sets, background probes and background factors of a store, with fg_id/bg_id provenance."""
-    from ..variants import VariantOptions, write_variants
-
     opts = VariantOptions(blur_kernel=blur_kernel, recolor=recolor, hue_shift=hue_shift,
                           reduced_margin=reduced_margin, reduced_fill=reduced_fill, texture=texture)
     counts = write_variants(store, out, fmt=format, names=[n.strip() for n in names.split(",")] if names else None,

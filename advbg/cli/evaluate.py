@@ -6,7 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.evaluate import run_eval, run_plot
+from advbg.commands.models import run_models
 
 ModelsOpt = Annotated[Optional[list[str]], typer.Option(
     "--model", "-m", help=o.ModelOpt.__metadata__[0].help + " Repeat for several models (one table row each).")]
@@ -50,11 +53,8 @@ def eval_(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Accuracy on every variant (IN-9 table, BG-Gap, per class, top-k, relative to a baseline)."""
-    from ..evaluate import run_eval
-
-    run_eval(store=store, models=model or [], models_file=models_file, baseline=baseline, variants=variants,
-             label_map=label_map, top_k=top_k, arch=arch, weights=weights, norm=norm, device=device,
-             batch_size=batch_size, seed=seed, source=source, evalsets=evalsets, amp=amp,
+    run_eval(store, model or [], models_file=models_file, baseline=baseline, variants=variants, top_k=top_k,
+             options=o.model_spec("advbg/lite0", arch, weights, label_map, norm, device), batch_size=batch_size, seed=seed, source=source, evalsets=evalsets, amp=amp,
              results_file=results_file, results_format=results_format, plot=plot, progress=not quiet,
              echo=typer.echo)
 
@@ -67,8 +67,6 @@ def models(
         "--filter", help="Also list timm pretrained weights matching this pattern (e.g. 'resnet50*').")] = None,
 ) -> None:
     """List the models that can be evaluated offline now, and those that need a download."""
-    from ..zoo import run_models
-
     run_models(folder=dir, pattern=filter, echo=typer.echo)
 
 
@@ -80,6 +78,4 @@ def plot(
         "--variants", "-V", help="paper (only_bg_t, mixed_same, mixed_rand), all, or names, comma-separated.")] = "paper",
 ) -> None:
     """Scatter of accuracy on original vs each variant (and BG-Gap), one point per model."""
-    from ..evalreport import run_plot
-
     run_plot(results, out, variants, echo=typer.echo)

@@ -5,7 +5,9 @@ from typing import Annotated
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.index import run_index
 
 
 @app.command()
@@ -25,7 +27,5 @@ def index(
 ) -> None:
     """Embed every background and foreground with the model (penultimate features and class scores), store the
     embeddings in the store and write FAISS indexes beside it, for `advbg search --prune`."""
-    from ..index import run_index
-
-    run_index(store=store, model=model, label_map=label_map, arch=arch, weights=weights, norm=norm, device=device,
+    run_index(store, o.model_spec(model, arch, weights, label_map, norm, device),
               batch_size=batch_size, kind=kind, progress=not quiet, echo=typer.echo)

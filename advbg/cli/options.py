@@ -6,9 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-_REPO_DEMO = Path(__file__).resolve().parents[2] / "data" / "demo.h5"
-# The demo store lives in the repository's data/ (editable installs find it from anywhere).
-DEFAULT_STORE = _REPO_DEMO if _REPO_DEMO.exists() else Path("data") / "demo.h5"
+from advbg.commands.common import DEMO_STORE
+from advbg.models.classifier import ModelSpec
+
+DEFAULT_STORE = DEMO_STORE   # shipped inside the package: a wheel install runs `advbg search` with no options
 
 StoreOpt = Annotated[Path, typer.Option("--store", "-s", help="advbg store (HDF5). Default: the embedded demo store.")]
 ModelOpt = Annotated[str, typer.Option(
@@ -31,37 +32,8 @@ ResultsFileOpt = Annotated[Optional[Path], typer.Option("--results-file", help="
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def classifier_from(model: str, arch, weights, label_map: str, norm, device):
-    """Build the classifier the options describe (one place, so every command loads models the same way)."""
-    from ..models import load_classifier
-
-    return load_classifier(model, arch=arch, weights=str(weights) if weights else None, label_map=label_map,
-                           norm=norm, device=device)
-
-
-def working_store(store: Path, echo=None) -> Path:
-    """The bundled demo store is never modified: commands that write work on ``runs/demo.h5``, a copy made on
-    first use (and refreshed when the bundled store changes). Any other store is used as given."""
-    import shutil
-
-    import h5py
-
-    store = Path(store)
-    if not (DEFAULT_STORE.exists() and store.exists() and store.resolve() == DEFAULT_STORE.resolve()):
-        return store
-    copy = Path("runs") / "demo.h5"
-    fresh = False
-    if copy.exists():
-        try:
-            with h5py.File(copy, "r") as a, h5py.File(store, "r") as b:
-                fresh = a.attrs.get("created") == b.attrs.get("created")
-        except OSError:
-            fresh = False
-    if not fresh:
-        copy.parent.mkdir(exist_ok=True)
-        tmp = copy.with_suffix(".h5.partial")
-        shutil.copyfile(store, tmp)
-        tmp.replace(copy)
-        if echo:
-            echo(f"working copy of the demo store: {copy} (data/demo.h5 stays unchanged)")
-    return copy
+def model_spec(model: str, arch: str | None, weights: Path | None, label_map: str, norm: str | None,
+               device: str | None) -> ModelSpec:
+    """The one ModelSpec the model options describe (every command loads models the same way)."""
+    return ModelSpec(model, arch=arch, weights=str(weights) if weights else None, label_map=label_map, norm=norm,
+                     device=device)

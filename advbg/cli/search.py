@@ -6,7 +6,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.search import run_search
+from advbg.search.config import SearchConfig
+from advbg.search.strategies import prune_spec
 
 
 @app.command()
@@ -60,11 +64,10 @@ def search(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Find every foreground's worst-case background and print the fooling rate."""
-    from ..api import run_search
-
-    run_search(store=store, model=model, criterion=criterion, mode="early-exit" if early_exit else "exhaustive",
-               batch_size=batch_size, fg_block=fg_block, amp=amp, label_map=label_map, arch=arch, weights=weights,
-               norm=norm, device=device, results_name=results_name, results_file=results_file, grid=grid,
-               resume=resume, write=not no_write, progress=not quiet, compile=compile, cuda_graphs=cuda_graphs,
-               memory_gb=memory_gb, verify_close=verify_close, journal_dir=journal_dir, prune=prune,
-               prune_ratio=prune_ratio, prune_rule=prune_rule, echo=typer.echo)
+    config = SearchConfig(criterion=criterion, mode="early-exit" if early_exit else "exhaustive",
+                          batch_size=batch_size, fg_block=fg_block, amp=amp, device=device, compile=compile,
+                          cuda_graphs=cuda_graphs, memory_gb=memory_gb, verify_close=verify_close)
+    run_search(store, o.model_spec(model, arch, weights, label_map, norm, device), config,
+               prune=prune_spec(prune, prune_ratio, prune_rule), results_name=results_name,
+               results_file=results_file, grid=grid, resume=resume, write=not no_write, progress=not quiet,
+               journal_dir=journal_dir, echo=typer.echo)

@@ -6,7 +6,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.common import working_store
+from advbg.data.synth import SynthConfig, make_synthetic
+from advbg.train.export import ExportConfig
+from advbg.train.export import export as run_export
+from advbg.train.finetune import FinetuneConfig
+from advbg.train.finetune import finetune as run_finetune
 
 
 @app.command()
@@ -28,9 +35,7 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Export fooling backgrounds and worst composites of a search, with a manifest, for training."""
-    from ..export import ExportConfig, export as run_export
-
-    run_export(o.working_store(store, typer.echo), out, results=results, overwrite=overwrite, echo=typer.echo,
+    run_export(working_store(store, typer.echo), out, results=results, overwrite=overwrite, echo=typer.echo,
                config=ExportConfig(what=what, fmt=fmt, top=top, per_class=per_class, rank=rank,
                                    include_unfooled=include_unfooled))
 
@@ -63,9 +68,7 @@ def finetune(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Fine-tune a model on a store with a background policy; the checkpoint works with `advbg search --model`."""
-    from ..finetune import FinetuneConfig, finetune as run_finetune
-
-    run_finetune(model, o.working_store(store, typer.echo), out, FinetuneConfig(
+    run_finetune(model, working_store(store, typer.echo), out, FinetuneConfig(
         policy=policy, ratio=ratio, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=num_workers,
         refresh_every=refresh_every, probe_per_class=probe_per_class, pretrained=pretrained),
@@ -85,7 +88,5 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
 ) -> None:
     """Write a synthetic store: shapes with exact masks on class-correlated backgrounds."""
-    from ..synth import SynthConfig, make_synthetic
-
     make_synthetic(out, SynthConfig(n_classes=classes, n_per_class=per_class, image_size=size,
                                     correlation=correlation, seed=seed), overwrite=overwrite, echo=typer.echo)

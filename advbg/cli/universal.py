@@ -6,7 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.universal import run_universal
 
 
 @app.command()
@@ -41,9 +43,6 @@ def universal(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Per-background attack success rate toward its own class, per-class union, top-k and greedy cover."""
-    from ..universal import run_universal
-
-    run_universal(store=store, model=model, klass=klass, criterion=criterion, top=top, greedy=greedy,
-                  label_map=label_map, arch=arch, weights=weights, norm=norm, device=device,
-                  batch_size=batch_size, compute=not no_search, results_file=results_file, top_png=top_png,
+    run_universal(store, o.model_spec(model, arch, weights, label_map, norm, device), klass=klass,
+                  criterion=criterion, top=top, greedy=greedy, batch_size=batch_size, compute=not no_search, results_file=results_file, top_png=top_png,
                   hist_png=hist_png, progress=not quiet, echo=typer.echo)

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from . import app, options as o
+from advbg.cli import options as o
+from advbg.cli.app import app
+from advbg.commands.verify import run_verify
 
 
 @app.command()
@@ -16,6 +18,4 @@ def verify(
 ) -> None:
     """Check a store: schema, counts, every item's checksum, and the completeness of every results group.
     One line per problem, then a summary; exit code 1 when anything is wrong."""
-    from ..verify import run_verify
-
     run_verify(store, progress=not quiet, echo=typer.echo)

@@ -1,0 +1,145 @@
+"""The fg x bg outcome matrix for `universal`: read from stored searches of the same classifier, completed by an
+exhaustive search only where pairs are missing.
+
+A stored results group counts for a classifier when its recorded classifier config agrees on everything that
+decides a prediction (architecture, weight tag and hash, label map, normalisation, input size, classes) and, once
+finished, on the store digest. Every such group contributes its evaluated pairs (255 = not evaluated): complete
+exhaustive searches first, then the rest (early-exit and pruned searches, interrupted ones). What the analysis
+needs and no group holds is computed once by ``search(..., SearchConfig(mode="exhaustive"))`` over just the
+missing foregrounds x backgrounds, which writes its own results group, so the next run does no forward pass.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.models.precision import resolve_amp
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import OUTCOME_MISSING
+from advbg.search.journal import Journal, journal_folder
+from advbg.search.results import fingerprint, load_outcome
+from advbg.search.runner import default_results_name, search
+
+# ClassifierConfig fields that decide a mapped prediction (versions, names and file paths do not).
+IDENTITY_KEYS = ("architecture", "weight_tag", "weights_sha256", "label_map", "mean", "std", "input_size",
+                 "interpolation", "num_outputs", "class_names")
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    """The outcome matrix over the whole store (rows = fg_id, columns = bg_id) and where it came from."""
+
+    outcome: np.ndarray            # (F, B) uint8 mapped predictions, 254 = "none", 255 = not evaluated
+    fg_class: np.ndarray           # (F,) store foreground labels
+    bg_class: np.ndarray           # (B,) store background labels (-1 = no class)
+    bg_source_ids: tuple[str, ...]
+    sources: tuple[str, ...]       # results groups read
+    forwards: int = 0              # composites evaluated here to fill the gaps
+    computed: str | None = None    # results group the filling search wrote
+    notes: tuple[str, ...] = ()
+
+
+def _identity(cfg: dict) -> dict:
+    return json.loads(json.dumps({k: cfg.get(k) for k in IDENTITY_KEYS}))
+
+
+def matching_results(store: Store, classifier) -> list[str]:
+    """Names of results groups with an outcome matrix from this classifier on this store, best first."""
+    want, digest = _identity(classifier.config.to_dict()), store.digest()
+    found = []
+    for name, g in store.results.items():
+        if g.attrs.get("kind") != "search" or "outcome" not in g:
+            continue
+        try:
+            have = _identity(json.loads(g.attrs["classifier"]))
+            run = json.loads(g.attrs["run"]) if "run" in g.attrs else {}
+        except (KeyError, ValueError, TypeError):
+            continue
+        if have == want and run.get("store_digest", digest) == digest:
+            found.append(name)
+    rank = lambda n: (not store.results[n].attrs.get("complete"),  # noqa: E731
+                      store.results[n].attrs.get("mode") != "exhaustive", n)
+    return sorted(found, key=rank)
+
+
+def stored_outcome(store: Store, classifier) -> tuple[np.ndarray, list[str]]:
+    """(outcome (F, B) over the whole store, names of the groups that contributed) from matching results."""
+
+    full = np.full((len(store.foregrounds), len(store.backgrounds)), OUTCOME_MISSING, np.uint8)
+    used = []
+    for name in matching_results(store, classifier):
+        o, fg, pool = load_outcome(store, name)
+        if not fg.size or not pool.size or fg.max() >= full.shape[0] or pool.max() >= full.shape[1]:
+            continue
+        block = full[np.ix_(fg, pool)]                                    # (f, b) what we have so far
+        fill = (block == OUTCOME_MISSING) & (o != OUTCOME_MISSING)
+        if fill.any():
+            block[fill] = o[fill]
+            full[np.ix_(fg, pool)] = block
+            used.append(name)
+    return full, used
+
+
+def needed(fg_class: np.ndarray, bg_class: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) masks of the pairs the analysis of ``classes`` reads: their backgrounds x their targets."""
+    cols = np.isin(bg_class, list(classes))
+    present = np.unique(bg_class[cols])
+    # A foreground is needed when some needed background has another class than its own.
+    only_own = (len(present) == 1) & (fg_class == (present[0] if len(present) else -2))
+    return (fg_class >= 0) & ~only_own, cols
+
+
+def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criterion: str, *, compute: bool = True,
+                   batch_size: int | None = None, progress: bool = True,
+                   echo: Callable[[str], None] = print) -> StoredOutcome:
+    """Stored outcome matrix for ``classifier``; missing pairs that ``classes`` need are computed (or refused)."""
+    with Store(store_path) as s:
+        fg_class, bg_class = s.foregrounds.labels.copy(), s.backgrounds.labels.copy()
+        source_ids = tuple(s.backgrounds.source_ids)
+        full, used = stored_outcome(s, classifier)
+    rows, cols = needed(fg_class, bg_class, classes)
+    gap = (full == OUTCOME_MISSING) & rows[:, None] & cols[None, :]
+    if not gap.any():
+        return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used))
+    note = _gap_note(gap, rows, cols, used, classifier)
+    echo(note)
+    if not compute:
+        raise AdvbgError(f"{note}; rerun without --no-search to compute them")
+    fg_sel, bg_sel = np.flatnonzero(gap.any(1)), np.flatnonzero(gap.any(0))
+    cfg = SearchConfig(criterion=criterion, mode="exhaustive", batch_size=batch_size,
+                       foregrounds=tuple(int(i) for i in fg_sel), backgrounds=tuple(int(j) for j in bg_sel))
+    with Store(store_path, mode="r+") as s:
+        name = _fill_name(s, classifier, cfg, fg_sel, bg_sel)
+        # resume=True: a journal under this name is an interrupted run of exactly this search; it continues.
+        res = search(s, classifier, cfg, results_name=name, resume=True, progress=progress)
+        full, used = stored_outcome(s, classifier)
+    return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name, (note,))
+
+
+def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[str], classifier) -> str:
+    n_gap, n_need = int(gap.sum()), int(rows.sum()) * int(cols.sum())
+    tag = classifier.config.tag
+    if not used:
+        return (f"no stored outcome matrix for {tag} in this store: computing {n_gap} composites once with an "
+                f"exhaustive search (later runs reuse it)")
+    return (f"stored outcomes for {tag} ({', '.join(used)}) lack {n_gap} of the {n_need} pairs needed (early-exit, "
+            f"pruned or partial searches stop short): computing them with an exhaustive search")
+
+
+def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, bg_sel: np.ndarray) -> str:
+    """``advbg search``'s own name when the whole store is searched and the name is free (or holds an interrupted
+    run of this very search); else that name plus the search fingerprint (store, classifier, selection,
+    precision), so a journal left under it is always resumable."""
+
+    fp = fingerprint(store, fg_sel, bg_sel, classifier, cfg, resolve_amp(classifier.device, cfg.amp))
+    plain = default_results_name(classifier, cfg)
+    whole = len(fg_sel) == len(store.foregrounds) and len(bg_sel) == len(store.backgrounds)
+    if whole and plain not in store.results and Journal(journal_folder(store.path, plain)).fingerprint() in (None, fp):
+        return plain
+    return f"{plain}.fill-{fp[:8]}"

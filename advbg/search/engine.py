@@ -1,0 +1,450 @@
+"""The search engine: one unit of foregrounds against the background pool, on one device.
+
+A unit's foregrounds go to the device as uint8 with their select masks; the pool is there already (resident or
+streamed in blocks, ``advbg.search.pool``). Every pair (foreground a, trial position p) has a flat index k = a * L + p;
+a batch is a tensor of such k, from which the device derives the foreground, background and labels
+arithmetically, composites, and runs the model (``_Step``: autocast, channels_last, optional torch.compile).
+Margins, predictions and decisions land in (a, p) matrices on the device and are reduced to the per-foreground
+outcome once per unit (``Engine._reduce``) — the only device->host sync of an exhaustive unit. Early exit
+schedules the next batch on the host (``_Scheduler``, one batch behind on CUDA) from the decisions so far.
+Out-of-memory halves the batch and retries (``_Batcher``). ``advbg.search`` drives units through this.
+"""
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from advbg.data.store import Store
+from advbg.errors import AdvbgError
+from advbg.models.classifier import Classifier
+from advbg.models.precision import resolve_amp
+from advbg.search.compositor import composite_pairs, select_mask
+from advbg.search.config import SearchConfig
+from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE, Criterion
+from advbg.search.pool import BackgroundPool, default_threads, read_items, upload
+
+CPU_BATCH = 64              # CPU throughput is flat beyond this; larger batches only cost memory
+MAX_AUTO_BATCH = 1024       # GPUs gain little past this for ImageNet-sized models
+CPU_BUDGET_GB = 2.0         # default host memory for a CPU search's resident pool and batches
+_NEVER = np.iinfo(np.int64).max
+
+
+# --------------------------------------------------------------------------------------------- forward
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e))
+
+
+class _Step:
+    """One forward: composites of the pairs -> (margin, pred, fooled, closeness) on the device."""
+
+    def __init__(self, classifier: Classifier, criterion: Criterion, device: torch.device, config: SearchConfig):
+        self.classifier, self.criterion, self.device = classifier, criterion, device
+        self.amp = resolve_amp(device, config.amp)
+        self.low_precision = self.amp != "off"
+        lp = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        self.autocast_dtype = lp
+        # CPU autocast runs convolutions in low precision but wants fp32 input; CUDA takes the composite as is.
+        self.comp_dtype = lp if (self.low_precision and device.type == "cuda") else torch.float32
+        self.channels_last = config.channels_last
+        self.any = criterion.name == "any"
+        kind = type(classifier)
+        self._direct = kind.forward is Classifier.forward and kind.preprocess is Classifier.preprocess
+        self._input_hw = tuple(classifier.config.input_size[1:])
+        self._fn = self._logits
+        if config.compile:
+            mode = "reduce-overhead" if (config.cuda_graphs and device.type == "cuda") else "default"
+            self._fn = torch.compile(self._logits, mode=mode, dynamic=False)
+
+    def _logits(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
+        x = composite_pairs(fg, sel, bg, fi, bj, dtype)
+        if not self.channels_last:
+            x = x.contiguous()
+        c = self.classifier
+        if self._direct and tuple(x.shape[-2:]) == self._input_hw and not (c._forward_hooks or c._forward_pre_hooks):
+            # Classifier.forward = model(preprocess(x)); preprocess without a resize done in place: the same
+            # arithmetic, no float temporaries. (Hooks on the classifier need the real call.)
+            x.sub_(c.mean.to(x.dtype)).div_(c.std.to(x.dtype))
+            return c.model(x)
+        return c(x)
+
+    def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False, eager: bool = False):
+        fn = self._logits if (fp32 or eager) else self._fn
+        with torch.inference_mode():
+            if fp32 or not self.low_precision:
+                logits = fn(fg, mask, bg, fi, bj, torch.float32).float()
+            else:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+                    logits = fn(fg, mask, bg, fi, bj, self.comp_dtype).float()
+            lm = self.classifier.label_map
+            pred = lm.predict(logits)
+            margin = lm.margin(logits, true)
+            fooled = self.criterion.fooled(pred, true, bg_label)
+            if self.any:  # the decision flips only where the margin crosses 0
+                close = margin.abs()
+            else:  # bg-class: the prediction itself can flip where the top two scores are close
+                top2 = lm.reduce(logits).float().topk(2, dim=1).values
+                close = top2[:, 0] - top2[:, 1]
+        return margin, pred, fooled, close
+
+
+class _Batcher:
+    """Runs the step on any number of pairs in chunks of ``size``; on out-of-memory halves ``size`` for good
+    and retries. With ``pad`` every chunk is padded to ``size`` (one compiled graph, no recompiles)."""
+
+    def __init__(self, step: _Step, size: int, pad: bool, echo: Callable[[str], None]):
+        self.step, self.size, self.pad, self.echo = step, size, pad, echo
+        self.retries = 0
+
+    def __call__(self, fg, mask, bg, fi, bj, true, bgl, fp32: bool = False):
+        n, outs, s = fi.numel(), [], 0
+        while s < n:
+            e = min(n, s + self.size)
+            args = [t[s:e] for t in (fi, bj, true, bgl)]
+            try:
+                outs.append(self._one(fg, mask, bg, *args, fp32=fp32))
+            except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raised
+                if not _is_oom(err):
+                    raise
+                self._shrink(err)
+                continue
+            s = e
+        if len(outs) == 1:
+            return outs[0]
+        return tuple(torch.cat(parts) for parts in zip(*outs))
+
+    def _one(self, fg, mask, bg, fi, bj, true, bgl, fp32: bool):
+        p = fi.numel()
+        if self.pad and p < self.size and not fp32:
+            fi, bj, true, bgl = (torch.cat([t, t[:1].expand(self.size - p)]) for t in (fi, bj, true, bgl))
+        out = self.step(fg, mask, bg, fi, bj, true, bgl, fp32=fp32)
+        return tuple(t[:p] for t in out) if out[0].shape[0] != p else out
+
+    def _shrink(self, err: BaseException) -> None:
+        if self.step.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.size <= 1:
+            raise AdvbgError(f"out of memory even at one composite per forward on {self.step.device} ({err}); "
+                             f"free device memory or use a smaller model") from None
+        self.size = max(1, self.size // 2)
+        self.retries += 1
+        self.echo(f"advbg: out of memory: retrying with batch size {self.size}")
+
+
+def budget_bytes(device: torch.device, memory_gb: float | None) -> int:
+    """Memory this search may use on ``device`` (the model included)."""
+    if memory_gb is not None:
+        return int(memory_gb * 2**30)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)          # the driver's view: our cached blocks count as used
+        return int(0.9 * (free + torch.cuda.memory_reserved(device)))
+    return int(CPU_BUDGET_GB * 2**30)
+
+
+def auto_batch_size(per_sample_bytes: float, available_bytes: float, cap: int = MAX_AUTO_BATCH) -> int:
+    """The batch that fills ~60% of the available memory (activations grow linearly), 16..cap, a multiple
+    of 16 when it can be (tensor-core friendly shapes)."""
+    b = int(0.6 * max(0.0, available_bytes) / max(1.0, per_sample_bytes))
+    b = max(16, min(cap, b))
+    return b - b % 16
+
+
+# --------------------------------------------------------------------------------------------- scheduling
+class _Scheduler:
+    """Early exit: the next batch of (foreground, trial position) pairs from the live foregrounds, vectorised.
+
+    ``ptr``/``pos``: per foreground a, its trial positions available now are ``pos[ptr[a]:ptr[a+1]]``
+    (increasing). ``first`` (shared, per foreground) is the earliest fooling position known; positions past it
+    are never scheduled. Live foregrounds share each batch equally, so a fooled one leaves little waste and
+    batches stay full while any foreground has pairs left."""
+
+    def __init__(self, ptr: np.ndarray, pos: np.ndarray, first: np.ndarray):
+        self.pos, self.first = pos, first
+        self.cur, self.end = ptr[:-1].copy(), ptr[1:].copy()
+
+    def next(self, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+        avail = self.end - self.cur
+        live = avail > 0
+        if self.pos.size:
+            live &= self.pos[np.minimum(self.cur, self.pos.size - 1)] < self.first
+        act = np.flatnonzero(live)
+        if act.size == 0:
+            return None
+        take = _water_fill(avail[act], size)
+        keep = take > 0
+        act, take = act[keep], take[keep]
+        before = np.cumsum(take) - take
+        rep = np.repeat(np.arange(act.size), take)
+        idx = self.cur[act][rep] + (np.arange(int(take.sum())) - before[rep])
+        self.cur[act] += take
+        return act[rep], self.pos[idx]
+
+    def fooled(self, a: np.ndarray, p: np.ndarray) -> None:
+        np.minimum.at(self.first, a, p)
+
+
+def _water_fill(avail: np.ndarray, size: int) -> np.ndarray:
+    """Split ``size`` slots among foregrounds with ``avail`` pairs left: as equally as possible (level s, one more
+    for the first few), none above its ``avail``; fills all ``size`` slots whenever the pairs left allow."""
+    if avail.sum() <= size:
+        return avail.copy()
+    srt = np.sort(avail)
+    k = srt.size
+    cums = np.cumsum(srt)
+    at_break = cums - srt + srt * (k - np.arange(k))   # slots used at level srt[i]
+    i = int(np.searchsorted(at_break, size, side="right"))
+    base = int(cums[i - 1]) if i else 0
+    level = (size - base) // (k - i)
+    take = np.minimum(avail, level)
+    extra = np.flatnonzero(avail > level)[: size - int(take.sum())]
+    take[extra] += 1
+    return take
+
+
+# --------------------------------------------------------------------------------------------- units
+@dataclass
+class _UnitState:
+    """A unit on the device: inputs and the (foreground, trial position) matrices of results."""
+
+    n: int
+    L: int                         # trial positions per foreground (pool size, or longest candidate list)
+    BJ: np.ndarray | None          # (n, L) pool position of each trial, -1 = none (None: position = trial)
+    BJd: torch.Tensor | None
+    fg: torch.Tensor
+    mask: torch.Tensor             # (n, H, W, 3) 0/255 select masks
+    true: torch.Tensor
+    M: torch.Tensor                # (n, L) float32 margin, NaN until evaluated
+    P: torch.Tensor                # (n, L) int16 mapped prediction
+    Fo: torch.Tensor               # (n, L) bool fooled
+    E: torch.Tensor                # (n, L) bool evaluated
+    C: torch.Tensor | None         # (n, L) closeness of the decision, +inf once verified (verify_close only)
+    first: np.ndarray              # (n,) earliest fooling trial position known (early exit)
+
+
+class Engine:
+    """Runs units of one search on one device; see the module docstring."""
+
+    def __init__(self, store: Store, classifier: Classifier, criterion: Criterion, config: SearchConfig,
+                 device: torch.device, pool: np.ndarray, echo: Callable[[str], None]):
+        self.store, self.config, self.device = store, config, device
+        self.step = _Step(classifier, criterion, device, config)
+        self.budget = budget_bytes(device, config.memory_gb)
+        self._fraction_set = False
+        if device.type == "cuda" and config.memory_gb is not None:
+            # Make the budget binding: allocations beyond it raise OOM, which the batcher answers by halving.
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), device)
+            self._fraction_set = True
+        self.executor = ThreadPoolExecutor(default_threads())
+        self.pool = BackgroundPool(store.backgrounds.images, pool, device, self.budget, executor=self.executor)
+        self.bg_label = torch.as_tensor(store.backgrounds.labels[pool], device=device)
+        self.stop = config.mode == "early-exit"
+        self.lag = 1 if (self.stop and device.type == "cuda") else 0
+        self.verify = config.verify_close if self.step.low_precision else 0.0
+        size = config.batch_size or (CPU_BATCH if device.type != "cuda" else 0)
+        # Static shapes on CUDA (a short batch is padded): one compiled graph / cuDNN plan, CUDA graphs possible.
+        self.batch = _Batcher(self.step, size, pad=config.compile or device.type == "cuda", echo=echo)
+        self.forwards = 0
+        self.verified = 0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+        if self._fraction_set:
+            torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+    # -- one unit ------------------------------------------------------------------------------------------
+    def run_unit(self, ids: np.ndarray, cands: list[np.ndarray] | None,
+                 on_batch: Callable[[int], None]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The per-foreground outcome arrays of foregrounds ``ids`` and their (n, B) outcome rows."""
+        u = self._prepare(ids, cands)
+        for j0, j1, blk in self.pool.blocks():
+            if self.batch.size == 0:  # automatic on CUDA: sized once, on the first block
+                self._size_batch(u, blk, j0)
+            if self.stop:
+                self._early_exit(u, j0, j1, blk, on_batch)
+            else:
+                self._exhaustive(u, j0, j1, blk, on_batch)
+        return self._reduce(u)
+
+    def _prepare(self, ids: np.ndarray, cands: list[np.ndarray] | None) -> _UnitState:
+        n, dev = len(ids), self.device
+        fgs = self.store.foregrounds
+        fg = upload(read_items(fgs.images, ids, executor=self.executor), dev)
+        mask = select_mask(upload(read_items(fgs.masks, ids, executor=self.executor), dev))
+        true = torch.as_tensor(fgs.labels[ids], device=dev)
+        BJ = BJd = None
+        L = len(self.pool)
+        if cands is not None:
+            lens = np.array([len(c) for c in cands], np.int64)
+            L = max(1, int(lens.max(initial=0)))
+            BJ = np.full((n, L), -1, np.int64)
+            BJ[np.arange(L)[None, :] < lens[:, None]] = np.concatenate(cands) if lens.sum() else []
+            if ((BJ >= len(self.pool)) | (BJ < -1)).any():
+                raise AdvbgError(f"candidate lists hold positions outside the pool of {len(self.pool)} backgrounds")
+            BJd = torch.as_tensor(BJ, device=dev)
+        f32 = dict(device=dev, dtype=torch.float32)
+        return _UnitState(
+            n, L, BJ, BJd, fg, mask, true,
+            M=torch.full((n, L), float("nan"), **f32), P=torch.full((n, L), -2, dtype=torch.int16, device=dev),
+            Fo=torch.zeros((n, L), dtype=torch.bool, device=dev), E=torch.zeros((n, L), dtype=torch.bool, device=dev),
+            C=torch.full((n, L), float("inf"), **f32) if self.verify else None,
+            first=np.full(n, _NEVER, np.int64))
+
+    def _decode(self, u: _UnitState, k: torch.Tensor, j0: int):
+        """Flat pair indices -> (fg row, bg row within the block, true label, bg label)."""
+        a = torch.div(k, u.L, rounding_mode="floor")
+        p = k - a * u.L
+        bj = p if u.BJd is None else u.BJd.view(-1)[k]
+        return a, bj - j0, u.true[a], self.bg_label[bj]
+
+    def _run(self, u: _UnitState, k: torch.Tensor, blk: torch.Tensor, j0: int, fp32: bool = False):
+        a, bj, true, bgl = self._decode(u, k, j0)
+        margin, pred, fooled, close = self.batch(u.fg, u.mask, blk, a, bj, true, bgl, fp32=fp32)
+        u.M.view(-1).index_copy_(0, k, margin)
+        u.P.view(-1).index_copy_(0, k, pred.to(torch.int16))
+        u.Fo.view(-1).index_copy_(0, k, fooled)
+        u.E.view(-1).index_fill_(0, k, True)
+        if u.C is not None:
+            u.C.view(-1).index_copy_(0, k, torch.full_like(close, float("inf")) if fp32 else close.float())
+        if not fp32:
+            self.forwards += k.numel()
+        return fooled & torch.isfinite(margin), close
+
+    def _size_batch(self, u: _UnitState, blk: torch.Tensor, j0: int) -> None:
+        """CUDA, batch_size 0: measure one small forward's activation memory and fill the budget."""
+        probe = 16
+        k = self._block_pairs(u, j0, j0 + blk.shape[0])[:probe]
+        a, bj, true, bgl = self._decode(u, k, j0)
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self.step(u.fg, u.mask, blk, a, bj, true, bgl, eager=True)   # no compile for a throw-away shape
+        torch.cuda.synchronize(self.device)
+        per = (torch.cuda.max_memory_allocated(self.device) - base) / max(1, k.numel())
+        self.batch.size = auto_batch_size(per, self.budget - torch.cuda.memory_allocated(self.device))
+
+    def _block_pairs(self, u: _UnitState, j0: int, j1: int) -> torch.Tensor:
+        """Flat indices of the unit's pairs whose background lies in pool positions j0..j1-1, fg-major."""
+        if u.BJ is None:
+            bl = j1 - j0
+            q = torch.arange(u.n * bl, device=self.device)
+            if bl == u.L:
+                return q
+            a = torch.div(q, bl, rounding_mode="floor")
+            return a * u.L + j0 + (q - a * bl)
+        inside = ((u.BJ >= j0) & (u.BJ < j1)).ravel()
+        return torch.as_tensor(np.flatnonzero(inside), device=self.device)
+
+    def _exhaustive(self, u: _UnitState, j0: int, j1: int, blk: torch.Tensor, on_batch) -> None:
+        ks = self._block_pairs(u, j0, j1)
+        s = 0
+        while s < ks.numel():
+            e = min(ks.numel(), s + self.batch.size)
+            self._run(u, ks[s:e], blk, j0)
+            on_batch(e - s)
+            s = e
+        if self.verify:
+            close = torch.nonzero(u.C.view(-1) < self.verify).squeeze(1)   # one sync per block
+            if close.numel():
+                self._run(u, close, blk, j0, fp32=True)
+                self.verified += close.numel()
+
+    def _early_exit(self, u: _UnitState, j0: int, j1: int, blk: torch.Tensor, on_batch) -> None:
+        if u.BJ is None:
+            bl = j1 - j0
+            ptr = np.arange(u.n + 1, dtype=np.int64) * bl
+            pos = np.tile(np.arange(j0, j1, dtype=np.int64), u.n)
+        else:
+            rows, pos = np.nonzero((u.BJ >= j0) & (u.BJ < j1))
+            ptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=u.n))]).astype(np.int64)
+        sched = _Scheduler(ptr, pos, u.first)
+        pending: deque = deque()
+        cuda = self.device.type == "cuda"
+        while True:
+            nxt = sched.next(self.batch.size)
+            if nxt is None:
+                break
+            a, p = nxt
+            k_np = a * u.L + p
+            k = torch.from_numpy(k_np).to(self.device, non_blocking=cuda)
+            fv, close = self._run(u, k, blk, j0)
+            host = [t.to("cpu", non_blocking=cuda) for t in ((fv, close) if self.verify else (fv,))]
+            ev = None
+            if cuda:
+                ev = torch.cuda.Event()
+                ev.record()
+            pending.append((a, p, k, host, ev))
+            on_batch(len(a))
+            while len(pending) > self.lag:
+                self._resolve(u, sched, pending.popleft(), blk, j0)
+        while pending:
+            self._resolve(u, sched, pending.popleft(), blk, j0)
+
+    def _resolve(self, u: _UnitState, sched: _Scheduler, item, blk: torch.Tensor, j0: int) -> None:
+        """Fold one batch's decisions into the schedule (verifying close ones in fp32 first)."""
+        a, p, k, host, ev = item
+        if ev is not None:
+            ev.synchronize()
+        fv = host[0].numpy().copy()
+        if self.verify:
+            idx = np.flatnonzero(host[1].numpy() < self.verify)
+            if idx.size:
+                sel = k[torch.from_numpy(idx).to(k.device)]
+                fv2, _ = self._run(u, sel, blk, j0, fp32=True)
+                fv[idx] = fv2.cpu().numpy()
+                self.verified += idx.size
+        sched.fooled(a[fv], p[fv])
+
+    # -- per-foreground outcome --------------------------------------------------------------------------
+    def _reduce(self, u: _UnitState) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """What a plain loop over each foreground's trials would report, from the unit's matrices."""
+        E, M, P, Fo = u.E, u.M, u.P, u.Fo
+        finite = torch.isfinite(M)
+        valid = E & finite
+        fool = valid & Fo
+        has = fool.any(1)
+        first = torch.where(has, fool.to(torch.uint8).argmax(1), torch.full_like(has, -1, dtype=torch.int64))
+        counted = E
+        if self.stop:  # pairs after the first fooling one are not part of a plain early-exit loop
+            trial = torch.arange(u.L, device=self.device)[None, :]
+            counted = E & (~has[:, None] | (trial <= first[:, None]))
+        cv = counted & valid
+        Mc = torch.where(cv, M, torch.full_like(M, float("inf")))
+        wpos = Mc.argmin(1)                                       # first minimum: earliest trial on ties
+        hasw = cv.any(1)
+        wmargin = Mc.gather(1, wpos[:, None]).squeeze(1)
+        wpred = P.gather(1, wpos[:, None]).squeeze(1).to(torch.int64)
+        out = dict(n_evaluated=counted.sum(1), n_invalid=(counted & ~finite).sum(1),
+                   n_fooling=(counted & fool).sum(1), first=first, wpos=torch.where(hasw, wpos, -1),
+                   wmargin=torch.where(hasw, wmargin.double(), float("nan")), wpred=torch.where(hasw, wpred, -1))
+        outcome = None
+        if self.config.record_outcomes:
+            mapped = torch.where(P < 0, OUTCOME_NONE, P).to(torch.uint8)
+            if u.BJ is None:
+                outcome = torch.where(counted, mapped, torch.full_like(mapped, OUTCOME_MISSING))
+            else:
+                outcome = torch.full((u.n, len(self.pool)), OUTCOME_MISSING, dtype=torch.uint8, device=self.device)
+                rows = torch.arange(u.n, device=self.device)[:, None].expand_as(u.BJd)
+                outcome[rows[counted], u.BJd[counted]] = mapped[counted]
+        h = {k: v.cpu().numpy() for k, v in out.items()}          # the unit's one device->host sync
+        bg = self.pool.pool
+
+        def bg_id(pos: np.ndarray) -> np.ndarray:
+            ok = pos >= 0
+            res = np.full(len(pos), -1, np.int64)
+            j = pos[ok] if u.BJ is None else u.BJ[np.flatnonzero(ok), pos[ok]]
+            res[ok] = bg[j]
+            return res
+
+        vals = dict(worst_bg=bg_id(h["wpos"]), worst_margin=h["wmargin"].astype(np.float64),
+                    worst_pred=h["wpred"].astype(np.int64), first_fooling_bg=bg_id(h["first"]),
+                    n_fooling=h["n_fooling"].astype(np.int64), n_evaluated=h["n_evaluated"].astype(np.int64),
+                    n_invalid=h["n_invalid"].astype(np.int64))
+        return vals, (outcome.cpu().numpy() if outcome is not None else None)

@@ -1,0 +1,158 @@
+"""The search journal: committed units in append-only files beside the store, safe against SIGKILL at any byte.
+
+An HDF5 file killed in the middle of a write can be left unreadable, and the store holds the data set itself, so
+a running search never writes into the store. Each process appends one record per finished unit to its own
+file ``rank-NNNNN.bin`` in a folder ``<store>.<results name>.journal/``; a record is
+``b"ADVJ" | payload length (u64) | crc32 (u32) | payload (.npz bytes)`` and is fsync'ed before the next unit
+starts. A reader takes records up to the first torn or corrupt one, so a crash loses at most the unit that was
+being written, and a writer cuts such a tail off before appending. ``meta.npz`` (written once, atomically) holds
+what identifies the run (fingerprint, foregrounds, pool, attributes); ``run.json`` appears when the search
+finished. Merging into the store (``advbg.search.results.merge_journal``) is the only store write, done once at the end.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from advbg.errors import AdvbgError
+
+MAGIC = b"ADVJ"
+_HEAD = struct.Struct("<4sQI")
+
+
+def journal_folder(store_path: str | os.PathLike, name: str, base: str | os.PathLike | None = None) -> Path:
+    """Where the journal of results ``name`` of the store at ``store_path`` lives."""
+    p = Path(store_path)
+    folder = Path(base) if base is not None else p.parent
+    return folder / f"{p.name}.{name}.journal"
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _scan(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(start offset, end offset, payload) of each intact record, stopping at the first bad one."""
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + _HEAD.size <= len(data):
+        magic, n, crc = _HEAD.unpack_from(data, pos)
+        end = pos + _HEAD.size + n
+        if magic != MAGIC or end > len(data):
+            return
+        payload = data[pos + _HEAD.size:end]
+        if zlib.crc32(payload) != crc:
+            return
+        yield pos, end, payload
+        pos = end
+
+
+class JournalWriter:
+    """One process's append-only file of unit records."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        good = 0
+        if path.exists():
+            for _, end, _ in _scan(path):
+                good = end
+        self._f = open(path, "r+b" if path.exists() else "wb")
+        self._f.truncate(good)      # drop a record torn by a crash
+        self._f.seek(good)
+
+    def append(self, arrays: dict[str, np.ndarray]) -> None:
+        payload = _npz_bytes(arrays)
+        self._f.write(_HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class Journal:
+    """A journal folder: meta, per-rank record files, and the final run record."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.folder / "meta.npz"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def meta(self) -> dict:
+        """The run identity written by ``create``: arrays plus ``attrs`` (a dict)."""
+        with np.load(self.meta_path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+        out["attrs"] = json.loads(str(out.pop("attrs_json")))
+        return out
+
+    def create(self, fingerprint: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+        """Start afresh: remove an old journal, write the meta of this run."""
+        self.remove()
+        self.folder.mkdir(parents=True)
+        _atomic_write(self.meta_path, _npz_bytes(dict(arrays, fingerprint=np.array(fingerprint),
+                                                      attrs_json=np.array(json.dumps(attrs)))))
+
+    def fingerprint(self) -> str | None:
+        try:
+            with np.load(self.meta_path, allow_pickle=False) as z:
+                return str(z["fingerprint"])
+        except (OSError, KeyError, ValueError, zlib.error):
+            return None      # missing or torn meta: the journal holds nothing usable
+
+    def writer(self, rank: int) -> JournalWriter:
+        if not self.exists():
+            raise AdvbgError(f"journal {self.folder} has no meta.npz; was it deleted while the search ran?")
+        return JournalWriter(self.folder / f"rank-{rank:05d}.bin")
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("rank-*.bin")) if self.folder.is_dir() else []
+
+    def records(self, keys: tuple[str, ...] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """Every intact unit record (all ranks), optionally only some arrays of it."""
+        for path in self.files():
+            for _, _, payload in _scan(path):
+                with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+                    yield {k: z[k] for k in (keys or z.files)}
+
+    def done_rows(self, n: int) -> np.ndarray:
+        """Boolean (n,): rows of the searched foregrounds whose unit is committed."""
+        done = np.zeros(n, bool)
+        for r in self.records(("start", "stop")):
+            done[int(r["start"]):int(r["stop"])] = True
+        return done
+
+    def write_run(self, run: dict) -> None:
+        _atomic_write(self.folder / "run.json", json.dumps(run, default=str).encode())
+
+    def run(self) -> dict | None:
+        p = self.folder / "run.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def remove(self) -> None:
+        if self.folder.exists():
+            shutil.rmtree(self.folder)

@@ -1,0 +1,287 @@
+"""`advbg export`: the fooling backgrounds and worst composites of a stored search, in forms training reads.
+
+Output folder ``DIR`` (built as a hidden sibling ``.DIR.partial-<pid>`` and renamed when complete)::
+
+    folder format                                       h5 format
+    backgrounds/<NN_class>/bg<bg_id>.png                export.h5   an advbg store: backgrounds = the fooling
+    composites/<NN_class>/fg<fg_id>_bg<bg_id>.png                   backgrounds, foregrounds = the worst
+    manifest.csv, manifest.json                                     composites with their foreground masks
+                                                        manifest.csv, manifest.json
+
+PNGs are lossless (they decode to the exact stored / composited pixels). ImageFolder classes: the background's
+class for backgrounds (``none`` for unlabelled ones), the foreground's true class for composites. The manifest
+has one row per item (fg/bg ids, labels, source ids, predicted class, margin, fooling counts, ASR, model
+identity, criterion); ``manifest.json`` adds the run's metadata.
+
+Ranking. Backgrounds (needs the complete outcome matrix of an exhaustive search): ``fooled`` = how many
+searched foregrounds the background fools under the search's criterion; ``asr`` = share in % of the
+foregrounds of other classes predicted as the background's class (design.md; ``advbg.search.criteria.asr``). Only backgrounds that fool at least one
+foreground are exported. Composites: each fooled foreground on its worst background, lowest margin first.
+``per_class`` keeps the first N of each class, then ``top`` the first N overall.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from advbg.search.criteria import asr
+from advbg.data.store import Store, StoreWriter
+from advbg.data.variants import class_folders
+from advbg.errors import AdvbgError
+from advbg.files import now, write_json
+from advbg.search.criteria import OUTCOME_MISSING, Criterion, decode_outcome
+from advbg.search.results import load_outcome, load_search
+
+WHAT = ("backgrounds", "composites", "both")
+FORMATS = ("folder", "h5")
+RANKS = ("fooled", "asr")
+COLUMNS = ("kind", "rank", "file", "index", "fg_id", "bg_id", "fg_label", "fg_class", "bg_label", "bg_class",
+           "fg_source_id", "bg_source_id", "pred", "pred_class", "margin", "fooled", "n_fooled", "n_evaluated",
+           "asr", "model", "model_name", "weights_sha256", "label_map", "criterion", "results")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how."""
+
+    what: str = "both"
+    fmt: str = "folder"
+    top: int | None = None          # keep the first N items of each kind (after per_class)
+    per_class: int | None = None    # keep the first N items of each class of each kind
+    rank: str = "fooled"            # background ranking: fooled | asr
+    include_unfooled: bool = False  # composites: also foregrounds no background fooled (their worst case)
+
+    def validate(self) -> "ExportConfig":
+        for value, allowed, what in ((self.what, WHAT, "--what"), (self.fmt, FORMATS, "--format"),
+                                     (self.rank, RANKS, "--rank")):
+            if value not in allowed:
+                raise AdvbgError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
+        for value, what in ((self.top, "--top"), (self.per_class, "--per-class")):
+            if value is not None and value < 1:
+                raise AdvbgError(f"{what} must be at least 1, got {value}")
+        return self
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    n_backgrounds: int
+    n_composites: int
+    rows: list[dict]
+
+
+# --------------------------------------------------------------------------------------------- ranking
+def background_fooling(outcome: np.ndarray, true_class: np.ndarray, bg_label: np.ndarray,
+                       criterion: str) -> dict[str, np.ndarray]:
+    """Per background column of a complete outcome matrix (F, B): n_fooled, n_evaluated, asr, dominant prediction.
+
+    ``outcome`` holds mapped predictions (254 = none); ``true_class`` (F,), ``bg_label`` (B,). ``n_fooled``
+    counts the foregrounds fooled under ``criterion`` (as the search counted them per pair); ``asr`` is the
+    design's ASR in % (``advbg.analysis.universal.asr``, bg-class), NaN for unlabelled backgrounds; ``pred`` is the most
+    common prediction among the fooled foregrounds (-1: none fooled or "none").
+    """
+
+    if np.any(outcome == OUTCOME_MISSING):
+        raise AdvbgError(f"{int(np.count_nonzero(outcome == OUTCOME_MISSING))} pairs of the outcome matrix were "
+                         f"never evaluated (an early-exit or pruned search); ranking backgrounds needs an "
+                         f"exhaustive search (`advbg search` without --early-exit), or export --what composites")
+    fooled = Criterion(criterion).fooled_outcome(outcome, true_class, bg_label)   # (F, B)
+    pred = decode_outcome(outcome)                                                # (F, B)
+    n_cls = int(max(pred.max(initial=-1), true_class.max(initial=-1), bg_label.max(initial=-1))) + 2
+    counts = np.stack([(fooled & (pred == k - 1)).sum(0) for k in range(n_cls)])  # row 0 = "none"
+    dominant = np.where(fooled.any(0), counts.argmax(0) - 1, -1)
+    return dict(n_fooled=fooled.sum(0), n_evaluated=np.full(len(bg_label), len(true_class)),
+                asr=asr(outcome, true_class, bg_label, "bg-class"), pred=dominant)
+
+
+def _select(order: np.ndarray, classes: np.ndarray, per_class: int | None, top: int | None) -> np.ndarray:
+    """Positions from ``order`` keeping at most ``per_class`` per class, then at most ``top`` overall."""
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        keep = []
+        for k in order:
+            c = int(classes[k])
+            if seen.get(c, 0) < per_class:
+                seen[c] = seen.get(c, 0) + 1
+                keep.append(k)
+        order = np.asarray(keep, np.int64)
+    return order[:top] if top is not None else order
+
+
+def rank_backgrounds(stats: dict[str, np.ndarray], pool: np.ndarray, bg_label: np.ndarray,
+                     config: ExportConfig) -> np.ndarray:
+    """Pool positions of the exported backgrounds, best first (ties: the other measure, then bg_id)."""
+    n, asr = stats["n_fooled"], np.nan_to_num(stats["asr"], nan=-1.0)
+    keys = (pool, -n, -asr) if config.rank == "asr" else (pool, -asr, -n)
+    order = np.lexsort(keys)
+    order = order[n[order] > 0]
+    return _select(order, bg_label, config.per_class, config.top)
+
+
+def rank_composites(result, config: ExportConfig) -> np.ndarray:
+    """Rows of the search result exported as composites, lowest worst margin first."""
+    ok = result.worst_bg >= 0
+    if not config.include_unfooled:
+        ok &= result.fooled
+    rows = np.flatnonzero(ok)
+    rows = rows[np.lexsort((result.fg_id[rows], result.worst_margin[rows]))]
+    return _select(rows, result.true_class, config.per_class, config.top)
+
+
+# --------------------------------------------------------------------------------------------- export
+def class_folder(label: int, class_names) -> str:
+    """``NN_name`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
+
+    return class_folders(class_names)[label] if 0 <= label < len(class_names) else "none"
+
+
+def _name(label: int, class_names) -> str:
+    return class_names[label] if 0 <= label < len(class_names) else "none"
+
+
+def _identity(result, name: str, store: Store) -> dict:
+    c = result.run.classifier if result.run else {}
+    g = store.results[name]
+    return dict(model=f"{c.get('architecture', '?')}.{c.get('weight_tag', '?')}", model_name=c.get("name", ""),
+                weights_sha256=c.get("weights_sha256") or "", label_map=c.get("label_map", ""),
+                criterion=str(g.attrs.get("criterion", "")), results=name)
+
+
+def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]:
+    """Manifest rows, backgrounds first, each kind in rank order (``index`` = position within its kind)."""
+    name = ident["results"]
+    cn, fgs, bgs = store.class_names, store.foregrounds, store.backgrounds
+    rows: list[dict] = []
+    if config.what in ("backgrounds", "both"):
+        outcome, fg_id, pool = load_outcome(store, name)
+        stats = background_fooling(outcome, fgs.labels[fg_id], bgs.labels[pool], ident["criterion"])
+        for r, pos in enumerate(rank_backgrounds(stats, pool, bgs.labels[pool], config)):
+            b, lb = int(pool[pos]), int(bgs.labels[pool[pos]])
+            p = int(stats["pred"][pos])
+            rows.append(dict(kind="background", rank=r, index=r, fg_id=-1, bg_id=b, fg_label=-1,
+                             fg_class="", bg_label=lb, bg_class=_name(lb, cn), fg_source_id="",
+                             bg_source_id=bgs.source_ids[b], pred=p, pred_class=_name(p, cn), margin=float("nan"),
+                             fooled=True, n_fooled=int(stats["n_fooled"][pos]),
+                             n_evaluated=int(stats["n_evaluated"][pos]), asr=float(stats["asr"][pos]), **ident,
+                             file=f"backgrounds/{class_folder(lb, cn)}/bg{b:06d}.png"))
+    if config.what in ("composites", "both"):
+        for r, k in enumerate(rank_composites(result, config)):
+            f, b = int(result.fg_id[k]), int(result.worst_bg[k])
+            y, lb, p = int(result.true_class[k]), int(bgs.labels[b]), int(result.worst_pred[k])
+            rows.append(dict(kind="composite", rank=r, index=r, fg_id=f, bg_id=b, fg_label=y,
+                             fg_class=_name(y, cn), bg_label=lb, bg_class=_name(lb, cn),
+                             fg_source_id=fgs.source_ids[f], bg_source_id=bgs.source_ids[b], pred=p,
+                             pred_class=_name(p, cn), margin=float(result.worst_margin[k]),
+                             fooled=bool(result.fooled[k]), n_fooled=int(result.n_fooling[k]),
+                             n_evaluated=int(result.n_evaluated[k]), asr=float("nan"), **ident,
+                             file=f"composites/{class_folder(y, cn)}/fg{f:06d}_bg{b:06d}.png"))
+    return rows
+
+
+def _composite(store: Store, f: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+    fg, mask = store.foregrounds.read([f])[0], store.foregrounds.read_masks([f])[0]
+    return np.where(mask[..., None].astype(bool), fg, store.backgrounds.read([b])[0]), mask
+
+
+def _png(path: Path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise AdvbgError(f"could not write {path}")
+
+
+def _write_folder(tmp: Path, store: Store, rows: list[dict]) -> None:
+    for row in rows:
+        if row["kind"] == "background":
+            _png(tmp / row["file"], store.backgrounds.read([row["bg_id"]])[0])
+        else:
+            _png(tmp / row["file"], _composite(store, row["fg_id"], row["bg_id"])[0])
+
+
+def _write_h5(tmp: Path, store: Store, rows: list[dict]) -> None:
+    """``export.h5``, an advbg store: backgrounds = exported backgrounds, foregrounds = composites + fg masks."""
+    bgs, fgs = store.backgrounds, store.foregrounds
+    with StoreWriter(tmp / "export.h5", class_names=store.class_names, image_size=store.image_size,
+                     attrs=dict(export_of=str(store.path), export_store_digest=store.digest())) as w:
+        for b in (r["bg_id"] for r in rows if r["kind"] == "background"):
+            w.add_background(bgs.read([b])[0], int(bgs.labels[b]), bgs.source_ids[b])
+        for f, b in ((r["fg_id"], r["bg_id"]) for r in rows if r["kind"] == "composite"):
+            image, mask = _composite(store, f, b)
+            w.add_foreground(image, mask, int(fgs.labels[f]), f"{fgs.source_ids[f]}|bg:{bgs.source_ids[b]}",
+                             fgs.boxes[f])
+    for row in rows:
+        row["file"] = "export.h5"
+
+
+def _manifest_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    wr.writeheader()
+    for row in rows:
+        wr.writerow({k: ("" if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise AdvbgError(f"{out} exists and is not a folder; give a folder for --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise AdvbgError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
+    if not out.parent.exists():
+        raise AdvbgError(f"folder {out.parent} does not exist")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | None = None,
+           config: ExportConfig = ExportConfig(), overwrite: bool = False,
+           echo: Callable[[str], None] | None = None) -> ExportResult:
+    """Export a stored search's fooling backgrounds and/or worst composites to the folder ``out``."""
+    config.validate()
+    out = Path(out)
+    _check_out(out, overwrite)
+    with Store(store) as s:
+        result = load_search(s, results)
+        name = result.results_name
+        ident = _identity(result, name, s)
+        rows = _rows(s, result, ident, config)
+        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            (_write_folder if config.fmt == "folder" else _write_h5)(tmp, s, rows)
+            (tmp / "manifest.csv").write_text(_manifest_csv(rows))
+            meta = dict(store=str(s.path), store_digest=s.digest(), results=name, created=now(),
+                        config=asdict(config), class_names=list(s.class_names), columns=list(COLUMNS),
+                        run=asdict(result.run) if result.run else None)
+            write_json(tmp / "manifest.json", dict(export=meta, items=rows))
+            _move_into_place(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    n_bg = sum(r["kind"] == "background" for r in rows)
+    if echo:
+        echo(f"exported {n_bg} fooling backgrounds and {len(rows) - n_bg} worst composites of results "
+             f"{name!r} (model {ident['model']}, criterion {ident['criterion']}) to {out}")
+    return ExportResult(out, n_bg, len(rows) - n_bg, rows)
