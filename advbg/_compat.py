@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+import torch
+
 _GUARDED = False
 
 
@@ -17,18 +19,17 @@ def import_timm():
     """Import and return timm, applying the torchvision guard only when the plain import fails that way."""
     global _GUARDED
     try:
-        import timm  # noqa: F401
+        import timm  # noqa: F401  (deferred: heavy, and must follow the guard)
     except RuntimeError as e:
         if "torchvision::" not in str(e) or _GUARDED:
             raise
         for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")]:
             del sys.modules[name]
-        import torch
 
         lib = torch.library.Library("torchvision", "DEF")  # noqa: F841 (kept alive via module global below)
         lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
         globals()["_TORCHVISION_LIB"] = lib
         _GUARDED = True
-        import timm  # noqa: F401
+        import timm  # noqa: F401  (deferred: heavy, and must follow the guard)
     return sys.modules["timm"]

@@ -46,7 +46,7 @@ def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = ())
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial.png")

@@ -330,7 +330,7 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
     from huggingface_hub import constants
 
     from advbg._compat import import_timm
-    from advbg.analysis.evaluate import model_identity
+    from advbg.analysis.evaluate import model_record
     from advbg.models.classifier import load_classifier
 
     net = import_timm().create_model("test_resnet", pretrained=False)     # timm's tiny model for tests
@@ -346,7 +346,7 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
     assert "advbg/lite0" in ready and "test_resnet.r160_in1k" in ready and "mine.pt" in ready and "--arch" in ready
     assert "resnet50.tv_in1k" in later and "pretrained=True" in later
     clf = load_classifier("test_resnet.r160_in1k")         # offline, from the cache
-    ident = model_identity(clf)
+    ident = model_record(clf)
     assert ident["tag"] == "test_resnet.r160_in1k" and ident["cached_weights"]["sha256"]
     with torch.inference_mode():
         x = torch.rand(1, 3, 160, 160)

@@ -15,7 +15,7 @@ from advbg.search.strategies import (
     predicted_margin,
     prune_spec,
     prune_summary,
-    top_k,
+    lowest_k,
 )
 
 FIELDS = ("fg_id", "true_class", "worst_bg", "worst_margin", "worst_pred", "first_fooling_bg", "n_fooling",
@@ -54,10 +54,10 @@ def test_predicted_margin_equals_a_plain_loop(criterion):
     np.testing.assert_allclose(got, naive_predicted_margin(fs, true, area, bs, bl, criterion), rtol=1e-5, atol=1e-5)
 
 
-def test_top_k_is_lowest_first_with_ties_to_the_earlier_position():
+def test_lowest_k_is_lowest_first_with_ties_to_the_earlier_position():
     v = np.array([[3.0, 1.0, 2.0, 1.0, 0.5], [0.0, 0.0, 0.0, 0.0, 0.0]])
-    assert [r.tolist() for r in top_k(v, 3)] == [[4, 1, 3], [0, 1, 2]]
-    assert [r.tolist() for r in top_k(v, 9)] == [[4, 1, 3, 2, 0], [0, 1, 2, 3, 4]]
+    assert [r.tolist() for r in lowest_k(v, 3)] == [[4, 1, 3], [0, 1, 2]]
+    assert [r.tolist() for r in lowest_k(v, 9)] == [[4, 1, 3, 2, 0], [0, 1, 2, 3, 4]]
 
 
 @pytest.mark.parametrize("rule,criterion", [("mix", "any"), ("score", "any"), ("random", "any"),
@@ -98,7 +98,7 @@ def test_mix_candidates_are_the_rules_top_k(indexed):
         pred = predicted_margin(emb.fg_scores, s.foregrounds.labels, emb.fg_area, emb.bg_scores,
                                 s.backgrounds.labels)
     evaluated = [set(np.flatnonzero(row != 255)) for row in outcome]
-    assert evaluated == [set(r.tolist()) for r in top_k(pred, 3)]
+    assert evaluated == [set(r.tolist()) for r in lowest_k(pred, 3)]
 
 
 def test_two_stage_result_is_written_and_loads_back(indexed):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_random_store, make_tiny_classifier
 
-from advbg.analysis.universal import analyse, class_union, fooled_matrix, greedy_cover, top_k
+from advbg.analysis.universal import analyse, class_union, fooled_matrix, greedy_cover, highest_asr
 from advbg.search.criteria import asr
 from advbg.commands.universal import run_universal
 from advbg.data.store import Store
@@ -112,8 +112,8 @@ def test_fooled_matrix_never_counts_own_class_or_unlabelled():
     assert not fooled[:, 3].any() and not fooled[6].any() and not fooled[0, 1]
 
 
-def test_top_k_puts_nan_last():
-    assert top_k(np.array([np.nan, 10.0, 10.0, 5.0]), np.array([0, 7, 3, 1]), 4).tolist() == [2, 1, 3, 0]
+def test_highest_asr_puts_nan_last():
+    assert highest_asr(np.array([np.nan, 10.0, 10.0, 5.0]), np.array([0, 7, 3, 1]), 4).tolist() == [2, 1, 3, 0]
 
 
 # --------------------------------------------------------------------------------------------- stored matrix

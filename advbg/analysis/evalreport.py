@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from advbg.analysis.evaluate import (
     PAPER_COLUMNS,
     EvalReport,
@@ -173,17 +175,16 @@ def write_results(path: str | os.PathLike, report: EvalReport, fmt: str = "json"
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     return plt
 
 
 def bar_chart(report: EvalReport, path: str | os.PathLike) -> Path:
     """PNG: top-1 accuracy per variant, one bar per model, BG-Gap in the legend."""
-    import numpy as np
 
     plt = _plt()
     variants, models = report.variants, report.models

@@ -17,7 +17,6 @@ Metrics (percent of the variant's images):
 """
 from __future__ import annotations
 
-import contextlib
 import difflib
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
@@ -40,6 +40,7 @@ from advbg.data.variants import (
 from advbg.errors import AdvbgError
 from advbg.files import now, sha256_file
 from advbg.models.classifier import Classifier
+from advbg.models.precision import autocast, check_amp
 from advbg.models.zoo import cached_weights_file
 from advbg.search.compositor import to_device_u8
 
@@ -52,7 +53,6 @@ VARIANT_GROUPS: dict[str, tuple[str, ...]] = {
     "factors": ("bg_blur", "bg_recolor", "bg_reduced"),
 }
 SOURCES = ("auto", "evalset", "generate")
-AMPS = ("off", "bf16", "fp16")
 LABEL_RULE = ("top-k over the label map's group scores (max logit per class, unmapped outputs form one 'none' "
               "group ranked like a class; ties to the lower index); top-1 = top-1 over all outputs then look-up, "
               "unmapped = wrong")
@@ -73,8 +73,7 @@ class EvalConfig:
     def validate(self) -> "EvalConfig":
         if self.source not in SOURCES:
             raise AdvbgError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.amp not in AMPS:
-            raise AdvbgError(f"amp must be one of {', '.join(AMPS)}, got {self.amp!r}")
+        check_amp(self.amp)
         if self.batch_size < 1:
             raise AdvbgError(f"batch size must be at least 1 (got {self.batch_size})")
         if not self.top_k or any(int(k) < 1 for k in self.top_k):
@@ -248,7 +247,7 @@ def variant_size(plan: VariantPlan, store: Store, files: list[h5py.File]) -> int
 
 
 # --------------------------------------------------------------------------------------------- identity
-def model_identity(clf: Classifier) -> dict:
+def model_record(clf: Classifier) -> dict:
     """The pinned identity recorded with every result: config (name, weight tag, SHA-256, versions, label map)."""
 
     ident = dict(clf.config.to_dict(), tag=clf.config.tag, label_rule=LABEL_RULE)
@@ -354,17 +353,12 @@ def ordered_variants(names: Sequence[str]) -> list[str]:
     return [v for v in PAPER_COLUMNS if v in names] + [v for v in names if v not in PAPER_COLUMNS]
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "off":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
 
 def _score_block(clf: Classifier, images: np.ndarray, labels: np.ndarray, amp: str) -> tuple[np.ndarray, np.ndarray]:
     """Ranks of the true class and mapped top-1 predictions for one block of uint8 images."""
     x = to_device_u8(images, clf.device).permute(0, 3, 1, 2).float().div_(255.0)   # NHWC memory = channels_last
     y = torch.as_tensor(labels, dtype=torch.int64, device=clf.device)
-    with torch.inference_mode(), _autocast(clf.device, amp):
+    with torch.inference_mode(), autocast(clf.device, amp):
         logits = clf(x).float()
     ranks = group_rank(clf.label_map.reduce(logits), y)
     return ranks.cpu().numpy(), clf.label_map.predict(logits).cpu().numpy()
@@ -378,7 +372,6 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
     A variant named explicitly that cannot be made fails the run; one that came from a group ('all', 'probes'
     ...) is skipped with its reason (recorded in ``EvalReport.skipped``).
     """
-    from tqdm import tqdm
 
     config.validate()
     if not classifiers:
@@ -450,7 +443,7 @@ def _model_results(everyone: list[Classifier], scores: list[dict[str, VariantSco
     for clf, sc in zip(everyone, scores):
         ordered = {v: sc[v] for v in ordered_variants(list(sc))}
         rel = relative_accuracy(ordered, base_scores) if base_scores is not None else None
-        out.append(ModelResult(model_identity(clf), ordered, bg_gap({v: s.top1 for v, s in sc.items()}), rel,
+        out.append(ModelResult(model_record(clf), ordered, bg_gap({v: s.top1 for v, s in sc.items()}), rel,
                                baseline=clf is baseline))
     return out
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
+from advbg.models.classifier import identity_of
 from advbg.models.precision import resolve_amp
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_MISSING
@@ -27,8 +28,6 @@ from advbg.search.results import fingerprint, load_outcome
 from advbg.search.runner import default_results_name, search
 
 # ClassifierConfig fields that decide a mapped prediction (versions, names and file paths do not).
-IDENTITY_KEYS = ("architecture", "weight_tag", "weights_sha256", "label_map", "mean", "std", "input_size",
-                 "interpolation", "num_outputs", "class_names")
 
 
 @dataclass(frozen=True)
@@ -45,19 +44,16 @@ class StoredOutcome:
     notes: tuple[str, ...] = ()
 
 
-def _identity(cfg: dict) -> dict:
-    return json.loads(json.dumps({k: cfg.get(k) for k in IDENTITY_KEYS}))
-
 
 def matching_results(store: Store, classifier) -> list[str]:
     """Names of results groups with an outcome matrix from this classifier on this store, best first."""
-    want, digest = _identity(classifier.config.to_dict()), store.digest()
+    want, digest = classifier.config.identity(), store.digest()
     found = []
     for name, g in store.results.items():
         if g.attrs.get("kind") != "search" or "outcome" not in g:
             continue
         try:
-            have = _identity(json.loads(g.attrs["classifier"]))
+            have = identity_of(json.loads(g.attrs["classifier"]))
             run = json.loads(g.attrs["run"]) if "run" in g.attrs else {}
         except (KeyError, ValueError, TypeError):
             continue

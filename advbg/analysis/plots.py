@@ -13,10 +13,10 @@ from advbg.files import save_figure
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     return plt
 
@@ -66,7 +66,7 @@ def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
 def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
     """One histogram per class of the ASR over all its backgrounds (0-100 %, 5 % bins)."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred: heavy or optional dependency, loaded only when used
 
     classes = result.classes
     ncol = min(3, len(classes))
@@ -100,10 +100,10 @@ def _pct(v: float) -> str:
 
 def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Path:
     """PNG: for the n foregrounds with the lowest worst margin, foreground | worst background | composite."""
-    import matplotlib
+    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     order = [k for k in np.argsort(result.worst_margin, kind="stable") if result.worst_bg[k] >= 0][:n]
     names = list(store.class_names)

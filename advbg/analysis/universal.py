@@ -24,7 +24,7 @@ import numpy as np
 
 from advbg.errors import AdvbgError
 from advbg.files import _clean
-from advbg.search.criteria import CRITERIA, Criterion, OUTCOME_MISSING, OUTCOME_NONE, asr, target_mask, fooled_targets  # noqa: F401 (asr, target_mask: part of this API)
+from advbg.search.criteria import CRITERIA, OUTCOME_MISSING, OUTCOME_NONE, Criterion, asr, fooled_targets, target_mask  # noqa: F401 (asr, target_mask: part of this API)
 
 TIE_RULE = "ties go to the lowest bg_id"
 
@@ -116,7 +116,7 @@ def _greedy(sub: np.ndarray, ids: np.ndarray, k: int) -> GreedyCover:
                        sub.shape[1] - len(picks))
 
 
-def top_k(asr_values: np.ndarray, bg_id: np.ndarray, k: int) -> np.ndarray:
+def highest_asr(asr_values: np.ndarray, bg_id: np.ndarray, k: int) -> np.ndarray:
     """Positions of the k highest ASRs (NaN last; ties: lowest bg_id)."""
     a = np.where(np.isnan(asr_values), -np.inf, asr_values)
     return np.lexsort((bg_id, -a))[:k]
@@ -177,7 +177,7 @@ def _one_class(fooled, fg_class, bg_class, ids, c: int, name: str, criterion: st
     n = len(rows)
     a = 100.0 * sub.mean(0) if n else np.full(len(cols), np.nan)
     union = 100.0 * float(sub.any(1).mean()) if n and len(cols) else float("nan")
-    order = top_k(a, ids[cols], top)
+    order = highest_asr(a, ids[cols], top)
     message = None
     if not len(cols):
         message = f"class {name!r} has no backgrounds in this store: no ASR toward it"

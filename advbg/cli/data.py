@@ -71,7 +71,7 @@ def extract(
     crop: Annotated[int, typer.Option(help="Centre crop size (the store's image size).")] = 224,
     iterations: Annotated[int, typer.Option(help="GrabCut iterations.")] = 5,
     seed: Annotated[int, typer.Option(help="GrabCut RNG seed.")] = 0,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes (default: all cores).")] = None,
+    workers: o.WorkersOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run (its .partial file).")] = False,
     overwrite: OverwriteOpt = False,
     quiet: o.QuietOpt = False,

@@ -43,7 +43,7 @@ def eval_(
     evalsets: Annotated[Optional[Path], typer.Option(
         "--evalsets", help="An .h5 of evaluation sets (`advbg variants --out sets.h5`), preferred over the "
                            "store's own.")] = None,
-    amp: Annotated[str, typer.Option(help="off (fp32, default), bf16 or fp16.")] = "off",
+    amp: o.AmpOpt = "off",
     results_file: Annotated[Optional[Path], typer.Option(
         "--results-file", help="Write results here: JSON (everything) or CSV (a row per model).")] = None,
     results_format: Annotated[Optional[str], typer.Option(

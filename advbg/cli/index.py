@@ -19,7 +19,7 @@ def index(
     weights: o.WeightsOpt = None,
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per forward pass.")] = 64,
+    batch_size: o.BatchOpt = 64,
     kind: Annotated[str, typer.Option(
         "--kind", help="FAISS index: auto (exact flat up to 20,000 items, then HNSW on CPU / IVF on GPU), "
                        "flat, ivf or hnsw.")] = "auto",

@@ -24,7 +24,15 @@ LabelMapOpt = Annotated[str, typer.Option(
 NormOpt = Annotated[Optional[str], typer.Option(
     "--norm", help="Input normalisation: the model's own (default), imagenet, in9 or 'MEAN,STD'.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Composites per forward pass.")]
+# Names follow timm's validate.py where it has one (--model/-m, --batch-size/-b, --workers/-j, --results-file, --amp).
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (forward pass or training step).")]
+AutoBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", "-b", help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free memory, "
+                               "up to 1024; halved automatically on out-of-memory).")]
+WorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", help="Worker processes (default: all cores for extract, none for finetune's data loading).")]
+AmpOpt = Annotated[str, typer.Option(help="Precision of the forward passes: auto (bf16 on CUDA, fp32 on CPU), off "
+                                          "(fp32), bf16 or fp16.")]
 CriterionOpt = Annotated[str, typer.Option(
     "--criterion", "-c", help="any: fooled = prediction != true class (reference challenge); "
                               "bg-class: prediction == the background's class (the paper's).")]

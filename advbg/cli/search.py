@@ -21,11 +21,9 @@ def search(
     early_exit: Annotated[bool, typer.Option(
         "--early-exit", help="Stop each foreground at its first fooling background (fooling rate only; "
                              "the worst background is then the worst seen up to that point).")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", "-b", help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free "
-                                   "memory, up to 1024; halved automatically on out-of-memory).")] = None,
+    batch_size: o.AutoBatchOpt = None,
     fg_block: Annotated[int, typer.Option(help="Foregrounds per committed unit (the most a crash can lose).")] = 32,
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), off, bf16, fp16.")] = "auto",
+    amp: o.AmpOpt = "auto",
     label_map: o.LabelMapOpt = "auto",
     arch: o.ArchOpt = None,
     weights: o.WeightsOpt = None,

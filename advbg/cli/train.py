@@ -49,7 +49,7 @@ def finetune(
                                              "(backgrounds drawn by fooling power for the current model).")] = "mixed-rand",
     ratio: Annotated[float, typer.Option(help="Share of samples composited onto a drawn background.")] = 1.0,
     epochs: Annotated[int, typer.Option("--epochs", "-e")] = 5,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per training step.")] = 64,
+    batch_size: o.BatchOpt = 64,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9, Nesterov).")] = "adamw",
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule per step).")] = 1e-3,
     weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms and biases).")] = 0.05,
@@ -61,8 +61,8 @@ def finetune(
         help="Draw backgrounds from this store instead (e.g. the export.h5 of `advbg export --format h5`).")] = None,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained/--no-pretrained", help="timm names: start from pretrained weights (offline cache) or random.")] = True,
-    amp: Annotated[str, typer.Option(help="auto (bf16 on CUDA, off on CPU), off, bf16, fp16.")] = "auto",
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    amp: o.AmpOpt = "auto",
+    workers: o.WorkersOpt = None,
     device: o.DeviceOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
     quiet: o.QuietOpt = False,
@@ -70,7 +70,7 @@ def finetune(
     """Fine-tune a model on a store with a background policy; the checkpoint works with `advbg search --model`."""
     run_finetune(model, working_store(store, typer.echo), out, FinetuneConfig(
         policy=policy, ratio=ratio, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
-        weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=num_workers,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=workers or 0,
         refresh_every=refresh_every, probe_per_class=probe_per_class, pretrained=pretrained),
         backgrounds=backgrounds, device=device, overwrite=overwrite, progress=not quiet, echo=typer.echo)
 

@@ -17,7 +17,7 @@ def universal(
     model: o.ModelOpt = "advbg/lite0",
     klass: Annotated[str, typer.Option(
         "--class", help="A class name (or index, or IN-9 folder name), or 'all' for the per-class table.")] = "all",
-    top: Annotated[int, typer.Option("--top", "-k", help="How many top-ASR backgrounds to list per class.")] = 5,
+    top: Annotated[int, typer.Option("--top", help="How many top-ASR backgrounds to list per class.")] = 5,
     greedy: Annotated[int, typer.Option(
         "--greedy", help="Greedy set cover: pick up to K backgrounds that together fool the most foregrounds "
                          "(0: off).")] = 5,
@@ -27,9 +27,7 @@ def universal(
     weights: o.WeightsOpt = None,
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        "--batch-size", "-b", help="Composites per forward pass if a search has to run (default: automatic, "
-                                   "as in `advbg search`).")] = None,
+    batch_size: o.AutoBatchOpt = None,
     no_search: Annotated[bool, typer.Option(
         "--no-search", help="Use only stored outcomes; fail (saying what is missing) instead of searching.")] = False,
     results_file: Annotated[Optional[Path], typer.Option(

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from advbg.errors import AdvbgError
 
@@ -48,7 +49,6 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS)
     ``max_pixels`` is checked on the header, before any pixel is decoded (Pillow's own guard, about 179 M
     pixels, also applies).
     """
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():

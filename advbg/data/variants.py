@@ -16,6 +16,7 @@ the block size or on which other rows were asked for.
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import os
 import re
@@ -138,7 +139,6 @@ def describe_variant(name: str) -> str:
 
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
-        import difflib
 
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(_REGISTRY)}"

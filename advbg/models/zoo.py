@@ -9,11 +9,15 @@ Suggested timm weights that are in neither cache are listed with the one command
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
+from safetensors import safe_open
 
 from advbg._compat import import_timm
 from advbg.errors import AdvbgError
@@ -51,13 +55,12 @@ def checkpoint_dir(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def _hf_cache() -> Path:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # deferred: heavy or optional dependency, loaded only when used
 
     return Path(constants.HF_HUB_CACHE)
 
 
 def _torch_hub_checkpoints() -> Path:
-    import torch
 
     return Path(torch.hub.get_dir()) / "checkpoints"
 
@@ -65,7 +68,7 @@ def _torch_hub_checkpoints() -> Path:
 def _pretrained_cfg(name: str):
 
     import_timm()
-    from timm.models import get_pretrained_cfg
+    from timm.models import get_pretrained_cfg  # deferred: heavy or optional dependency, loaded only when used
 
     try:
         return get_pretrained_cfg(name)
@@ -74,7 +77,7 @@ def _pretrained_cfg(name: str):
 
 
 def _hf_file(repo_id: str, filename: str | None = None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # deferred: heavy or optional dependency, loaded only when used
 
     for fname in ([filename] if filename else []) + list(HF_WEIGHT_FILES):
         hit = try_to_load_from_cache(repo_id, fname, cache_dir=_hf_cache())
@@ -119,7 +122,6 @@ def _recorded_arch(path: Path) -> str | None:
     meta = {}
     try:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
 
             with safe_open(str(path), "pt") as f:
                 raw = (f.metadata() or {}).get("advbg")
@@ -182,7 +184,6 @@ def timm_entries(pattern: str | None = None) -> list[ZooEntry]:
             fetch = f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\""
             out.append(ZooEntry(name, "timm", False, (f"{why}; " if why else "") + f"download once with network: {fetch}"))
     if pattern:
-        import fnmatch
 
         out = [e for e in out if fnmatch.fnmatch(e.name, pattern)]
     return out

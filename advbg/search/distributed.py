@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
 import torch
+import torch.distributed as dist
 
 T = TypeVar("T")
 _TIMEOUT = _dt.timedelta(hours=2)   # ranks wait at the end for the slowest one's last unit
@@ -50,7 +51,6 @@ def setup(device: torch.device | None = None) -> Dist:
     """Join (once) the process group torchrun set up; single-process Dist when not launched by torchrun."""
     if not launched():
         return Dist()
-    import torch.distributed as dist
 
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
@@ -69,7 +69,6 @@ def shard(items: Sequence[T], d: Dist) -> list[T]:
 
 def barrier(d: Dist) -> None:
     if d.active:
-        import torch.distributed as dist
 
         dist.barrier()
 
@@ -78,7 +77,6 @@ def broadcast(obj: Any, d: Dist) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not d.active:
         return obj
-    import torch.distributed as dist
 
     box = [obj if d.main else None]
     dist.broadcast_object_list(box, src=0)
@@ -88,7 +86,6 @@ def broadcast(obj: Any, d: Dist) -> Any:
 def sum_int(value: int, d: Dist) -> int:
     if not d.active:
         return value
-    import torch.distributed as dist
 
     box = [None] * d.world
     dist.all_gather_object(box, int(value))

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
@@ -60,11 +61,8 @@ def params_sha256(model: nn.Module) -> str:
 
 def model_identity(classifier: Classifier) -> dict:
     """Everything that makes two classifiers give the same embeddings (the user-given name is kept for messages)."""
-    c = classifier.config
-    return dict(name=c.name, architecture=c.architecture, weight_tag=c.weight_tag,
-                weights_sha256=c.weights_sha256, params_sha256=params_sha256(classifier.model),
-                label_map=c.label_map, class_names=list(c.class_names), num_outputs=c.num_outputs,
-                input_size=list(c.input_size), mean=list(c.mean), std=list(c.std), interpolation=c.interpolation)
+    return dict(name=classifier.config.name, **classifier.config.identity(),
+                params_sha256=params_sha256(classifier.model))
 
 
 def identity_key(identity: dict) -> str:
@@ -146,7 +144,6 @@ def embedding_name(identity: dict) -> str:
 def compute_embeddings(store: Store, classifier: Classifier, *, batch_size: int = 64, progress: bool = True,
                        fg_fill: int = FG_FILL) -> Embeddings:
     """Embed every background and foreground of ``store`` (see the module docstring)."""
-    from tqdm.auto import tqdm
 
     store.require_nonempty()
     if batch_size < 1:
@@ -219,7 +216,7 @@ def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
 # --------------------------------------------------------------------------------------------- FAISS
 def _faiss():
     try:
-        import faiss
+        import faiss  # deferred: heavy or optional dependency, loaded only when used
     except ImportError:
         raise AdvbgError("the FAISS index needs faiss: pip install -e '.[cpu]' (or '.[gpu]' on CUDA machines; never both)") from None
     return faiss

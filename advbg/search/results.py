@@ -138,8 +138,7 @@ def fingerprint(store: Store, fg_ids: np.ndarray, pool: np.ndarray, classifier, 
     """What must agree for units of two runs to be merged: store content, classifier, what is searched, how."""
     h = hashlib.sha256()
     c = classifier.config
-    for part in (store.digest(), c.tag, c.weights_sha256 or "", c.label_map, c.mean, c.std, c.input_size,
-                 config.criterion, config.mode, config.prune or "", config.record_outcomes, amp,
+    for part in (store.digest(), c.identity_key, config.criterion, config.mode, config.prune or "", config.record_outcomes, amp,
                  config.verify_close):
         h.update(str(part).encode() + b"\0")
     h.update(np.asarray(fg_ids, np.int64).tobytes())

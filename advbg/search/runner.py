@@ -27,18 +27,18 @@ from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import Classifier
+from advbg.models.precision import resolve_amp
 from advbg.search import distributed
 from advbg.search.config import CandidateStrategy, SearchConfig
 from advbg.search.criteria import Criterion
-from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE
-from advbg.search.engine import Engine, auto_batch_size, budget_bytes
-from advbg.models.precision import resolve_amp
+from advbg.search.engine import Engine
 from advbg.search.journal import Journal, journal_folder
 from advbg.search.results import (
     RunRecord,
@@ -309,7 +309,6 @@ def _ids(ids, n: int, what: str) -> np.ndarray:
 
 
 def _progress(total: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="comp", unit_scale=True, desc=desc, dynamic_ncols=True)
 

@@ -124,7 +124,7 @@ def predicted_margin(fg_scores: np.ndarray, true: np.ndarray, area: np.ndarray, 
     return np.where(can_fool, m, np.inf)
 
 
-def top_k(values: np.ndarray, k: int) -> list[np.ndarray]:
+def lowest_k(values: np.ndarray, k: int) -> list[np.ndarray]:
     """Per row, the positions of the k lowest values, lowest first (ties: lower position first)."""
     n, b = values.shape
     k = min(k, b)
@@ -160,7 +160,7 @@ class Ranker:
             area = self.emb.fg_area[ids] if self.rule in ("mix", "neighbours") else np.zeros(len(ids), np.float32)
             pred = predicted_margin(self.emb.fg_scores[ids], self.fg_labels[ids], area, self.bg_scores,
                                     self.bg_labels, self.criterion)
-            out += top_k(pred, k)
+            out += lowest_k(pred, k)
         return out
 
 

@@ -1,1 +1,1 @@
-"""."""
+"""Using fooling backgrounds for training: export, the compositing augmentation Dataset, and fine-tuning."""

@@ -32,12 +32,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from advbg.search.criteria import asr
 from advbg.data.store import Store, StoreWriter
 from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
 from advbg.files import now, write_json
-from advbg.search.criteria import OUTCOME_MISSING, Criterion, decode_outcome
+from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, decode_outcome
 from advbg.search.results import load_outcome, load_search
 
 WHAT = ("backgrounds", "composites", "both")
@@ -147,7 +146,7 @@ def _name(label: int, class_names) -> str:
     return class_names[label] if 0 <= label < len(class_names) else "none"
 
 
-def _identity(result, name: str, store: Store) -> dict:
+def _provenance(result, name: str, store: Store) -> dict:
     c = result.run.classifier if result.run else {}
     g = store.results[name]
     return dict(model=f"{c.get('architecture', '?')}.{c.get('weight_tag', '?')}", model_name=c.get("name", ""),
@@ -264,7 +263,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     with Store(store) as s:
         result = load_search(s, results)
         name = result.results_name
-        ident = _identity(result, name, s)
+        ident = _provenance(result, name, s)
         rows = _rows(s, result, ident, config)
         tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,14 +25,17 @@ from typing import Callable
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import now, sha256_file, write_json
 from advbg.models.classifier import load_classifier, resolve_device
+from advbg.models.precision import AMPS, resolve_amp
 from advbg.search.compositor import to_device_u8
 from advbg.train.augment import (
     CompositeDataset,
@@ -71,7 +74,7 @@ class FinetuneConfig:
                   (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
                   (self.lr > 0, "learning rate must be positive"), (self.weight_decay >= 0, "weight decay must be >= 0"),
                   (self.warmup_steps >= 0, "warm-up steps must be >= 0"),
-                  (self.amp in ("auto", "off", "bf16", "fp16"), "amp must be auto, off, bf16 or fp16"),
+                  (self.amp in AMPS, f"amp must be one of {', '.join(AMPS)}"),
                   (self.num_workers >= 0, "num_workers must be >= 0"),
                   (self.refresh_every >= 1, "refresh_every must be at least 1"),
                   (self.probe_per_class >= 1, "probe_per_class must be at least 1"))
@@ -152,8 +155,7 @@ def _schedule(opt: torch.optim.Optimizer, cfg: FinetuneConfig, total: int) -> to
 
 def _amp(device: torch.device, amp: str):
     """(autocast context, GradScaler or None)."""
-    if amp == "auto":
-        amp = "bf16" if device.type == "cuda" else "off"
+    amp = resolve_amp(device, amp)
     if amp == "off":
         return contextlib.nullcontext(), None
     if device.type != "cuda":
@@ -242,7 +244,6 @@ def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, confi
 def _train(net: Normalised, dataset: CompositeDataset, sampler: PairSampler, cfg: FinetuneConfig,
            dev: torch.device, autocast, scaler, adversary: _Adversary | None, progress: bool,
            echo: Callable[[str], None]) -> tuple[list[dict], float]:
-    from tqdm.auto import tqdm
 
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         drop_last=len(dataset) > cfg.batch_size, pin_memory=dev.type == "cuda",
@@ -298,7 +299,6 @@ def _train(net: Normalised, dataset: CompositeDataset, sampler: PairSampler, cfg
 
 def _save(model: nn.Module, meta: dict, path: Path) -> None:
     """safetensors with metadata key ``advbg``, written to a temporary name and renamed."""
-    from safetensors.torch import save_file
 
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.partial")
