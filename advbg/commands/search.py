@@ -44,9 +44,6 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     stored (advbg.search.strategies, docs/index.md). ``grid``: None = beside the store, Path('-') = none.
     Under ``torchrun`` every rank searches its share of the foregrounds; rank 0 writes the outputs
     (docs/scaling.md)."""
-    config.validate()
-    if prune is not None:
-        prune.validate()
     check_output(results_file)
     check_output(grid, (".png",))
     spec_device = model.device if isinstance(model, ModelSpec) else None

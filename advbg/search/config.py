@@ -38,6 +38,9 @@ class SearchConfig:
     memory_gb: float | None = None  # device memory this search may use (CPU: host memory); None = 90% of free
     verify_close: float = 0.0      # recompute in fp32 every pair whose decision is this close (0 = never)
 
+    def __post_init__(self):
+        self.validate()   # a SearchConfig is valid by construction: callers never validate again
+
     def validate(self) -> None:
         Criterion(self.criterion)
         if self.mode not in MODES:

@@ -51,7 +51,6 @@ def setup(device: torch.device | None = None) -> Dist:
     """Join (once) the process group torchrun set up; single-process Dist when not launched by torchrun."""
     if not launched():
         return Dist()
-
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = device is not None and device.type == "cuda"

@@ -123,8 +123,6 @@ def _search(store: Store, classifier: Classifier, config: SearchConfig, *, resul
             on_unit: Callable[[int], None] | None = None, journal_dir: str | None = None,
             echo: Callable[[str], None] = _stderr) -> SearchResult:
     """One pass over the candidates ``config`` names (all of the pool when ``config.candidates`` is None)."""
-
-    config.validate()
     store.require_nonempty()
     _check_label_space(store, classifier)
     criterion = Criterion(config.criterion)

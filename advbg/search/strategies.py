@@ -68,6 +68,9 @@ class PruneSpec:
     ratio: float | None = None
     seed: int = 0
 
+    def __post_init__(self):
+        self.validate()   # valid by construction
+
     def validate(self) -> None:
         if self.rule not in RULES:
             raise AdvbgError(f"unknown prune rule {self.rule!r}; use one of: {', '.join(RULES)}")
@@ -81,7 +84,6 @@ class PruneSpec:
     def resolve_k(self, n_pool: int) -> int:
         """Candidates per foreground for a pool of ``n_pool`` backgrounds: K, or the ratio's share of the pool
         rounded down (a budget: never more than that share), at least 1 and at most the pool."""
-        self.validate()
         k = self.k if self.k is not None else math.floor(self.ratio * n_pool + 1e-9)
         return max(1, min(int(k), n_pool))
 
@@ -94,9 +96,7 @@ def prune_spec(k: int | None, ratio: float | None, rule: str = DEFAULT_RULE) -> 
     """The PruneSpec the CLI options describe, or None when neither --prune nor --prune-ratio is given."""
     if k is None and ratio is None:
         return None
-    spec = PruneSpec(rule=rule, k=k, ratio=ratio)
-    spec.validate()
-    return spec
+    return PruneSpec(rule=rule, k=k, ratio=ratio)
 
 
 # --------------------------------------------------------------------------------------------- ranking
@@ -246,8 +246,6 @@ class Pruned:
     def run(self, store: Store, classifier: Classifier, config: SearchConfig, search_pass, *, results_name=None,
             write: bool = True, resume: bool = False, progress: bool = True, journal_dir=None) -> SearchResult:
         spec = self.spec
-        spec.validate()
-        config.validate()
         emb = self.emb if self.emb is not None else load_embeddings(store, classifier)
         pool = np.arange(len(store.backgrounds), dtype=np.int64) if config.backgrounds is None \
             else np.asarray(config.backgrounds, np.int64)
