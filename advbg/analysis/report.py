@@ -48,16 +48,18 @@ VERSIONED = ("torch", "timm", "numpy", "h5py", "matplotlib", "jinja2", "pillow",
 @dataclass(frozen=True)
 class GalleryCap:
     """Which gallery rows get images: the ``worst`` lowest margins, plus fooled foregrounds (lowest margin first)
-    up to ``fooled`` more. Every foreground still gets a text row (sortable, filterable)."""
+    up to ``fooled`` more. Every foreground still gets a text row (sortable, filterable), shown ``page_rows`` at
+    a time (rows on other pages are not laid out, so thousands of rows open fast)."""
 
     worst: int = 200
-    fooled: int = 300
+    fooled: int = 100
     thumb: int = 128          # longest side of an embedded thumbnail, pixels (never enlarged)
+    page_rows: int = 250
 
     def __post_init__(self):
-        if self.worst < 0 or self.fooled < 0 or self.thumb < 16:
-            raise AdvbgError(f"gallery caps must be >= 0 and thumbnails >= 16 px (got worst={self.worst}, "
-                             f"fooled={self.fooled}, thumb={self.thumb})")
+        if self.worst < 0 or self.fooled < 0 or self.thumb < 16 or self.page_rows < 1:
+            raise AdvbgError(f"gallery caps must be >= 0, thumbnails >= 16 px and pages >= 1 row (got worst="
+                             f"{self.worst}, fooled={self.fooled}, thumb={self.thumb}, page={self.page_rows})")
 
     def select(self, margin: np.ndarray, fooled: np.ndarray, evaluated: np.ndarray) -> np.ndarray:
         """Row positions that get images, lowest margin first (rows with nothing evaluated never do)."""
