@@ -7,7 +7,6 @@ can); they skip, saying what was not checked, when /usr/bin/chromium is absent. 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from html.parser import HTMLParser
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
@@ -47,7 +45,7 @@ def chromium(tmp_path: Path, url: str, *args: str) -> str:
     cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'chromium-profile'}", *args, url]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
     assert p.returncode == 0, p.stderr[-2000:]
     return p.stdout
 
@@ -175,7 +173,7 @@ def _requests_outside(net_log: Path, folder: Path) -> list[str]:
     inside = folder.resolve().as_uri() + "/"
     starts = [e.get("params", {}) for e in log["events"] if e["type"] == start]
     urls = [p["url"] for p in starts if "url" in p and p.get("initiator") != "not an origin"]   # (end events: no url)
-    return [u for u in urls if not (u.startswith("data:") or u.startswith(inside))]
+    return [u for u in urls if not u.startswith(("data:", inside))]
 
 
 @needs_chromium
@@ -228,7 +226,7 @@ def test_every_reference_is_embedded_and_a_csp_forbids_the_rest(searched_store, 
     p = _Refs()
     p.feed(out.read_text())
     assert p.refs, "the page embeds images"
-    assert [u for u in p.refs if not (u.startswith("data:") or u.startswith("#"))] == []
+    assert [u for u in p.refs if not u.startswith(("data:", "#"))] == []
     assert "default-src 'none'" in p.csp and "img-src data:" in p.csp
 
 

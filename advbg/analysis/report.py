@@ -30,8 +30,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from advbg._version import __version__
-from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.evalreport import load_results
+from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.outcomes import IDENTITY_KEYS, stored_outcome
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.store import Store
@@ -180,7 +180,7 @@ def build_report(store_path: str | os.PathLike, eval_files: Sequence[str | os.Pa
 
 
 def _complete(s: Store, kind: str | None = None) -> list[str]:
-    names = [n for n, g in s.results.items() if kind is None or g.attrs.get("kind") == kind]
+    names = list(s.results) if kind is None else result_names(s, kind)
     return sorted((n for n in names if s.results[n].attrs.get("complete")),
                   key=lambda n: str(s.results[n].attrs.get("completed", "")))
 
