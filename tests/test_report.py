@@ -381,3 +381,16 @@ def test_demo_store_without_working_copy_is_one_line(tmp_path, monkeypatch, caps
     code, _, err = run_cli(["report"], capsys)
     assert_one_line_error(code, err, "run `advbg search` first")
     assert not (tmp_path / "runs").exists()
+
+
+def test_cli_options_reach_run_report(monkeypatch, capsys, tmp_path):
+    seen = {}
+    monkeypatch.setattr("advbg.cli.report.run_report", lambda store, out, **kw: seen.update(store=store, out=out, **kw))
+    code, _, err = run_cli(["report", "-s", "s.h5", "-o", "p.html", "--eval", "a.json", "--eval", "b.json",
+                            "--gallery-worst", "7", "--gallery-fooled", "3", "--thumb", "64", "--page-rows", "9",
+                            "--no-verify", "--skip-incomplete", "-q"], capsys)
+    assert code == 0, err
+    assert seen["store"] == Path("s.h5") and seen["out"] == Path("p.html")
+    assert seen["eval_files"] == [Path("a.json"), Path("b.json")]
+    assert seen["cap"] == GalleryCap(worst=7, fooled=3, thumb=64, page_rows=9)
+    assert (seen["verify"], seen["skip_incomplete"], seen["progress"]) == (False, True, False)
