@@ -394,3 +394,14 @@ def test_cli_options_reach_run_report(monkeypatch, capsys, tmp_path):
     assert seen["eval_files"] == [Path("a.json"), Path("b.json")]
     assert seen["cap"] == GalleryCap(worst=7, fooled=3, thumb=64, page_rows=9)
     assert (seen["verify"], seen["skip_incomplete"], seen["progress"]) == (False, True, False)
+
+
+def test_early_exit_search_says_why_universal_numbers_are_missing(tmp_path):
+    path = make_random_store(tmp_path / "s.h5", n_fg=10, n_bg=12, seed=4)
+    with Store(path, "r+") as s:
+        search(s, make_tiny_classifier(), SearchConfig(criterion="any", mode="early-exit"), progress=False)
+    rep = build_report(path, verify=False, progress=False, echo=lambda _: None)
+    (u,) = rep.universals
+    assert u.classes == [] and "never evaluated" in u.note
+    assert any("early-exit" in w for w in rep.searches[0].warnings)
+    assert "never evaluated" in render_html(rep)

@@ -274,7 +274,7 @@ def _headline(s: Store, name: str, r: SearchResult) -> list[tuple[str, str]]:
         ("model", f"{c.get('name')} ({c.get('architecture')}.{c.get('weight_tag')}, label map "
                   f"{c.get('label_map')}, source {c.get('source')})"),
         ("weights SHA-256", c.get("weights_sha256") or "not recorded (no weights file)"),
-        ("search", f"{run.mode}{pruning}; {len(r)} foregrounds x {len(s.results[name]['bg_pool'])} backgrounds"),
+        ("search", f"{run.mode}{pruning}; {len(r)} foregrounds x {_n_backgrounds(s, run)} backgrounds"),
         ("composites evaluated", f"{run.forwards:,}" + (f" ({int(r.n_invalid.sum())} with non-finite logits)"
                                                         if r.n_invalid.sum() else "")),
         ("rate", f"{run.composites_per_s:,.1f} composites/s ({run.seconds:.1f} s on {run.device}, "
@@ -283,6 +283,11 @@ def _headline(s: Store, name: str, r: SearchResult) -> list[tuple[str, str]]:
         ("command", str(g.attrs.get("command") or _command_of(s, run))),
         ("advbg", f"{run.advbg_version}, timm {c.get('timm_version', '?')}, torch {c.get('torch_version', '?')}"),
     ]
+
+
+def _n_backgrounds(s: Store, run) -> int:
+    chosen = (run.config or {}).get("backgrounds")
+    return len(chosen) if chosen else len(s.backgrounds)
 
 
 def _command_of(s: Store, run) -> str:
@@ -312,29 +317,32 @@ def _universal_sections(s: Store, cap: GalleryCap, thumbs: dict[int, str]) -> li
     """One section per classifier whose complete searches recorded an outcome matrix."""
     seen, out = set(), []
     for name in _complete(s, "search"):
-        g = s.results[name]
-        if "outcome" not in g:
-            continue
-        cfg = json.loads(g.attrs["classifier"])
+        cfg = json.loads(s.results[name].attrs["classifier"])
         key = json.dumps({k: cfg.get(k) for k in IDENTITY_KEYS}, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            out.append(_universal_section(s, cfg, len(out), cap, thumbs))
+        if key in seen:
+            continue
+        seen.add(key)
+        section = _universal_section(s, cfg, len(out), cap, thumbs)
+        if section is not None:
+            out.append(section)
     return out
 
 
-def _universal_section(s: Store, cfg: dict, i: int, cap: GalleryCap, thumbs: dict[int, str]) -> UniversalSection:
+def _universal_section(s: Store, cfg: dict, i: int, cap: GalleryCap,
+                       thumbs: dict[int, str]) -> UniversalSection | None:
+    """None when no search of this classifier recorded outcomes (early-exit / pruned runs may not)."""
     # stored_outcome matches groups on classifier.config.to_dict(); the recorded config stands in for a loaded model
     stand_in = SimpleNamespace(config=SimpleNamespace(to_dict=lambda: cfg))
     full, used = stored_outcome(s, stand_in)
+    if not used:
+        return None
     fg_class, bg_class = s.foregrounds.labels, s.backgrounds.labels
     model = f"{cfg.get('architecture')}.{cfg.get('weight_tag')} (label map {cfg.get('label_map')})"
     unlabelled = int((bg_class < 0).sum())
     try:
         per_class = analyse(full, fg_class, bg_class, s.class_names, UNIVERSAL_CRITERION, top=TOP_K, greedy=GREEDY_K)
     except AdvbgError as e:
-        return UniversalSection(model, f"universal-{i}", used, [], unlabelled,
-                                f"{e}. Run `advbg universal --class all` with this model to complete it.")
+        return UniversalSection(model, f"universal-{i}", used, [], unlabelled, f"no per-class numbers: {e}")
     for c in per_class:
         for b in c.top_bg:
             if int(b) not in thumbs:
