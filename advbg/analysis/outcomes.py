@@ -45,9 +45,10 @@ class StoredOutcome:
 
 
 
-def matching_results(store: Store, classifier) -> list[str]:
-    """Names of results groups with an outcome matrix from this classifier on this store, best first."""
-    want, digest = classifier.config.identity(), store.digest()
+def matching_results(store: Store, identity: dict) -> list[str]:
+    """Names of results groups with an outcome matrix from the classifier of this ``identity``
+    (ClassifierConfig.identity()) on this store, best first."""
+    want, digest = identity, store.digest()
     found = []
     for name, g in store.results.items():
         if g.attrs.get("kind") != "search" or "outcome" not in g:
@@ -64,12 +65,12 @@ def matching_results(store: Store, classifier) -> list[str]:
     return sorted(found, key=rank)
 
 
-def stored_outcome(store: Store, classifier) -> tuple[np.ndarray, list[str]]:
-    """(outcome (F, B) over the whole store, names of the groups that contributed) from matching results."""
-
+def stored_outcome(store: Store, identity: dict) -> tuple[np.ndarray, list[str]]:
+    """(outcome (F, B) over the whole store, names of the groups that contributed) from the results of the
+    classifier of this ``identity``."""
     full = np.full((len(store.foregrounds), len(store.backgrounds)), OUTCOME_MISSING, np.uint8)
     used = []
-    for name in matching_results(store, classifier):
+    for name in matching_results(store, identity):
         o, fg, pool = load_outcome(store, name)
         if not fg.size or not pool.size or fg.max() >= full.shape[0] or pool.max() >= full.shape[1]:
             continue
@@ -98,7 +99,7 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
     with Store(store_path) as s:
         fg_class, bg_class = s.foregrounds.labels.copy(), s.backgrounds.labels.copy()
         source_ids = tuple(s.backgrounds.source_ids)
-        full, used = stored_outcome(s, classifier)
+        full, used = stored_outcome(s, classifier.config.identity())
     rows, cols = needed(fg_class, bg_class, classes)
     gap = (full == OUTCOME_MISSING) & rows[:, None] & cols[None, :]
     if not gap.any():
@@ -114,7 +115,7 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
         name = _fill_name(s, classifier, cfg, fg_sel, bg_sel)
         # resume=True: a journal under this name is an interrupted run of exactly this search; it continues.
         res = search(s, classifier, cfg, results_name=name, resume=True, progress=progress)
-        full, used = stored_outcome(s, classifier)
+        full, used = stored_outcome(s, classifier.config.identity())
     return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name, (note,))
 
 

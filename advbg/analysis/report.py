@@ -21,7 +21,6 @@ import shlex
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import jinja2
@@ -32,12 +31,13 @@ from tqdm import tqdm
 from advbg._version import __version__
 from advbg.analysis.evalreport import load_results
 from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
-from advbg.analysis.outcomes import IDENTITY_KEYS, stored_outcome
+from advbg.analysis.outcomes import stored_outcome
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.store import Store
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError
 from advbg.files import now
+from advbg.models.classifier import identity_of
 from advbg.search.results import SearchResult, load_search, result_names
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
@@ -318,7 +318,7 @@ def _universal_sections(s: Store, cap: GalleryCap, thumbs: dict[int, str]) -> li
     seen, out = set(), []
     for name in _complete(s, "search"):
         cfg = json.loads(s.results[name].attrs["classifier"])
-        key = json.dumps({k: cfg.get(k) for k in IDENTITY_KEYS}, sort_keys=True)
+        key = json.dumps(identity_of(cfg), sort_keys=True)
         if key in seen:
             continue
         seen.add(key)
@@ -332,8 +332,7 @@ def _universal_section(s: Store, cfg: dict, i: int, cap: GalleryCap,
                        thumbs: dict[int, str]) -> UniversalSection | None:
     """None when no search of this classifier recorded outcomes (early-exit / pruned runs may not)."""
     # stored_outcome matches groups on classifier.config.to_dict(); the recorded config stands in for a loaded model
-    stand_in = SimpleNamespace(config=SimpleNamespace(to_dict=lambda: cfg))
-    full, used = stored_outcome(s, stand_in)
+    full, used = stored_outcome(s, identity_of(cfg))
     if not used:
         return None
     fg_class, bg_class = s.foregrounds.labels, s.backgrounds.labels
@@ -362,7 +361,7 @@ def _plt():
     import matplotlib  # deferred: matplotlib is slow to import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
 
     return plt
 
@@ -370,7 +369,7 @@ def _plt():
 def _class_plot(c: ClassUniversal) -> str:
     """ASR histogram over the class's backgrounds | greedy cover curve with the union as its ceiling."""
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred: matplotlib is slow to import
 
     fig, (ha, ga) = plt.subplots(1, 2, figsize=(6.2, 2.1))
     a = c.asr[np.isfinite(c.asr)]
