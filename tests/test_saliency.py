@@ -117,14 +117,16 @@ def test_target_layer_rule_on_timm_models():
     timm = import_timm()
     for arch in ("resnet18", "tf_efficientnet_lite0"):
         model = timm.create_model(arch, pretrained=False).eval()
-        name, layer = target_layer(model, (3, 64, 64))
+        _, layer = target_layer(model, (3, 64, 64))
         out = {}
-        h = layer.register_forward_hook(lambda m, i, o: out.setdefault("y", o))
+        h = layer.register_forward_hook(lambda m, i, o, out=out: out.setdefault("y", o))
         x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             feats = model.forward_features(x)
         h.remove()
         assert torch.equal(out["y"], feats), arch     # the layer gives exactly what forward_features returns
+    with pytest.raises(ModelError, match=r"final feature map is 1x1"):
+        target_layer(timm.create_model("resnet18", pretrained=False).eval(), (3, 32, 32))
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
     with pytest.raises(ModelError, match="not supported for VisionTransformer.*tokens"):
         target_layer(vit, (3, 224, 224))

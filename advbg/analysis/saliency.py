@@ -100,13 +100,23 @@ def target_layer(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) ->
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if n]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    kind = type(model).__name__
+    x = torch.zeros(1, *input_size, device=device)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device))
+            model(x)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        raise ModelError(f"cannot run {kind} on a {tuple(input_size)} input to find its Grad-CAM layer: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     finally:
         for h in handles:
             h.remove()
-    kind = type(model).__name__
+    if hasattr(model, "forward_features"):   # timm: the map the head pools must be more than one pixel
+        with torch.no_grad():
+            feats = model.forward_features(x)
+        if isinstance(feats, torch.Tensor) and feats.ndim == 4 and feats.shape[2] * feats.shape[3] == 1:
+            raise ModelError(f"Grad-CAM is not supported for {kind} at input size {tuple(input_size)[1:]}: its "
+                             f"final feature map is 1x1 (shape {tuple(feats.shape)}); use larger images")
     maps = [i for i, (_, s) in enumerate(runs) if s is not None and len(s) == 4 and s[2] * s[3] > 1]
     if not maps:
         raise ModelError(f"Grad-CAM is not supported for {kind}: no module outputs a 4-D (N,C,H,W) feature map")

@@ -11,8 +11,8 @@ from advbg.analysis.saliency import (
     format_saliency,
     overlay_grid,
     parse_variants,
-    save_maps,
     saliency,
+    save_maps,
     to_csv,
 )
 from advbg.commands.common import DEMO_STORE
