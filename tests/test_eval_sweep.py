@@ -83,3 +83,9 @@ def test_no_imagenet_plot_without_two_known_models(tmp_path, capsys, monkeypatch
 
 def test_registered_lite_models_have_their_timm_table_top1():
     assert evaluate_mod.IMAGENET_TOP1 == {"advbg/lite0": 74.830, "advbg/lite1": 76.644, "advbg/lite2": 77.464}
+
+
+def test_negative_seed_is_one_line(tmp_path, capsys):
+    store = full_store(tmp_path / "s.h5")
+    code, _, err = run(["eval", "-s", str(store), "-m", "test/sweep0", "-V", "mixed_rand", "--seed", "-1"], capsys)
+    assert code == 1 and err.startswith("advbg: error: seed must be a non-negative integer") and "Traceback" not in err

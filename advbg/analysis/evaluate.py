@@ -86,6 +86,8 @@ class EvalConfig:
             raise AdvbgError(f"amp must be one of {', '.join(AMPS)}, got {self.amp!r}")
         if self.batch_size < 1:
             raise AdvbgError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.seed < 0:
+            raise AdvbgError(f"seed must be a non-negative integer (got {self.seed})")
         if not self.top_k or any(int(k) < 1 for k in self.top_k):
             raise AdvbgError(f"top-k values must be positive integers, got {self.top_k}")
         return self

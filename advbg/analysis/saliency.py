@@ -174,6 +174,8 @@ class SaliencyConfig:
             raise AdvbgError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.batch_size < 1:
             raise AdvbgError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.seed < 0:
+            raise AdvbgError(f"seed must be a non-negative integer (got {self.seed})")
         if self.resamples < 100:
             raise AdvbgError(f"bootstrap resamples must be at least 100 (got {self.resamples})")
         if self.limit is not None and self.limit < 1:
