@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from advbg.analysis.evaluate import (
+    IMAGENET_TOP1_SOURCE,
     PAPER_COLUMNS,
     EvalReport,
     ModelResult,
@@ -87,6 +88,10 @@ def format_report(report: EvalReport) -> str:
                 lines += ["", f"top-{k} accuracy (%):", model_table(report, k=k, gap=False)]
         if report.baseline:
             lines += ["", f"top-1 accuracy relative to {report.baseline} (ratio):", relative_table(report)]
+        known = [m for m in report.models if m.identity.get("imagenet_top1") is not None]
+        if known:
+            lines += ["", "ImageNet-1k top-1 (%, " + IMAGENET_TOP1_SOURCE + "): "
+                      + ", ".join(f"{m.name} {m.identity['imagenet_top1']:.2f}" for m in known)]
     return "\n".join(lines)
 
 
@@ -280,3 +285,45 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
     fig.suptitle("Accuracy on original vs each variant (one point per model)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
+
+
+# --------------------------------------------------------------------------------------------- vs ImageNet accuracy
+def imagenet_points(report: EvalReport) -> tuple[list[ModelResult], list[str]]:
+    """Models with a known ImageNet top-1 (sorted by it), and the names of those without one."""
+    known = sorted((m for m in report.models if m.identity.get("imagenet_top1") is not None),
+                   key=lambda m: m.identity["imagenet_top1"])
+    return known, [m.name for m in report.models if m.identity.get("imagenet_top1") is None]
+
+
+def imagenet_plot(report: EvalReport, path: str | os.PathLike) -> Path:
+    """PNG: top-1 on each evaluated variant (a line each) against the models' ImageNet top-1, and BG-Gap."""
+    plt = _plt()
+    known, _ = imagenet_points(report)
+    if len(known) < 2:
+        raise AdvbgError("the accuracy-vs-ImageNet plot needs at least two models with a known ImageNet top-1 "
+                         "(advbg/lite0, advbg/lite1, advbg/lite2)")
+    x = [m.identity["imagenet_top1"] for m in known]
+    fig, (ax, gap) = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw=dict(width_ratios=(3, 1.2)))
+    colors = plt.get_cmap("tab20").colors
+    for j, v in enumerate(report.variants):
+        y = [m.scores[v].top1 if v in m.scores and m.scores[v].top1 is not None else float("nan") for m in known]
+        style = "-" if v in PAPER_COLUMNS else "--"
+        ax.plot(x, y, style, marker="os^Dv<>p"[j % 8], ms=4, lw=1.2 if v in PAPER_COLUMNS else 0.9, label=v,
+                color=colors[j % len(colors)])
+    for xi, m in zip(x, known):
+        ax.axvline(xi, color="gray", lw=0.5, alpha=0.4)
+        ax.annotate(m.name, (xi, 1), fontsize=7, rotation=90, va="bottom", ha="right", color="gray")
+    ax.set_xlabel(f"ImageNet-1k top-1 (%), {IMAGENET_TOP1_SOURCE}", fontsize=7)
+    ax.set_ylabel("top-1 on the variant (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    gaps = [m.bg_gap if m.bg_gap is not None else float("nan") for m in known]
+    gap.plot(x, gaps, marker="o", color="black")
+    gap.set_xlabel("ImageNet-1k top-1 (%)", fontsize=7)
+    gap.set_ylabel("BG-Gap = mixed_same - mixed_rand (points)", fontsize=8)
+    gap.grid(alpha=0.3)
+    fig.suptitle(f"Accuracy per variant vs ImageNet accuracy ({Path(report.store['path']).name}, "
+                 f"{report.store['foregrounds']} foregrounds)", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

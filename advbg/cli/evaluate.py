@@ -12,7 +12,8 @@ from advbg.commands.evaluate import run_eval, run_plot
 from advbg.commands.models import run_models
 
 ModelsOpt = Annotated[Optional[list[str]], typer.Option(
-    "--model", "-m", help=o.ModelOpt.__metadata__[0].help + " Repeat for several models (one table row each).")]
+    "--model", "-m", help=o.ModelOpt.__metadata__[0].help + " Several models (one table row each): repeat the "
+                           "option or separate names with commas (advbg/lite0,advbg/lite1,advbg/lite2).")]
 
 
 @app.command("eval")
@@ -22,7 +23,8 @@ def eval_(
     models_file: Annotated[Optional[Path], typer.Option(
         "--models-file", help="File with one model per line ('#' comments); adds to --model.")] = None,
     variants: Annotated[str, typer.Option(
-        "--variants", "-V", help="all, paper (original,only_bg_t,mixed_same,mixed_rand), in9, probes, factors, or "
+        "--variants", "-V", help="all, paper (original,only_bg_t,mixed_same,mixed_rand), in9, probes, factors, sweep (in9 + "
+                                 "fg_white, bg_white, bg_texture), or "
                                  "variant names, comma-separated. Variants of a group that the store cannot make "
                                  "are skipped with the reason; a named one that cannot be made is an error.")] = "all",
     label_map: o.LabelMapOpt = "auto",
@@ -50,12 +52,18 @@ def eval_(
         "--results-format", help="json or csv (default: from the --results-file suffix, else json).")] = None,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Bar chart PNG of accuracy per variant (default: beside --results-file; '-' for none).")] = None,
+    imagenet_plot: Annotated[Optional[Path], typer.Option(
+        "--imagenet-plot", help="PNG of each variant's top-1 (and BG-Gap) against the models' known ImageNet "
+                                "top-1 (timm's results table; registered models only). Default: "
+                                "<results stem>.imagenet.png when two or more such models are evaluated; "
+                                "'-' for none.")] = None,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Accuracy on every variant (IN-9 table, BG-Gap, per class, top-k, relative to a baseline)."""
     run_eval(store, model or [], models_file=models_file, baseline=baseline, variants=variants, top_k=top_k,
              options=o.model_spec("advbg/lite0", arch, weights, label_map, norm, device), batch_size=batch_size, seed=seed, source=source, evalsets=evalsets, amp=amp,
-             results_file=results_file, results_format=results_format, plot=plot, progress=not quiet,
+             results_file=results_file, results_format=results_format, plot=plot, imagenet_png=imagenet_plot,
+             progress=not quiet,
              echo=typer.echo)
 
 

@@ -11,11 +11,14 @@ import h5py
 from advbg.analysis.evalreport import (
     bar_chart,
     format_report,
+    imagenet_plot,
+    imagenet_points,
     results_format_of,
     scatter_plot,
     write_results,
 )
 from advbg.analysis.evaluate import (
+    IMAGENET_TOP1,
     EvalConfig,
     EvalReport,
     evaluate,
@@ -45,18 +48,29 @@ def read_models_file(path: str | Path) -> list[str]:
     return names
 
 
+def _split_names(model: ModelSpec | str) -> list:
+    """A spec as it is; a name string split on commas ('advbg/lite0,advbg/lite1'), unless it is an existing file."""
+    if isinstance(model, ModelSpec) or Path(str(model)).exists():
+        return [model] if isinstance(model, ModelSpec) else [str(model)]
+    names = [n.strip() for n in str(model).split(",") if n.strip()]
+    if not names:
+        raise AdvbgError(f"no model name in {model!r}")
+    return names
+
+
 def run_eval(store: str | Path = DEMO_STORE, models: Sequence[ModelSpec | str] = (), *,
              models_file: Path | None = None, baseline: str | None = None, variants: str = "all",
              top_k: str = "1,5", options: ModelSpec = ModelSpec(), batch_size: int = 64, seed: int = 0, source: str = "auto",
              evalsets: Path | None = None, amp: str = "off", results_file: Path | None = None,
-             results_format: str | None = None, plot: Path | None = None, progress: bool = True,
-             echo: Callable[[str], None] = print) -> EvalReport:
+             results_format: str | None = None, plot: Path | None = None, imagenet_png: Path | None = None,
+             progress: bool = True, echo: Callable[[str], None] = print) -> EvalReport:
     """`advbg eval`: load the models, evaluate every variant, print the table, write JSON/CSV and the bar chart.
 
     ``models``: specs or names; names (and those of ``models_file``) are loaded with ``options``'s loading
-    settings (label map, norm, device, arch, weights)."""
+    settings (label map, norm, device, arch, weights). ``imagenet_png``: the accuracy-vs-ImageNet-top-1 plot
+    (default: ``<results stem>.imagenet.png`` when two or more models have a known ImageNet top-1; '-' for none)."""
 
-    specs = [m if isinstance(m, ModelSpec) else options.named(str(m)) for m in models]
+    specs = [m if isinstance(m, ModelSpec) else options.named(n) for m in models for n in _split_names(m)]
     specs += [options.named(n) for n in (read_models_file(models_file) if models_file else [])]
     specs = list(dict.fromkeys(specs)) or [options]
     if options.weights is not None and len(specs) > 1:
@@ -65,7 +79,11 @@ def run_eval(store: str | Path = DEMO_STORE, models: Sequence[ModelSpec | str] =
                         batch_size=batch_size, amp=amp).validate()
     fmt = results_format_of(results_file, results_format)
     png = _plot_path(plot, results_file)
-    for out in (results_file, png):
+    inet = _imagenet_path(imagenet_png, results_file)
+    if imagenet_png is not None and inet and sum(sp.name in IMAGENET_TOP1 for sp in specs) < 2:
+        raise AdvbgError(f"--imagenet-plot needs at least two models with a known ImageNet top-1 "
+                         f"({', '.join(IMAGENET_TOP1)})")
+    for out in (results_file, png, inet):
         check_output(out)
     with Store(store) as s, _open_evalsets(evalsets) as extra:
         plan_variants(s, variants, source=source, seed=seed, evalsets=extra)   # fail fast, before loading models
@@ -81,7 +99,18 @@ def run_eval(store: str | Path = DEMO_STORE, models: Sequence[ModelSpec | str] =
     if png:
         bar_chart(report, png)
         echo(f"bar chart: {png}")
+    known, unknown = imagenet_points(report)
+    if inet and (len(known) >= 2 or imagenet_png is not None):
+        imagenet_plot(report, inet)
+        echo(f"accuracy vs ImageNet top-1: {inet}"
+             + (f" (no known ImageNet top-1, left out: {', '.join(unknown)})" if unknown else ""))
     return report
+
+
+def _imagenet_path(path: Path | None, results_file: Path | None) -> Path | None:
+    if path is not None:
+        return None if str(path) == "-" else Path(path)
+    return Path(results_file).with_suffix(".imagenet.png") if results_file else None
 
 
 def _plot_path(plot: Path | None, results_file: Path | None) -> Path | None:

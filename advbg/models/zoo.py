@@ -1,7 +1,8 @@
 """What can be evaluated offline right now, and what would need a download (``advbg models``).
 
 Three places hold usable weights without a network:
-  - the registered models (``advbg/lite0``: weights inside an installed package),
+  - the registered models (``advbg/lite0``, and with the ``[lite]`` extra ``advbg/lite1``/``advbg/lite2``:
+    weights inside installed packages),
   - checkpoint files in a folder (``--dir``, else ``$ADVBG_CHECKPOINTS``, else ~/.cache/advbg/checkpoints),
   - timm pretrained weights already downloaded once: the Hugging Face cache (``models--timm--<name>.<tag>``) or
     torch hub's checkpoint folder (older URL-hosted weights).
@@ -21,7 +22,7 @@ from safetensors import safe_open
 
 from advbg._compat import import_timm
 from advbg.errors import AdvbgError
-from advbg.models.classifier import lite0_weights_path, registered_names
+from advbg.models.classifier import lite_weights_path, registered_names
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "advbg" / "checkpoints"
@@ -105,7 +106,7 @@ def cached_weights_file(name: str) -> Path | None:
 # --------------------------------------------------------------------------------------------- the three places
 def embedded_entries() -> list[ZooEntry]:
 
-    checks: dict[str, Callable[[], object]] = {"advbg/lite0": lite0_weights_path}
+    checks: dict[str, Callable[[], object]] = {f"advbg/lite{n}": (lambda n=n: lite_weights_path(n)) for n in (0, 1, 2)}
     out = []
     for name in registered_names():
         try:
