@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_random_store, make_tiny_classifier
-from test_search import naive_search
+from reference import naive_search
+from test_search import assert_equals_reference, make_parity_store, parity_classifier
 
 from advbg.data.store import Store
 from advbg.models.classifier import Classifier
@@ -41,21 +42,19 @@ def test_early_exit_batches_stay_full_until_a_unit_runs_out_of_pairs(tmp_path):
 
 @pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
 @pytest.mark.parametrize("streamed", [False, True])
-def test_pruned_candidate_lists_in_any_order_equal_the_naive_loop(tmp_path, mode, streamed):
-    path = make_random_store(tmp_path / "s.h5", n_fg=6, n_bg=10, seed=42)
-    clf = make_tiny_classifier()
+@pytest.mark.parametrize("criterion,label_map", [("any", "identity"), ("bg-class", "in9")])
+def test_pruned_candidate_lists_in_any_order_equal_the_naive_loop(tmp_path, mode, streamed, criterion, label_map):
+    path = make_parity_store(tmp_path / "s.h5")
+    clf = parity_classifier(label_map)
     rng = np.random.default_rng(7)
-    cands = [rng.permutation(10)[: rng.integers(1, 11)] for _ in range(6)]   # lengths 1..10, shuffled
-    mem = 3 * 32 * 32 * 3 / 2**30 if streamed else None                    # 10 backgrounds, blocks of < 1
-    cfg = SearchConfig(mode=mode, batch_size=4, fg_block=4, prune="test", memory_gb=mem,
+    cands = [rng.permutation(14)[: rng.integers(1, 15)] for _ in range(8)]  # lengths 1..14, shuffled
+    mem = 3 * 32 * 32 * 3 / 2**30 if streamed else None                    # 14 backgrounds, blocks of < 1
+    cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=4, fg_block=4, prune="test", memory_gb=mem,
                        candidates=lambda ids: [cands[int(i)] for i in ids])
     with Store(path, "r+") as s:
         res = search(s, clf, cfg, write=False, progress=False)
-        ref = naive_search(s, clf, "any", mode == "early-exit", orders=cands)
-    for k, r in enumerate(ref):
-        for f in ("worst_bg", "worst_pred", "first_fooling_bg", "n_fooling", "n_evaluated"):
-            assert getattr(res, f)[k] == r[f], (k, f)
-        assert res.worst_margin[k] == pytest.approx(r["worst_margin"], abs=1e-4)
+        ref = naive_search(s, clf, criterion, mode == "early-exit", orders=cands)
+    assert_equals_reference(res, ref)
 
 
 @pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
