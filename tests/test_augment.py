@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference
 import torch
 from torch.utils.data import DataLoader
 
@@ -126,8 +127,6 @@ def test_dataloader_with_two_workers_gives_the_same_batches_as_one_process(store
 
 
 def test_fooling_power_is_the_mean_off_class_probability_of_each_composite(store, tiny_classifier):
-    from advbg.search.compositor import composite_pairs
-
     with Store(store) as s:
         fg = torch.from_numpy(s.foregrounds.read(slice(0, 5)))
         mask = torch.from_numpy(s.foregrounds.read_masks(slice(0, 5)))
@@ -137,7 +136,7 @@ def test_fooling_power_is_the_mean_off_class_probability_of_each_composite(store
     naive = np.zeros((5, len(bg)))
     for i in range(5):
         for j in range(len(bg)):
-            x = composite_pairs(fg, mask, bg, torch.tensor([i]), torch.tensor([j]))
+            x = reference.composite(fg[i].numpy(), mask[i].numpy(), bg[j].numpy())
             with torch.no_grad():
                 naive[i, j] = 1 - tiny_classifier(x).softmax(1)[0, labels[i]].item()
     np.testing.assert_allclose(got[0], naive[[0, 4]].mean(0), atol=1e-5)

@@ -4,6 +4,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+import reference
 import torch
 from conftest import TinyNet
 from conftest import run_cli as run
@@ -18,7 +19,7 @@ from advbg.analysis.evaluate import (
     relative_accuracy,
     variant_score,
 )
-from advbg.data.labels import IN9_CLASSES, imagenet_to_in9
+from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store, write_store
 from advbg.data.variants import EvalsetWriter, variant_names
 from advbg.errors import AdvbgError
@@ -96,7 +97,7 @@ def test_top1_is_reference_rule_unmapped_is_wrong_and_top5_ranks_groups(tmp_path
     assert sc.per_class == {"dog": 50.0, "bird": 50.0, "vehicle": 0.0, "reptile": 100.0, "carnivore": None,
                             "insect": None, "instrument": None, "primate": None, "fish": 0.0}
     # the slow obvious reference for top-1: argmax over all 1000 outputs, then the table look-up
-    ref = imagenet_to_in9()[in9_table().argmax(1).numpy()]
+    ref = reference.in9_table()[in9_table().argmax(1).numpy()]
     assert sc.correct[1] == int((ref == np.array(labels)).sum())
 
 

@@ -2,7 +2,9 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
+import reference
 import torch
 from conftest import TinyNet
 
@@ -16,29 +18,37 @@ from advbg.models.classifier import (
 )
 
 
-def test_in9_map_has_370_indices_with_reference_counts():
-    table = imagenet_to_in9()
-    assert (table >= 0).sum() == 370
-    counts = {"dog": 116, "bird": 52, "vehicle": 42, "reptile": 36, "carnivore": 35, "insect": 27,
-              "instrument": 26, "primate": 20, "fish": 16}
+def test_in9_table_equals_the_reference_table_typed_in_from_the_protocol():
+    want = reference.in9_table()
+    np.testing.assert_array_equal(imagenet_to_in9(), want)
+    np.testing.assert_array_equal(np.array(in9_map().table), want)
+    assert (want >= 0).sum() == 370 and tuple(int((want == k).sum()) for k in range(9)) == reference.IN9_COUNTS
+    assert in9_map().class_names == IN9_CLASSES
     for k, name in enumerate(IN9_CLASSES):
-        assert (table == k).sum() == counts[name] == len(set(IN9_IMAGENET_INDICES[name]))
-    assert table[171] == table[172] == -1 and (table[281:286] == -1).all()
+        assert sorted(IN9_IMAGENET_INDICES[name]) == sorted(reference.IN9_INDICES[k]), name
+    assert want[171] == want[172] == -1 and (want[281:286] == -1).all()
 
 
-def test_in9_prediction_is_top1_then_lookup_and_margin_sign_agrees():
-    lm, table = in9_map(), imagenet_to_in9()
-    logits = torch.randn(500, 1000, generator=torch.Generator().manual_seed(0))
-    logits[::7, 281] += 10  # some top-1s in unmapped classes (domestic cats)
-    expect = torch.from_numpy(table[logits.argmax(1).numpy()])
-    assert torch.equal(lm.predict(logits), expect)
-    true = torch.randint(0, 9, (500,), generator=torch.Generator().manual_seed(1))
-    margin = lm.margin(logits, true)
-    assert torch.equal(margin < 0, expect != true)
-    # margin = best logit of the true group minus the best logit outside it
-    k = 3
-    inside = torch.from_numpy(table == int(true[k]))
-    assert margin[k] == pytest.approx(float(logits[k][inside].max() - logits[k][~inside].max()))
+@pytest.mark.parametrize("kind", ["in9", "identity"])
+def test_label_map_prediction_and_margin_equal_the_plain_reference(kind):
+    n = 1000 if kind == "in9" else 9
+    lm = make_label_map(kind, n)
+    table = reference.table_for(kind, n)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(300, n, generator=g)
+    if kind == "in9":
+        logits[::7, 281] += 10           # some top-1s in unmapped classes (domestic cats): the "none" group
+        logits[1::7, 171] += 10          # and in the two unmapped dog indices
+    true = torch.randint(0, 9, (300,), generator=g)
+    pred, margin = lm.predict(logits), lm.margin(logits, true)
+    rows = logits.numpy()
+    want_pred = [reference.mapped_prediction(rows[r], table) for r in range(300)]
+    want_margin = [reference.margin(rows[r], int(true[r]), table) for r in range(300)]
+    assert pred.tolist() == want_pred
+    np.testing.assert_allclose(margin.numpy(), want_margin, rtol=0, atol=1e-6)
+    assert torch.equal(margin < 0, pred != true)         # margin < 0 <=> the mapped top-1 is not the true class
+    if kind == "in9":
+        assert (pred == -1).sum() >= 80 and (pred >= 0).any()
 
 
 def test_label_map_that_does_not_fit_the_model_is_refused():
@@ -88,7 +98,8 @@ def test_lite0_on_demo_foregrounds_matches_labels(lite0):
     with Store(demo) as s:
         x = torch.from_numpy(s.foregrounds.read(slice(None))).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
-            pred = lite0.label_map.predict(lite0(x)).numpy()
+            logits = lite0(x).numpy()
+        pred = np.array([reference.mapped_prediction(row, reference.in9_table()) for row in logits])
         assert (pred == s.foregrounds.labels).mean() >= 0.75
 
 

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 from conftest import make_random_store, make_tiny_classifier
+from reference import naive_search
+from test_search import assert_equals_reference
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
@@ -68,6 +70,8 @@ def test_pruned_search_with_k_equal_to_the_pool_is_the_exhaustive_search(indexed
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
         pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
+        ref = naive_search(s, clf, criterion, early_exit=False)
+    assert_equals_reference(pruned, ref)
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(pruned, f), getattr(full, f), err_msg=f)
     assert pruned.run.forwards == full.run.forwards == 9 * 13
@@ -119,7 +123,9 @@ def test_early_exit_with_every_candidate_finds_the_same_fooled_foregrounds(index
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
         pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
+        ref = naive_search(s, clf, "any", early_exit=True)
     np.testing.assert_array_equal(pruned.fooled, full.fooled)
+    np.testing.assert_array_equal(pruned.fooled, [r["first_fooling_bg"] >= 0 for r in ref])
     assert (pruned.n_evaluated <= 13).all()
 
 

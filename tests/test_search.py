@@ -1,73 +1,83 @@
 """The batched search equals a naive one-composite-at-a-time loop, for both criteria and both modes."""
 import numpy as np
 import pytest
-import torch
 from conftest import make_random_store, make_tiny_classifier
+from reference import naive_search
 
-from advbg.data.store import Store
+from advbg.data.labels import IN9_CLASSES
+from advbg.data.store import Store, write_store
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import Criterion
 from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE
 from advbg.search.results import load_outcome, load_search
 from advbg.search.runner import search
 
 
-def naive_search(store: Store, clf, criterion: str, early_exit: bool, orders=None):
-    """The obvious reference: one foreground, one background, one forward at a time.
+def make_parity_store(path, seed: int = 3, n_fg: int = 8, n_bg: int = 14, size: int = 32):
+    """A random store on which both tiny models cover every clause of both criteria (the seed was chosen for
+    that; test_the_parity_store_covers_every_clause checks it)."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((n_fg, size, size), np.uint8)
+    for i in range(n_fg):
+        y0, x0 = rng.integers(0, size // 2, 2)
+        y1, x1 = y0 + rng.integers(4, size // 2), x0 + rng.integers(4, size // 2)
+        masks[i, y0:y1, x0:x1] = 1
+    fg = rng.integers(0, 256, (n_fg, size, size, 3), dtype=np.uint8)
+    bg = rng.integers(0, 256, (n_bg, size, size, 3), dtype=np.uint8)
+    return write_store(path, class_names=IN9_CLASSES, fg_images=fg, fg_masks=masks, fg_labels=rng.integers(0, 9, n_fg),
+                       bg_images=bg, bg_labels=rng.integers(-1, 9, n_bg))
 
-    ``orders``: per foreground, the bg_ids to try in order (default: every background, in store order)."""
-    crit = Criterion(criterion)
-    out = []
-    for i in range(len(store.foregrounds)):
-        order = range(len(store.backgrounds)) if orders is None else [int(j) for j in orders[i]]
-        fg = store.foregrounds.read([i])[0].astype(np.float32) / 255
-        m = store.foregrounds.read_masks([i])[0][..., None].astype(np.float32)
-        y = int(store.foregrounds.labels[i])
-        worst = (np.inf, -1, -1)
-        first, n_fool, n_eval = -1, 0, 0
-        for j in order:
-            bg = store.backgrounds.read([j])[0].astype(np.float32) / 255
-            x = torch.from_numpy(m * fg + (1 - m) * bg).permute(2, 0, 1)[None].contiguous()
-            with torch.no_grad():
-                logits = clf(x)
-            pred = int(clf.label_map.predict(logits)[0])
-            margin = float(clf.label_map.margin(logits, torch.tensor([y]))[0])
-            fooled = bool(crit.fooled(torch.tensor([pred]), torch.tensor([y]),
-                                      torch.tensor([int(store.backgrounds.labels[j])]))[0])
-            n_eval += 1
-            if margin < worst[0]:
-                worst = (margin, j, pred)
-            if fooled:
-                n_fool += 1
-                if first < 0:
-                    first = j
-                    if early_exit:
-                        break
-        out.append(dict(worst_margin=worst[0], worst_bg=worst[1], worst_pred=worst[2], first_fooling_bg=first,
-                        n_fooling=n_fool, n_evaluated=n_eval))
-    return out
+
+def parity_classifier(label_map: str):
+    return make_tiny_classifier(9, "identity") if label_map == "identity" else make_tiny_classifier(1000, "in9", seed=1)
+
+
+def assert_equals_reference(res, ref, outcome=None):
+    for k, r in enumerate(ref):
+        for f in ("worst_bg", "worst_pred", "first_fooling_bg", "n_fooling", "n_evaluated"):
+            assert getattr(res, f)[k] == r[f], (k, f, getattr(res, f)[k], r[f])
+        assert res.worst_margin[k] == pytest.approx(r["worst_margin"], abs=1e-4), k
+        assert res.fooled[k] == (r["first_fooling_bg"] >= 0)
+        if outcome is not None:     # every evaluated pair holds the reference prediction, the rest 255
+            want = np.full(outcome.shape[1], OUTCOME_MISSING)
+            for j, p in r["preds"].items():
+                want[j] = OUTCOME_NONE if p == -1 else p
+            np.testing.assert_array_equal(outcome[k], want, err_msg=f"outcome row {k}")
+    assert res.fooling_rate == pytest.approx(100 * np.mean([r["first_fooling_bg"] >= 0 for r in ref]))
 
 
 @pytest.mark.parametrize("criterion", ["any", "bg-class"])
 @pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
 @pytest.mark.parametrize("label_map", ["identity", "in9"])
 def test_search_equals_naive_loop(tmp_path, criterion, mode, label_map):
-    path = make_random_store(tmp_path / "s.h5", n_fg=7, n_bg=11, seed=3)
-    clf = make_tiny_classifier(9, "identity") if label_map == "identity" else make_tiny_classifier(1000, "in9", seed=1)
+    path = make_parity_store(tmp_path / "s.h5")
+    clf = parity_classifier(label_map)
     with Store(path, "r+") as s:
         # batch 5 and fg_block 3: batches straddle foregrounds and the last unit is partial
         res = search(s, clf, SearchConfig(criterion=criterion, mode=mode, batch_size=5, fg_block=3), progress=False)
+        outcome, _, _ = load_outcome(s, res.results_name)
         ref = naive_search(s, clf, criterion, early_exit=(mode == "early-exit"))
-    assert len(res) == 7
-    for k, r in enumerate(ref):
-        assert res.worst_bg[k] == r["worst_bg"]
-        assert res.worst_pred[k] == r["worst_pred"]
-        assert res.worst_margin[k] == pytest.approx(r["worst_margin"], abs=1e-4)
-        assert res.first_fooling_bg[k] == r["first_fooling_bg"]
-        assert res.n_fooling[k] == r["n_fooling"]
-        assert res.n_evaluated[k] == r["n_evaluated"]
-        assert res.fooled[k] == (r["first_fooling_bg"] >= 0)
-    assert res.fooling_rate == pytest.approx(100 * np.mean([r["first_fooling_bg"] >= 0 for r in ref]))
+    assert len(res) == 8
+    assert_equals_reference(res, ref, outcome)
+
+
+@pytest.mark.parametrize("label_map", ["identity", "in9"])
+def test_the_parity_store_covers_every_clause(tmp_path, label_map):
+    """Guard against a vacuous parity test: on the parity store each tiny model makes, among its pairs, a correct
+    prediction on an own-class background, a bg-class fooling, a prediction that fools only under `any`, and (in9)
+    a "none" prediction on an unlabelled background; and no search is all-fooled or never fooled."""
+    path = make_parity_store(tmp_path / "s.h5")
+    clf = parity_classifier(label_map)
+    with Store(path) as s:
+        ref = naive_search(s, clf, "any", early_exit=False)
+        t = np.asarray(s.foregrounds.labels)[:, None]
+        b = np.asarray(s.backgrounds.labels)[None, :]
+    p = np.array([[r["preds"][j] for j in range(b.shape[1])] for r in ref])
+    assert ((p == t) & (b == t)).any()                              # bg-class: own-class background never fools
+    assert ((p == b) & (b >= 0) & (b != t)).any()                   # bg-class fools
+    assert ((p != t) & (p != b)).any() and (p == t).any()           # any fools where bg-class does not; correct ones
+    if label_map == "in9":
+        assert ((p == -1) & (b == -1)).any() and (p >= 0).any()     # "none" on an unlabelled background
+    assert (b == -1).any()
 
 
 def test_the_fixture_store_actually_exercises_fooling(tmp_path):
