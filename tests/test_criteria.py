@@ -74,11 +74,6 @@ def test_in9_margin_leaves_out_only_the_true_class():
     assert lm.margin(logits, torch.tensor([1])).tolist() == pytest.approx([0.5])      # 7.0 - 6.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known divergence: LabelMap.predict takes the argmax over class groups, so an exact tie between top logits of "
-    "two groups goes to the lower class index ('none' last), not to the lower ImageNet index as the reference rule "
-    "(top-1 over all 1000 logits, torch.argmax's first index, then look up) would; bf16 logits (the CUDA default) "
-    "make such ties plausible. Remove this mark when predict follows the 1000-way top-1."))
 def test_in9_exact_tie_at_the_top_goes_to_the_lower_imagenet_index():
     lm = make_label_map("in9", 1000)
     logits = torch.cat([row((5, 3.0), (BIRD, 3.0)),        # fish's index 5 before bird's 10: fish (8)

@@ -91,8 +91,13 @@ class LabelMap:
         return out if self.has_none else out[:, : self.num_classes]
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        """(N,) mapped prediction, -1 for an unmapped top-1."""
-        pred = self.reduce(logits).argmax(1)
+        """(N,) mapped prediction, -1 for an unmapped top-1: the reference rule, top-1 over all outputs then look it
+        up. On an exact tie the lowest output index wins (torch.argmax), as in the reference; an argmax over the
+        reduced groups would give the lowest class index instead."""
+        top = logits.argmax(1)
+        if self.name == "identity":
+            return top
+        pred = self._index(logits.device)[top]
         return torch.where(pred >= self.num_classes, torch.full_like(pred, UNMAPPED), pred)
 
     def margin(self, logits: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
