@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from advbg.analysis.plots import worst_grid
-from advbg.commands.common import DEMO_STORE, working_store
+from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
 from advbg.data.store import Store
 from advbg.files import check_output, write_json
 from advbg.models.classifier import Classifier, ModelSpec, as_classifier, resolve_device
@@ -47,8 +47,9 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     config.validate()
     if prune is not None:
         prune.validate()
-    check_output(results_file)
-    check_output(grid, (".png",))
+    inputs = store_inputs(store) + model_inputs(model) + ([Path(journal_dir)] if journal_dir else [])
+    check_output(results_file, inputs=inputs)
+    check_output(grid, (".png",), inputs=inputs + [results_file])
     spec_device = model.device if isinstance(model, ModelSpec) else None
     d = distributed.setup(distributed.local_device(resolve_device(config.device or spec_device)))
     if write:  # one rank makes the demo's working copy; the others find it fresh
@@ -81,5 +82,6 @@ def _report(s: Store, result: SearchResult, results_file: Path | None, grid: Pat
         echo(f"summary: {results_file}")
     if str(grid) != "-":
         png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
+        check_output(png, (".png",), inputs=[s.path])
         worst_grid(s, result, png)
         echo(f"worst composites: {png}")

@@ -31,6 +31,7 @@ from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import StoreWriter
 from advbg.data.variants import EvalsetWriter
 from advbg.errors import AdvbgError
+from advbg.files import check_output
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FG_VARIANT, BG_VARIANT, MASK_DIR = "original", "only_bg_t", "fg_mask"
@@ -232,6 +233,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
     other variant folders (about 0.5 GB of pixels each for the full release).
     """
     root = find_release_root(path)
+    check_output(out, inputs=[root])
     folders = sorted(p.name for p in (root / FG_VARIANT / "val").iterdir() if p.is_dir())
     if not folders:
         raise AdvbgError(f"{root}/original/val has no class folders")

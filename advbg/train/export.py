@@ -36,7 +36,7 @@ from advbg.search.criteria import asr
 from advbg.data.store import Store, StoreWriter
 from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
-from advbg.files import now, write_json
+from advbg.files import check_output, now, write_json
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, decode_outcome
 from advbg.search.results import load_outcome, load_search
 
@@ -229,13 +229,10 @@ def _manifest_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise AdvbgError(f"{out} exists and is not a folder; give a folder for --out")
+def _check_out(out: Path, overwrite: bool, store: str | os.PathLike) -> None:
+    check_output(out, inputs=[store], folder=True)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise AdvbgError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
-    if not out.parent.exists():
-        raise AdvbgError(f"folder {out.parent} does not exist")
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -260,7 +257,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     """Export a stored search's fooling backgrounds and/or worst composites to the folder ``out``."""
     config.validate()
     out = Path(out)
-    _check_out(out, overwrite)
+    _check_out(out, overwrite, store)
     with Store(store) as s:
         result = load_search(s, results)
         name = result.results_name
