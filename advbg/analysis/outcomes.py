@@ -21,7 +21,7 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.models.precision import resolve_amp
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_MISSING
+from advbg.search.criteria import OUTCOME_MISSING, check_invalid_marked
 from advbg.search.journal import Journal, journal_folder
 from advbg.search.results import fingerprint, load_outcome
 from advbg.search.runner import default_results_name, search
@@ -35,7 +35,7 @@ IDENTITY_KEYS = ("architecture", "weight_tag", "weights_sha256", "label_map", "m
 class StoredOutcome:
     """The outcome matrix over the whole store (rows = fg_id, columns = bg_id) and where it came from."""
 
-    outcome: np.ndarray            # (F, B) uint8 mapped predictions, 254 = "none", 255 = not evaluated
+    outcome: np.ndarray            # (F, B) uint8 mapped predictions, 253 = NaN/inf, 254 = "none", 255 = missing
     fg_class: np.ndarray           # (F,) store foreground labels
     bg_class: np.ndarray           # (B,) store background labels (-1 = no class)
     bg_source_ids: tuple[str, ...]
@@ -76,6 +76,10 @@ def stored_outcome(store: Store, classifier) -> tuple[np.ndarray, list[str]]:
     for name in matching_results(store, classifier):
         o, fg, pool = load_outcome(store, name)
         if not fg.size or not pool.size or fg.max() >= full.shape[0] or pool.max() >= full.shape[1]:
+            continue
+        try:  # a group that records NaN/inf composites as predictions is not reused: its pairs are recomputed
+            check_invalid_marked(o, store.results[name]["n_invalid"][()], name)
+        except (AdvbgError, KeyError):
             continue
         block = full[np.ix_(fg, pool)]                                    # (f, b) what we have so far
         fill = (block == OUTCOME_MISSING) & (o != OUTCOME_MISSING)

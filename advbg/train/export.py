@@ -37,7 +37,7 @@ from advbg.data.store import Store, StoreWriter
 from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, write_json
-from advbg.search.criteria import OUTCOME_MISSING, Criterion, decode_outcome
+from advbg.search.criteria import OUTCOME_MISSING, Criterion, check_invalid_marked, decode_outcome
 from advbg.search.results import load_outcome, load_search
 
 WHAT = ("backgrounds", "composites", "both")
@@ -83,7 +83,7 @@ def background_fooling(outcome: np.ndarray, true_class: np.ndarray, bg_label: np
                        criterion: str) -> dict[str, np.ndarray]:
     """Per background column of a complete outcome matrix (F, B): n_fooled, n_evaluated, asr, dominant prediction.
 
-    ``outcome`` holds mapped predictions (254 = none); ``true_class`` (F,), ``bg_label`` (B,). ``n_fooled``
+    ``outcome`` holds mapped predictions (253 = NaN/inf, never fooled; 254 = none); ``true_class`` (F,), ``bg_label`` (B,). ``n_fooled``
     counts the foregrounds fooled under ``criterion`` (as the search counted them per pair); ``asr`` is the
     design's ASR in % (``advbg.analysis.universal.asr``, bg-class), NaN for unlabelled backgrounds; ``pred`` is the most
     common prediction among the fooled foregrounds (-1: none fooled or "none").
@@ -162,6 +162,7 @@ def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]
     rows: list[dict] = []
     if config.what in ("backgrounds", "both"):
         outcome, fg_id, pool = load_outcome(store, name)
+        check_invalid_marked(outcome, store.results[name]["n_invalid"][()], name)
         stats = background_fooling(outcome, fgs.labels[fg_id], bgs.labels[pool], ident["criterion"])
         for r, pos in enumerate(rank_backgrounds(stats, pool, bgs.labels[pool], config)):
             b, lb = int(pool[pos]), int(bgs.labels[pool[pos]])
