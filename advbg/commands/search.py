@@ -21,7 +21,9 @@ def headline(result: SearchResult) -> str:
     r = result.run
     c = r.classifier
     crit = "any" if "'any'" in r.criterion else "bg-class"
-    return (f"fooling rate {result.fooling_rate:.1f}% (challenge accuracy {result.challenge_accuracy:.1f}%) | "
+    n = len(result)
+    return (f"fooling rate {result.fooling_rate:.1f}% ({int(result.fooled.sum())}/{n} vulnerable; challenge "
+            f"accuracy {result.challenge_accuracy:.1f}%) | "
             f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
             f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
             f"({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))

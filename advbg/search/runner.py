@@ -55,7 +55,14 @@ FIELDS = ("worst_bg", "worst_margin", "worst_pred", "first_fooling_bg", "n_fooli
 
 # --------------------------------------------------------------------------------------------- driver
 def default_results_name(classifier: Classifier, config: SearchConfig) -> str:
-    name = f"{classifier.config.tag}.{config.criterion}.{config.mode}"
+    """``<architecture>.<weight tag>.<criterion>.<mode>[.<pruning>]``; for weights read from a file (a checkpoint,
+    --weights) the tag carries the first 8 hex digits of their SHA-256, so two checkpoints of one architecture
+    never share (and overwrite) a results group."""
+    c = classifier.config
+    tag = c.tag
+    if c.weights_sha256 and c.source in ("checkpoint", "timm"):
+        tag += f"-{c.weights_sha256[:8]}"
+    name = f"{tag}.{config.criterion}.{config.mode}"
     return name + (f".{config.prune}" if config.prune else "")
 
 
@@ -202,7 +209,7 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
                 if engine.stop:
                     bar.update((e - s) * len(pool))
                 if sink:
-                    rec = dict(vals, start=np.int64(s), stop=np.int64(e))
+                    rec = dict(vals, start=np.int64(s), stop=np.int64(e), batch_size=np.int64(engine.batch.size))
                     if outcome is not None:
                         rec["outcome"] = outcome
                     sink.append(rec)
@@ -221,6 +228,8 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
         if engine:
             forwards, verified, batch_used = engine.forwards, engine.verified, engine.batch.size
             engine.close()
+        elif journal is not None:  # every unit came from an earlier run: report the batch size it used
+            batch_used = _journal_batch_size(journal)
     forwards = distributed.sum_int(forwards, d)
     verified = distributed.sum_int(verified, d)
     distributed.barrier(d)          # every unit of every rank is committed
@@ -295,6 +304,12 @@ def _assemble(n: int, journal, mem: dict) -> dict[str, np.ndarray]:
                          f"several nodes the journal must be on a filesystem every node sees: --journal-dir); "
                          f"rerun with --resume")
     return v
+
+
+def _journal_batch_size(journal) -> int:
+    """The largest batch size the journal's committed units were computed with (0: none recorded)."""
+    sizes = [int(r["batch_size"]) for r in journal.records() if "batch_size" in r]
+    return max(sizes, default=0)
 
 
 def _ids(ids, n: int, what: str) -> np.ndarray:
