@@ -37,6 +37,18 @@ NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# Where a classifier's mean/std came from (ClassifierConfig.norm_source, shown in every run record).
+NORM_SOURCES = {
+    "pretrained": "the model's own pretrained configuration (timm / the embedded model)",
+    "checkpoint-metadata": "mean/std recorded in the checkpoint's advbg metadata",
+    "checkpoint-normalizer": "the checkpoint's own normalizer buffers (robustness library)",
+    "checkpoint-default": "a checkpoint without statistics: IN-9's for 9 outputs, else ImageNet's",
+    "option": "--norm given by name or numbers",
+    "reference": "--norm reference: what the reference evaluation applies for this model kind",
+}
+NORM_CHOICES = "the model's own (default), reference, imagenet, in9, 'MEAN,STD' or six numbers"
+
+
 # --------------------------------------------------------------------------------------------- label maps
 _INDEX_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -149,6 +161,7 @@ class ClassifierConfig:
     class_names: tuple[str, ...]     # after the label map
     timm_version: str = ""
     torch_version: str = field(default_factory=lambda: torch.__version__)
+    norm_source: str = ""             # where mean/std came from (see NORM_SOURCES)
 
     @property
     def tag(self) -> str:
@@ -339,10 +352,20 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
     model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
     info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
                 weights_sha256=sha256_file(p))
-    for k in ("mean", "std", "class_names", "input_size", "label_map"):
+    info.update(_normalizer_info(key_report.normalizer))
+    for k in ("class_names", "input_size", "label_map"):
         if k in side:
             info[k] = side[k]
+    if "mean" in side or "std" in side:
+        info.update(mean=side.get("mean"), std=side.get("std"), norm_source="checkpoint-metadata")
     return model, info
+
+
+def _normalizer_info(stats: dict | None) -> dict:
+    """mean/std of a robustness checkpoint's normalizer buffers, as ``info`` entries (none when absent)."""
+    if not stats or len(stats.get("mean", ())) != 3 or len(stats.get("std", ())) != 3:
+        return {}
+    return dict(mean=tuple(stats["mean"]), std=tuple(stats["std"]), norm_source="checkpoint-normalizer")
 
 
 def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
@@ -376,7 +399,8 @@ def _timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mo
         report.require_complete(Path(weights), arch)
         _load_strict(model, sd, weights, arch)
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
-                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights))
+                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
+                           **_normalizer_info(report.normalizer))
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as e:
@@ -428,7 +452,9 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
     """Build a classifier by name, timm name[.tag] or checkpoint path; see the module docstring.
 
     label_map: 'auto' (in9 for 1000 outputs, else identity), 'in9' or 'identity'.
-    norm: None (the model's own pretrained config), 'imagenet', 'in9' or (mean, std).
+    norm: None (the model's own: recorded statistics, a checkpoint's normalizer buffers, or the pretrained
+    config), 'reference' (what the reference evaluation applies: ImageNet's for 1000 outputs, else the
+    checkpoint's normalizer buffers, else IN-9's), 'imagenet', 'in9', 'MEAN,STD', six numbers or (mean, std).
     """
     if not name:
         raise ModelError("no model given")
@@ -440,7 +466,7 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
         model, info = _timm_model(name, pretrained, weights)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     num_outputs = int(getattr(model, "num_classes", 0) or cfg.get("num_classes", 0))
-    mean, std = _resolve_norm(norm, info, cfg, num_outputs)
+    mean, std, norm_source = _resolve_norm(norm, info, cfg, num_outputs)
     lm = make_label_map(info.get("label_map", label_map) if label_map == "auto" else label_map,
                         num_outputs, class_names or info.get("class_names"))
     config = ClassifierConfig(
@@ -448,33 +474,58 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
         weights_file=info.get("weights_file"), weights_sha256=info.get("weights_sha256"),
         input_size=tuple(info.get("input_size", cfg.get("input_size", (3, 224, 224)))),
         mean=mean, std=std, interpolation=str(cfg.get("interpolation", "bilinear")), num_outputs=num_outputs,
-        label_map=lm.name, class_names=lm.class_names, timm_version=_timm().__version__)
+        label_map=lm.name, class_names=lm.class_names, timm_version=_timm().__version__, norm_source=norm_source)
     clf = Classifier(model, config, lm)
     clf = clf.to(memory_format=torch.channels_last)
     return clf.to(resolve_device(device))
 
 
-def _resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, source): see load_classifier's ``norm``; source is a key of NORM_SOURCES."""
     if norm is None:
         if "mean" in info:
-            return tuple(info["mean"]), tuple(info["std"])
+            return _stats(info["mean"], info["std"], info.get("norm_source", "pretrained"))
         if info["source"] == "checkpoint":
-            return NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]
-        return tuple(cfg.get("mean", NORMS["imagenet"][0])), tuple(cfg.get("std", NORMS["imagenet"][1]))
+            return (*(NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]), "checkpoint-default")
+        return _stats(cfg.get("mean", NORMS["imagenet"][0]), cfg.get("std", NORMS["imagenet"][1]), "pretrained")
     if isinstance(norm, str):
+        if norm == "reference":  # the reference wraps 1000-class models in ImageNet's normaliser, IN-9 models in theirs
+            if num_outputs == 1000:
+                return (*NORMS["imagenet"], "reference")
+            if info.get("norm_source") == "checkpoint-normalizer":
+                return _stats(info["mean"], info["std"], "reference")
+            return (*NORMS["in9"], "reference")
         if norm in NORMS:
-            return NORMS[norm]
+            return (*NORMS[norm], "option")
         try:
             vals = [float(v) for v in norm.split(",")]
         except ValueError:
             vals = []
         if len(vals) == 2:
-            return (vals[0],) * 3, (vals[1],) * 3
+            return _stats((vals[0],) * 3, (vals[1],) * 3, "option")
         if len(vals) == 6:
-            return tuple(vals[:3]), tuple(vals[3:])
-        raise ModelError(f"norm {norm!r}: use imagenet, in9, 'MEAN,STD' or six numbers 'm1,m2,m3,s1,s2,s3'")
-    mean, std = norm
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+            return _stats(vals[:3], vals[3:], "option")
+        raise ModelError(f"norm {norm!r}: use {NORM_CHOICES}")
+    try:
+        mean, std = norm
+    except (TypeError, ValueError):
+        raise ModelError(f"norm {norm!r}: give (mean, std)") from None
+    return _stats(mean, std, "option")
+
+
+def _stats(mean, std, source: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Three finite means and three finite positive standard deviations, or a ModelError naming the problem."""
+    try:
+        m, s = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ModelError(f"normalisation mean {mean!r} / std {std!r} ({source}) are not numbers") from None
+    if len(m) != 3 or len(s) != 3:
+        raise ModelError(f"normalisation needs 3 means and 3 standard deviations (RGB), got {len(m)} and {len(s)} "
+                         f"({NORM_SOURCES.get(source, source)})")
+    if not all(np.isfinite(m)) or not all(np.isfinite(v) and v > 0 for v in s):
+        raise ModelError(f"normalisation mean {m} / std {s} ({NORM_SOURCES.get(source, source)}): means must be "
+                         f"finite and standard deviations finite and positive")
+    return m, s, source
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
