@@ -41,6 +41,7 @@ def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
     if path is None or str(path) == "-":
         return
     path = Path(path)
+    check_file_name(path.name, path.parent if path.parent.is_dir() else ".")
     if path.is_symlink():
         raise AdvbgError(f"output {path} is a symbolic link; give the real path (advbg replaces outputs, which "
                          f"would replace the link, not what it points to)")
@@ -59,6 +60,21 @@ def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
         if given is not None and str(given) != "-" and _same_path(path, Path(given), folder):
             raise AdvbgError(f"output {path} is an input of this command ({given}); writing it would replace "
                              f"that input: choose another output")
+
+
+# Room kept for the temporary names outputs are written under (".NAME.XXXXXXXX.partial") before their rename.
+_TEMP_EXTRA = 24
+
+
+def check_file_name(name: str, folder: str | os.PathLike = ".", what: str = "output file name") -> None:
+    """Refuse a file name the folder's file system cannot hold (with room for advbg's temporary names)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(name)) + _TEMP_EXTRA > limit:
+        raise AdvbgError(f"{what} {name[:40]}... is {len(os.fsencode(name))} bytes long; the file system allows "
+                         f"{limit} and advbg needs {_TEMP_EXTRA} of them for temporary names: use a shorter name")
 
 
 def _same_path(out: Path, given: Path, folder: bool) -> bool:

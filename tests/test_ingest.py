@@ -150,3 +150,22 @@ def test_ingested_store_makes_every_variant_and_the_released_pixels(ingested):
         for name in variant_names():  # no boxes were released: box-based variants use the mask's box
             b = make_variant(s, name, [0, 17])
             assert b.images.shape == (2, SIZE, SIZE, 3)
+
+
+def test_mask_header_declaring_a_huge_array_is_a_bad_item_not_a_memory_error(tmp_path):
+    """A .npy header may declare 10^10 elements over a few bytes of data: judged from the header, before np.load
+    allocates anything, and left out like any bad item under --skip-bad."""
+    import numpy.lib.format as npf
+
+    from advbg.data.labels import IN9_FOLDERS
+
+    rel = make_released(tmp_path / "rel", per_class=2, seed=2)
+    stem = rel.stems[0]
+    path = rel.root / "fg_mask" / "val" / IN9_FOLDERS[0] / f"{stem}.npy"
+    with open(path, "wb") as f:
+        npf.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000)})
+        f.write(b"\0" * 64)
+    lines: list[str] = []
+    report = ingest_in9(rel.root, tmp_path / "ok.h5", skip_bad=True, evalsets=False, progress=False,
+                        on_problem=lines.append)
+    assert report.skipped == 1 and len(lines) == 1 and "has shape (100000, 100000)" in lines[0]

@@ -113,13 +113,35 @@ def read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str
     if not path.is_file():
         return None, f"missing mask {path.name}"
     try:
+        why = _mask_header_problem(path, size)
+        if why:
+            return None, why
         m = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        return None, f"unreadable mask {path.name} ({e})"
+    except (OSError, ValueError, EOFError, MemoryError) as e:
+        return None, f"unreadable mask {path.name} ({type(e).__name__}: {e})"
     try:
         return check_mask(m, size, name=f"mask {path.name}"), None
     except AdvbgError as e:
         return None, str(e)
+
+
+def _mask_header_problem(path: Path, size: tuple[int, int]) -> str | None:
+    """What is wrong with a mask .npy judged from its header alone (None: fine), so that a header declaring a
+    huge array is refused before anything is allocated."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return f"mask {path.name} is a .npy of format version {version}; expected 1.0 or 2.0"
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=10_000)
+        data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    if shape not in (size, size + (1,)):
+        return f"mask {path.name} has shape {shape}, expected {size} (the image's)"
+    if dtype.hasobject or dtype.kind not in "biuf":
+        return f"mask {path.name} has dtype {dtype}, expected numbers"
+    if data_bytes < int(np.prod(shape)) * dtype.itemsize:
+        return f"mask {path.name} is truncated ({data_bytes} bytes of data for {shape} {dtype})"
+    return None
 
 
 def _reference_size(paths: list[Path]) -> tuple[int, int]:

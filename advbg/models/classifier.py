@@ -313,14 +313,45 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def _sidecar(path: Path, meta: dict[str, str]) -> dict:
     """advbg checkpoint metadata: safetensors metadata key 'advbg', or a JSON file beside the checkpoint."""
     if "advbg" in meta:
-        return json.loads(meta["advbg"])
-    side = path.with_suffix(".json")
-    if side.is_file():
+        where, text = f"the 'advbg' metadata of {path}", meta["advbg"]
+    else:
+        side = path.with_suffix(".json")
+        if not side.is_file():
+            return {}
         try:
-            return json.loads(side.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{side} is not valid JSON: {e}") from None
-    return {}
+            where, text = str(side), side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"cannot read checkpoint metadata {side}: {e}") from None
+    try:
+        side = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{where} is not valid JSON: {e}") from None
+    if not isinstance(side, dict):
+        raise ModelError(f"{where} is not a JSON object (got {type(side).__name__})")
+    return _check_sidecar(side, where)
+
+
+def _check_sidecar(side: dict, where: str) -> dict:
+    """The metadata fields advbg reads, with the types it needs (ModelError naming the field otherwise)."""
+    arch = side.get("architecture")
+    if arch is not None and not (isinstance(arch, str) and arch):
+        raise ModelError(f"{where}: architecture must be a timm name (a string), got {arch!r}")
+    size = side.get("input_size")
+    if size is not None:
+        ok = (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) for v in size)
+              and size[0] == 3 and all(1 <= v <= 8192 for v in size[1:]))
+        if not ok:
+            raise ModelError(f"{where}: input_size must be [3, H, W] with 1 <= H, W <= 8192, got {size!r}")
+    names = side.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ModelError(f"{where}: class_names must be a list of strings")
+    for k in ("label_map", "num_outputs"):
+        v = side.get(k)
+        if v is not None and not isinstance(v, str if k == "label_map" else int):
+            raise ModelError(f"{where}: {k} has the wrong type ({v!r})")
+    if "mean" in side or "std" in side:
+        _stats(side.get("mean") or (), side.get("std") or (), "checkpoint-metadata")
+    return side
 
 
 def _classifier_key(model: nn.Module) -> str:
@@ -536,6 +567,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         d = torch.device(device)
     except RuntimeError as e:
         raise ModelError(f"bad device {device!r}: {e}") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device {device!r} cannot run a model here; use cpu or cuda[:N]")
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for, but CUDA is not available on this machine")
     return d

@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Callable
 
@@ -31,7 +32,7 @@ import torch
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.files import now
+from advbg.files import check_file_name, now
 from advbg.models.classifier import Classifier
 from advbg.search import distributed
 from advbg.search.config import CandidateStrategy, SearchConfig
@@ -140,6 +141,12 @@ def _search(store: Store, classifier: Classifier, config: SearchConfig, *, resul
     true_all = store.foregrounds.labels[fg_ids]
     if (true_all < 0).any():
         raise AdvbgError(f"{int((true_all < 0).sum())} foregrounds have no class (label -1); they cannot be searched")
+    n_cls = len(store.class_names)
+    for what, labels in (("foreground", true_all), ("background", store.backgrounds.labels[pool])):
+        bad = (labels >= n_cls) | (labels < -1)
+        if bad.any():
+            raise AdvbgError(f"{int(bad.sum())} {what} labels of {store.path} are outside 0..{n_cls - 1} (e.g. "
+                             f"{int(labels[bad][0])}); the store is inconsistent: check it with `advbg verify`")
     device = distributed.local_device(torch.device(config.device) if config.device else classifier.device)
     d = distributed.setup(device)
     with _on_device(classifier, device, config.channels_last):
@@ -165,6 +172,7 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
          progress, on_unit, journal_dir, echo) -> SearchResult:
     name = results_name or default_results_name(classifier, config)
     check_name(name)
+    _check_results_name(name, store, journal_dir)
     amp = resolve_amp(device, config.amp)
     fp = fingerprint(store, fg_ids, pool, classifier, config, amp)
     writable = store.file.mode == "r+"
@@ -304,6 +312,16 @@ def _assemble(n: int, journal, mem: dict) -> dict[str, np.ndarray]:
                          f"several nodes the journal must be on a filesystem every node sees: --journal-dir); "
                          f"rerun with --resume")
     return v
+
+
+def _check_results_name(name: str, store: Store, journal_dir) -> None:
+    """A results name is also part of file names (journal, grid): no '.'/'..', no control characters, short."""
+    if name in (".", "..") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise AdvbgError(f"bad results name {name!r}: not '.' or '..', and no control characters (newlines, tabs)")
+    if journal_dir is not None and Path(journal_dir).exists() and not Path(journal_dir).is_dir():
+        raise AdvbgError(f"--journal-dir {journal_dir} is not a folder")
+    folder = journal_dir if journal_dir is not None and Path(journal_dir).is_dir() else Path(store.path).parent
+    check_file_name(f"{Path(store.path).name}.{name}.worst.png", folder, "results name (in file names)")
 
 
 def _journal_batch_size(journal) -> int:

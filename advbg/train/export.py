@@ -38,7 +38,7 @@ from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, write_json
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, check_invalid_marked, decode_outcome
-from advbg.search.results import load_outcome, load_search
+from advbg.search.checked import load_outcome_checked, load_search_checked
 
 WHAT = ("backgrounds", "composites", "both")
 FORMATS = ("folder", "h5")
@@ -161,8 +161,9 @@ def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]
     cn, fgs, bgs = store.class_names, store.foregrounds, store.backgrounds
     rows: list[dict] = []
     if config.what in ("backgrounds", "both"):
-        outcome, fg_id, pool = load_outcome(store, name)
-        check_invalid_marked(outcome, store.results[name]["n_invalid"][()], name)
+        outcome, fg_id, pool = load_outcome_checked(store, name)
+        if np.array_equal(fg_id, result.fg_id):
+            check_invalid_marked(outcome, result.n_invalid, name)
         stats = background_fooling(outcome, fgs.labels[fg_id], bgs.labels[pool], ident["criterion"])
         for r, pos in enumerate(rank_backgrounds(stats, pool, bgs.labels[pool], config)):
             b, lb = int(pool[pos]), int(bgs.labels[pool[pos]])
@@ -260,7 +261,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     out = Path(out)
     _check_out(out, overwrite, store)
     with Store(store) as s:
-        result = load_search(s, results)
+        result = load_search_checked(s, results)
         name = result.results_name
         ident = _identity(result, name, s)
         rows = _rows(s, result, ident, config)
