@@ -169,3 +169,28 @@ def test_mask_header_declaring_a_huge_array_is_a_bad_item_not_a_memory_error(tmp
     report = ingest_in9(rel.root, tmp_path / "ok.h5", skip_bad=True, evalsets=False, progress=False,
                         on_problem=lines.append)
     assert report.skipped == 1 and len(lines) == 1 and "has shape (100000, 100000)" in lines[0]
+
+
+def test_fifos_device_links_and_links_out_of_the_release_are_reported_not_dropped(tmp_path):
+    """Such entries were skipped without a word ("skipped 0 bad item(s)") or read from outside the data folder;
+    opening a FIFO would block. Each is now a reported bad item, left out under --skip-bad."""
+    import os
+
+    rel = make_released(tmp_path / "rel", per_class=2, seed=3)
+    folder = rel.root / "original" / "val" / IN9_FOLDERS[1]
+    os.mkfifo(folder / "fifo_item.JPEG")
+    (folder / "zero_item.JPEG").symlink_to("/dev/zero")
+    outside = tmp_path / "outside.JPEG"
+    outside.write_bytes((folder / f"{rel.stems[2]}.JPEG").read_bytes())
+    (folder / "escape_item.JPEG").symlink_to(outside)
+    lines: list[str] = []
+    with pytest.raises(AdvbgError, match="problem"):   # each also lacks its mask and only_bg_t image
+        ingest_in9(rel.root, tmp_path / "bad.h5", evalsets=False, progress=False, on_problem=lines.append)
+    text = "\n".join(lines)
+    assert "fifo_item.JPEG: not a regular file" in text and "zero_item.JPEG: a link leading out" in text
+    assert "escape_item.JPEG: a link leading out of the data folder" in text
+    report = ingest_in9(rel.root, tmp_path / "ok.h5", skip_bad=True, evalsets=False, progress=False,
+                        on_problem=lambda _: None)
+    assert report.skipped == 3
+    with Store(tmp_path / "ok.h5") as s:
+        assert len(s.foregrounds) == 18

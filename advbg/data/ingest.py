@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -82,7 +83,23 @@ def class_names_for(folders: list[str]) -> tuple[str, ...]:
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+    # Everything with an image name but folders: a FIFO, device or dangling link is reported as a bad item
+    # (file_problem), never dropped without a word.
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()}
+
+
+def file_problem(path: Path, root: Path | None = None) -> str | None:
+    """Why ``path`` cannot be read as a data file (None: a regular file inside ``root``): a link leading out of
+    the data folder, a dangling link, or not a regular file (FIFO, device, socket; opening one can block)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "a dangling link" if path.is_symlink() else "cannot be read"
+    if root is not None and path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return f"a link leading out of the data folder (to {path.resolve()}); copy the file in instead"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, device or socket, or a link to one)"
+    return None
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -96,9 +113,12 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def read_rgb(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+def read_rgb(path: Path, size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray | None, str | None]:
     """(uint8 HxWx3 RGB image, None) or (None, what is wrong), decoded by advbg.data.imageio's rules (as the
     reference: no EXIF rotation)."""
+    why = file_problem(path, root)
+    if why:
+        return None, why
     try:
         arr = read_image(path)
     except AdvbgError as e:
@@ -108,10 +128,13 @@ def read_rgb(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str 
     return arr, None
 
 
-def read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+def read_mask(path: Path, size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray | None, str | None]:
     """(uint8 HxW 0/1 mask, None) or (None, what is wrong), checked by advbg.data.imageio.check_mask."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, f"missing mask {path.name}"
+    why = file_problem(path, root)
+    if why:
+        return None, f"mask {path.name}: {why}"
     try:
         why = _mask_header_problem(path, size)
         if why:
@@ -174,19 +197,19 @@ class _Ingest:
         has_bg = (self.root / BG_VARIANT / "val").is_dir()
         bg_files = {f: _images_by_stem(self.root / BG_VARIANT / "val" / f) for f in self.folders}
         for label, folder, path in tqdm(items, desc="foregrounds", unit="img", disable=not self.progress):
-            image, why = read_rgb(path, self.size)
+            image, why = read_rgb(path, self.size, self.root)
             bad = [(path, why)] if why else []
             mask_path = self.root / MASK_DIR / "val" / folder / f"{path.stem}.npy"
-            mask, why = read_mask(mask_path, self.size)
+            mask, why = read_mask(mask_path, self.size, self.root)
             if why:
-                bad.append((path if not mask_path.exists() else mask_path, why))
+                bad.append((path if not os.path.lexists(mask_path) else mask_path, why))
             bg = None
             if has_bg:
                 bg_path = bg_files[folder].get(path.stem)
                 if bg_path is None:
                     bad.append((path, f"missing {BG_VARIANT} image for {path.stem}"))
                 else:
-                    bg, why = read_rgb(bg_path, self.size)
+                    bg, why = read_rgb(bg_path, self.size, self.root)
                     if why:
                         bad.append((bg_path, why))
             for p, what in bad:
@@ -207,7 +230,7 @@ class _Ingest:
                                           "-1 where the name is absent or the pixels disagree"))
         counts = Counter()
         for label, p in tqdm(files, desc=variant, unit="img", disable=not self.progress):
-            image, why = read_rgb(p, self.size)
+            image, why = read_rgb(p, self.size, self.root)
             if why:
                 self.problem(p, why)
                 counts["skipped"] += 1
@@ -264,7 +287,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
         raise AdvbgError(f"{root}/original/val has class folders but no images ({', '.join(IMAGE_EXTS)})")
     report = IngestReport(path=Path(out), class_names=class_names_for(folders))
     writer = StoreWriter(out, class_names=report.class_names, overwrite=overwrite,
-                         image_size=_reference_size([p for *_, p in items]),
+                         image_size=_reference_size([p for *_, p in items if file_problem(p, root) is None]),
                          attrs=dict(source="ImageNet-9 release (bg_challenge)", release_root=str(root.resolve())))
     run = _Ingest(root, writer, folders, writer.image_size, report, on_problem or _stderr_report, progress)
     try:

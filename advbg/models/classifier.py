@@ -400,6 +400,12 @@ def _normalizer_info(stats: dict | None) -> dict:
 
 
 def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
+    own = model.state_dict()
+    # load_state_dict casts silently: int32/bool "weights" would load as whole numbers into a float model
+    wrong = [k for k, v in sd.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise ModelError(f"{path}: {len(wrong)} tensors that must be floating point are stored as integers or "
+                         f"booleans (e.g. {wrong[0]!r}: {sd[wrong[0]].dtype}); this is not a checkpoint of {arch!r}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:

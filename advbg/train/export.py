@@ -22,6 +22,7 @@ foreground are exported. Composites: each fooled foreground on its worst backgro
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import shutil
@@ -237,6 +238,34 @@ def _check_out(out: Path, overwrite: bool, store: str | os.PathLike) -> None:
         raise AdvbgError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True      # someone else's live process (or a name that is not ours): leave its folder alone
+    return True
+
+
+def recover_interrupted(out: Path, echo: Callable[[str], None] | None = None) -> None:
+    """Undo what a killed export left beside ``out``: its previous contents moved aside (``.OUT.old-PID``) are put
+    back when ``out`` is missing, and unfinished ``.OUT.partial-PID`` folders are removed — only those of
+    processes that no longer run."""
+    if not out.parent.is_dir():
+        return
+    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("old", "partial") or not pid.isdigit() or _pid_alive(int(pid)) or not p.is_dir():
+            continue
+        if kind == "old" and not os.path.lexists(out):
+            os.replace(p, out)
+            if echo:
+                echo(f"restored {out} from an export killed while replacing it")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
     old = None
@@ -259,6 +288,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     """Export a stored search's fooling backgrounds and/or worst composites to the folder ``out``."""
     config.validate()
     out = Path(out)
+    recover_interrupted(out, echo)
     _check_out(out, overwrite, store)
     with Store(store) as s:
         result = load_search_checked(s, results)
