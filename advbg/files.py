@@ -10,6 +10,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -31,17 +32,60 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = ()) -> None:
-    """Refuse an output path before any work: a directory, a missing folder, or (if given) a wrong suffix."""
+def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
+                 inputs: Iterable[str | os.PathLike | None] = (), *, folder: bool = False) -> None:
+    """Refuse an output path before any work, in one line: a symbolic link, something that is not a regular file
+    (a device, FIFO or socket; with ``folder``: not a folder), a missing parent folder, a wrong suffix (if
+    ``suffixes``), or a path that is one of the command's ``inputs`` (the store, a checkpoint, ...): writing there
+    would replace the input. ``None`` and ``-`` mean "no output"."""
     if path is None or str(path) == "-":
         return
     path = Path(path)
-    if path.is_dir():
-        raise AdvbgError(f"{path} is a directory; give a file name")
+    check_file_name(path.name, path.parent if path.parent.is_dir() else ".")
+    if path.is_symlink():
+        raise AdvbgError(f"output {path} is a symbolic link; give the real path (advbg replaces outputs, which "
+                         f"would replace the link, not what it points to)")
+    if path.exists():
+        if folder and not path.is_dir():
+            raise AdvbgError(f"{path} exists and is not a folder; give a folder")
+        if not folder and path.is_dir():
+            raise AdvbgError(f"{path} is a directory; give a file name")
+        if not folder and not path.is_file():
+            raise AdvbgError(f"output {path} is not a regular file (a device, FIFO or socket); give a file name")
     if not path.parent.exists():
         raise AdvbgError(f"folder {path.parent} does not exist")
     if suffixes and path.suffix.lower() not in suffixes:
         raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")
+    for given in inputs:
+        if given is not None and str(given) != "-" and _same_path(path, Path(given), folder):
+            raise AdvbgError(f"output {path} is an input of this command ({given}); writing it would replace "
+                             f"that input: choose another output")
+
+
+# Room kept for the temporary names outputs are written under (".NAME.XXXXXXXX.partial") before their rename.
+_TEMP_EXTRA = 24
+
+
+def check_file_name(name: str, folder: str | os.PathLike = ".", what: str = "output file name") -> None:
+    """Refuse a file name the folder's file system cannot hold (with room for advbg's temporary names)."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(os.fsencode(name)) + _TEMP_EXTRA > limit:
+        raise AdvbgError(f"{what} {name[:40]}... is {len(os.fsencode(name))} bytes long; the file system allows "
+                         f"{limit} and advbg needs {_TEMP_EXTRA} of them for temporary names: use a shorter name")
+
+
+def _same_path(out: Path, given: Path, folder: bool) -> bool:
+    """The output is the input, or (an output folder) holds it."""
+    try:
+        if out.exists() and given.exists() and os.path.samefile(out, given):
+            return True
+        o, g = out.resolve(), given.resolve()
+    except OSError:
+        return False
+    return o == g or (folder and o in g.parents)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:

@@ -66,6 +66,8 @@ def make_inputs(d: Path) -> dict[str, Path]:
     files["dir"].mkdir()
     (files["dir"] / "inside.txt").write_text("x")
     files["txt"].write_text("not an image, not a store\n")
+    files["link"] = d / "link.json"          # an output path through a symlink: the target must never change
+    files["link"].symlink_to(files["txt"])
     files["trunc"].write_bytes(data[: len(data) // 2])
     files["garbage"].write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
     files["empty"].write_bytes(b"")
@@ -115,7 +117,7 @@ def value_for(opt: str, rnd: random.Random, files: dict[str, Path], out: Path) -
     """(value, is_output) for option ``opt``."""
     if opt in OUT_OPTS or opt in ("results", "path", "images") and rnd.random() < 0.3:
         name = rnd.choice(["x.h5", "r.json", "r.csv", "p.png", "sub/x.h5", "dir", "-"])
-        target = out / name if rnd.random() < 0.85 else files[rnd.choice(["dir", "txt", "missing"])]
+        target = out / name if rnd.random() < 0.85 else files[rnd.choice(["dir", "txt", "missing", "link", "store"])]
         return (str(target) if name != "-" else "-"), name != "-"
     if opt in IN_OPTS or opt in ("store", "path", "images", "results"):
         return str(files[rnd.choice(list(files))] if rnd.random() < 0.8 else files["store"]), False

@@ -150,3 +150,47 @@ def test_ingested_store_makes_every_variant_and_the_released_pixels(ingested):
         for name in variant_names():  # no boxes were released: box-based variants use the mask's box
             b = make_variant(s, name, [0, 17])
             assert b.images.shape == (2, SIZE, SIZE, 3)
+
+
+def test_mask_header_declaring_a_huge_array_is_a_bad_item_not_a_memory_error(tmp_path):
+    """A .npy header may declare 10^10 elements over a few bytes of data: judged from the header, before np.load
+    allocates anything, and left out like any bad item under --skip-bad."""
+    import numpy.lib.format as npf
+
+    from advbg.data.labels import IN9_FOLDERS
+
+    rel = make_released(tmp_path / "rel", per_class=2, seed=2)
+    stem = rel.stems[0]
+    path = rel.root / "fg_mask" / "val" / IN9_FOLDERS[0] / f"{stem}.npy"
+    with open(path, "wb") as f:
+        npf.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (100_000, 100_000)})
+        f.write(b"\0" * 64)
+    lines: list[str] = []
+    report = ingest_in9(rel.root, tmp_path / "ok.h5", skip_bad=True, evalsets=False, progress=False,
+                        on_problem=lines.append)
+    assert report.skipped == 1 and len(lines) == 1 and "has shape (100000, 100000)" in lines[0]
+
+
+def test_fifos_device_links_and_links_out_of_the_release_are_reported_not_dropped(tmp_path):
+    """Such entries were skipped without a word ("skipped 0 bad item(s)") or read from outside the data folder;
+    opening a FIFO would block. Each is now a reported bad item, left out under --skip-bad."""
+    import os
+
+    rel = make_released(tmp_path / "rel", per_class=2, seed=3)
+    folder = rel.root / "original" / "val" / IN9_FOLDERS[1]
+    os.mkfifo(folder / "fifo_item.JPEG")
+    (folder / "zero_item.JPEG").symlink_to("/dev/zero")
+    outside = tmp_path / "outside.JPEG"
+    outside.write_bytes((folder / f"{rel.stems[2]}.JPEG").read_bytes())
+    (folder / "escape_item.JPEG").symlink_to(outside)
+    lines: list[str] = []
+    with pytest.raises(AdvbgError, match="problem"):   # each also lacks its mask and only_bg_t image
+        ingest_in9(rel.root, tmp_path / "bad.h5", evalsets=False, progress=False, on_problem=lines.append)
+    text = "\n".join(lines)
+    assert "fifo_item.JPEG: not a regular file" in text and "zero_item.JPEG: a link leading out" in text
+    assert "escape_item.JPEG: a link leading out of the data folder" in text
+    report = ingest_in9(rel.root, tmp_path / "ok.h5", skip_bad=True, evalsets=False, progress=False,
+                        on_problem=lambda _: None)
+    assert report.skipped == 3
+    with Store(tmp_path / "ok.h5") as s:
+        assert len(s.foregrounds) == 18

@@ -54,7 +54,8 @@ def identity_line(m: ModelResult) -> str:
         parts.append(f"cached weights sha256 {i['cached_weights']['sha256'][:16]}")
     if i.get("checkpoint_keys"):
         parts.append(i["checkpoint_keys"]["summary"])
-    parts.append(f"norm mean {tuple(round(v, 4) for v in i['mean'])} std {tuple(round(v, 4) for v in i['std'])}")
+    parts.append(f"norm mean {tuple(round(v, 4) for v in i['mean'])} std {tuple(round(v, 4) for v in i['std'])}"
+                 + (f" ({i['norm_source']})" if i.get("norm_source") else ""))
     parts.append(f"timm {i['timm_version']}, torch {i['torch_version']}")
     return f"{m.name}{' (baseline)' if m.baseline else ''}: " + ", ".join(parts)
 

@@ -22,8 +22,9 @@ from advbg.errors import AdvbgError
 from advbg.models.classifier import identity_of
 from advbg.models.precision import resolve_amp
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_MISSING
+from advbg.search.criteria import OUTCOME_MISSING, check_invalid_marked
 from advbg.search.journal import Journal, journal_folder
+from advbg.search.checked import outcome_problem
 from advbg.search.results import fingerprint, load_outcome
 from advbg.search.runner import default_results_name, search
 
@@ -34,7 +35,7 @@ from advbg.search.runner import default_results_name, search
 class StoredOutcome:
     """The outcome matrix over the whole store (rows = fg_id, columns = bg_id) and where it came from."""
 
-    outcome: np.ndarray            # (F, B) uint8 mapped predictions, 254 = "none", 255 = not evaluated
+    outcome: np.ndarray            # (F, B) uint8 mapped predictions, 253 = NaN/inf, 254 = "none", 255 = missing
     fg_class: np.ndarray           # (F,) store foreground labels
     bg_class: np.ndarray           # (B,) store background labels (-1 = no class)
     bg_source_ids: tuple[str, ...]
@@ -56,7 +57,9 @@ def matching_results(store: Store, identity: dict) -> list[str]:
         try:
             have = identity_of(json.loads(g.attrs["classifier"]))
             run = json.loads(g.attrs["run"]) if "run" in g.attrs else {}
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
+            continue
+        if not isinstance(run, dict):
             continue
         if have == want and run.get("store_digest", digest) == digest:
             found.append(name)
@@ -71,8 +74,15 @@ def stored_outcome(store: Store, identity: dict) -> tuple[np.ndarray, list[str]]
     full = np.full((len(store.foregrounds), len(store.backgrounds)), OUTCOME_MISSING, np.uint8)
     used = []
     for name in matching_results(store, identity):
-        o, fg, pool = load_outcome(store, name)
-        if not fg.size or not pool.size or fg.max() >= full.shape[0] or pool.max() >= full.shape[1]:
+        try:
+            o, fg, pool = load_outcome(store, name)
+        except (AdvbgError, ValueError, KeyError, TypeError, OSError):
+            continue
+        if not fg.size or not pool.size or outcome_problem(store, o, fg, pool, name, raise_=False):
+            continue   # a damaged or foreign group is not reused: its pairs are computed again
+        try:  # a group that records NaN/inf composites as predictions is not reused: its pairs are recomputed
+            check_invalid_marked(o, store.results[name]["n_invalid"][()], name)
+        except (AdvbgError, KeyError):
             continue
         block = full[np.ix_(fg, pool)]                                    # (f, b) what we have so far
         fill = (block == OUTCOME_MISSING) & (o != OUTCOME_MISSING)

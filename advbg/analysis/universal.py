@@ -1,8 +1,8 @@
 """Universal backgrounds: per-background attack success rate (ASR) toward its own class, per-class union, top-k
 backgrounds and a greedy set cover, all computed from the fg x bg outcome matrix of an exhaustive search.
 
-The outcome matrix holds the mapped prediction of every composite (uint8 (F, B); 254 = "none", 255 = never
-evaluated), so both criteria derive from it without a forward pass:
+The outcome matrix holds the mapped prediction of every composite (uint8 (F, B); 253 = NaN/inf logits, never
+fooled; 254 = "none", 255 = never evaluated), so both criteria derive from it without a forward pass:
   - ``bg-class`` (the paper's): pair (f, b) fools when pred == class(b) != class(f);
   - ``any``: pair (f, b) fools when pred != class(f) ("none" is wrong).
 The ASR of a background b of class c is the share (in %) of the *targets* of c, the foregrounds of the other

@@ -22,7 +22,9 @@ LabelMapOpt = Annotated[str, typer.Option(
     "--label-map", help="auto (in9 for 1000-class models, else identity), in9 (ImageNet-1k -> IN-9: top-1 "
                         "then look-up, unmapped = wrong) or identity (the model's own classes).")]
 NormOpt = Annotated[Optional[str], typer.Option(
-    "--norm", help="Input normalisation: the model's own (default), imagenet, in9 or 'MEAN,STD'.")]
+    "--norm", help="Input normalisation: the model's own (default; a checkpoint's normalizer buffers when it has "
+                   "them), reference (what the reference evaluation applies: ImageNet's for 1000-class models, the "
+                   "checkpoint's buffers or IN-9's for 9-class ones), imagenet, in9, 'MEAN,STD' or six numbers.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available).")]
 # Names follow timm's validate.py where it has one (--model/-m, --batch-size/-b, --workers/-j, --results-file, --amp).
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (forward pass or training step).")]

@@ -8,6 +8,8 @@ from typing import Callable
 
 import h5py
 
+from advbg.models.classifier import Classifier, ModelSpec
+
 # The demo store ships inside the package (advbg/data/demo.h5), so a wheel install runs `advbg search` with no
 # options. It is never written: commands that write work on a copy in the current folder (WORKING_DEMO).
 DEMO_STORE = Path(str(resources.files("advbg.data") / "demo.h5"))
@@ -39,3 +41,24 @@ def _same_build(copy: Path, store: Path) -> bool:
             return a.attrs.get("created") == b.attrs.get("created")
     except OSError:
         return False
+
+
+def store_inputs(store: str | Path) -> list[Path]:
+    """The store a command reads, and for the bundled demo store also its working copy: outputs must not be these."""
+    store = Path(store)
+    same_demo = DEMO_STORE.exists() and store.exists() and store.resolve() == DEMO_STORE.resolve()
+    return [store, WORKING_DEMO] if same_demo else [store]
+
+
+def model_inputs(model: "ModelSpec | Classifier | str | None") -> list[Path]:
+    """The files a model option reads (a checkpoint and its JSON metadata, --weights): outputs must not be these."""
+    if model is None:
+        return []
+    if isinstance(model, Classifier):
+        names = [model.config.weights_file]
+    elif isinstance(model, ModelSpec):
+        names = [model.name, model.weights]
+    else:
+        names = [str(model)]
+    files = [Path(n) for n in names if n and Path(n).is_file()]
+    return files + [f.with_suffix(".json") for f in files if f.suffix != ".json"]

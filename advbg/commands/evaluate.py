@@ -25,7 +25,7 @@ from advbg.analysis.evaluate import (
     parse_top_k,
     plan_variants,
 )
-from advbg.commands.common import DEMO_STORE
+from advbg.commands.common import DEMO_STORE, model_inputs
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import check_output
@@ -83,8 +83,10 @@ def run_eval(store: str | Path = DEMO_STORE, models: Sequence[ModelSpec | str] =
     if imagenet_png is not None and inet and sum(sp.name in IMAGENET_TOP1 for sp in specs) < 2:
         raise AdvbgError(f"--imagenet-plot needs at least two models with a known ImageNet top-1 "
                          f"({', '.join(IMAGENET_TOP1)})")
-    for out in (results_file, png, inet):
-        check_output(out)
+    inputs = [Path(store), evalsets, models_file] + [f for spec in specs for f in model_inputs(spec)]
+    check_output(results_file, inputs=inputs)
+    check_output(png, inputs=inputs + [results_file])
+    check_output(inet, inputs=inputs + [results_file, png])
     with Store(store) as s, _open_evalsets(evalsets) as extra:
         plan_variants(s, variants, source=source, seed=seed, evalsets=extra)   # fail fast, before loading models
         clfs = [spec.load() for spec in specs]
@@ -135,8 +137,7 @@ def run_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, variant
              echo=print) -> Path:
     """`advbg plot`: check the output path, draw the scatter, say where it went."""
     out = Path(out)
-    if out.is_dir() or not out.parent.exists():
-        raise AdvbgError(f"cannot write {out}: give a file name in an existing folder")
+    check_output(out, inputs=list(files))
     if not files:
         raise AdvbgError("give at least one results JSON file")
     path = scatter_plot(files, out, variants)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from advbg.analysis.plots import worst_grid
-from advbg.commands.common import DEMO_STORE, working_store
+from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
 from advbg.data.store import Store
 from advbg.files import check_output, write_json
 from advbg.models.classifier import Classifier, ModelSpec, as_classifier, resolve_device
@@ -21,7 +21,9 @@ def headline(result: SearchResult) -> str:
     r = result.run
     c = r.classifier
     crit = "any" if "'any'" in r.criterion else "bg-class"
-    return (f"fooling rate {result.fooling_rate:.1f}% (challenge accuracy {result.challenge_accuracy:.1f}%) | "
+    n = len(result)
+    return (f"fooling rate {result.fooling_rate:.1f}% ({int(result.fooled.sum())}/{n} vulnerable; challenge "
+            f"accuracy {result.challenge_accuracy:.1f}%) | "
             f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
             f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
             f"({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))
@@ -44,8 +46,9 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     stored (advbg.search.strategies, docs/index.md). ``grid``: None = beside the store, Path('-') = none.
     Under ``torchrun`` every rank searches its share of the foregrounds; rank 0 writes the outputs
     (docs/scaling.md)."""
-    check_output(results_file)
-    check_output(grid, (".png",))
+    inputs = store_inputs(store) + model_inputs(model) + ([Path(journal_dir)] if journal_dir else [])
+    check_output(results_file, inputs=inputs)
+    check_output(grid, (".png",), inputs=inputs + [results_file])
     spec_device = model.device if isinstance(model, ModelSpec) else None
     d = distributed.setup(distributed.local_device(resolve_device(config.device or spec_device)))
     if write:  # one rank makes the demo's working copy; the others find it fresh
@@ -78,5 +81,6 @@ def _report(s: Store, result: SearchResult, results_file: Path | None, grid: Pat
         echo(f"summary: {results_file}")
     if str(grid) != "-":
         png = grid or Path(s.path).with_name(f"{Path(s.path).stem}.{result.results_name or 'search'}.worst.png")
+        check_output(png, (".png",), inputs=[s.path])
         worst_grid(s, result, png)
         echo(f"worst composites: {png}")

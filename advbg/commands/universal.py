@@ -13,7 +13,7 @@ from advbg.analysis.universal import (
     format_table,
     headline,
 )
-from advbg.commands.common import DEMO_STORE, working_store
+from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
 from advbg.data.labels import class_index
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
@@ -36,9 +36,10 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
     if top < 0 or greedy < 0:
         raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
-    check_output(results_file, (".json", ".csv"))
-    check_output(top_png, (".png",))
-    check_output(hist_png, (".png",))
+    inputs = store_inputs(store) + model_inputs(model)
+    check_output(results_file, (".json", ".csv"), inputs=inputs)
+    check_output(top_png, (".png",), inputs=inputs + [results_file])
+    check_output(hist_png, (".png",), inputs=inputs + [results_file, top_png])
     # The bundled demo store is never written (filling missing pairs adds a results group); its working copy
     # is also where `advbg search` left the outcome matrix to reuse.
 
@@ -78,5 +79,6 @@ def _write_outputs(result: UniversalResult, store: Path, klass: str, results_fil
             if str(given) == "-":
                 continue
             path = Path(given) if given else Path(f"{stem}.{suffix}")
+            check_output(path, (".png",), inputs=[store])
             draw(s, result, path)
             echo(f"{what}: {path}")

@@ -30,6 +30,7 @@ from advbg.data.imageio import read_image
 from advbg.data.labels import IN9_CLASSES, class_index, imagenet_to_in9
 from advbg.data.store import StoreWriter
 from advbg.errors import AdvbgError
+from advbg.files import check_output
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FILTERS = ("reference", "sehwag")
@@ -419,6 +420,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
     most = 4 * (os.cpu_count() or 1)  # more processes than this only thrash (GrabCut is CPU-bound)
     if not 1 <= workers <= most:
         raise AdvbgError(f"--workers must be between 1 and {most} on this machine, got {workers}")
+    check_output(out, inputs=[images, boxes])
     jobs, names, missing = build_jobs(images, boxes, classes)
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
     summary = ExtractSummary(Path(out), cfg.filter, missing_images=missing)

@@ -107,13 +107,13 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
     folder inside ``dest`` and moved into place only when all of them were written.
     """
     dest = Path(dest).resolve()
-    dest.mkdir(parents=True, exist_ok=True)
     try:
         tar = tarfile.open(archive, "r:*")
         members = tar.getmembers()
     except _READ_ERRORS as e:
-        raise AdvbgError(f"{archive} is not a readable tar archive ({type(e).__name__}: {e}); it is probably "
-                         f"truncated: download it again") from None
+        why = ("it ends early (truncated): download it again" if isinstance(e, (EOFError, zlib.error))
+               or "unexpected end" in str(e).lower() else "it is not a (compressed) tar archive")
+        raise AdvbgError(f"{archive} is not a readable tar archive ({type(e).__name__}: {e}); {why}") from None
     with tar:
         bad = [(m.name, why) for m in members if (why := _check_member(m, dest))]
         if bad:
@@ -127,6 +127,7 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
         if not hasattr(tarfile, "data_filter"):  # the second guard below needs Python 3.10.12+ / 3.11.4+
             raise AdvbgError("safe unpacking needs Python >= 3.10.12 (or >= 3.11.4) for tarfile's data filter; "
                              "upgrade Python, or unpack the archive yourself and run `advbg ingest in9`")
+        dest.mkdir(parents=True, exist_ok=True)   # only now: a refused archive leaves no folder behind
         tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
         try:
             for m in tqdm(members, desc="unpacking", unit="file", disable=not progress):
@@ -134,8 +135,9 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
             for t in tops:
                 os.replace(tmp / t, dest / t)
         except _READ_ERRORS as e:
-            raise AdvbgError(f"unpacking {archive} failed ({type(e).__name__}: {e}); the archive is probably "
-                             f"truncated") from None
+            why = ("the archive ends early (truncated)" if isinstance(e, (EOFError, zlib.error))
+                   or "unexpected end" in str(e).lower() else "the archive is damaged")
+            raise AdvbgError(f"unpacking {archive} failed ({type(e).__name__}: {e}); {why}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return tops
@@ -153,17 +155,27 @@ def fetch_in9(dest: str | os.PathLike, *, archive: str | os.PathLike | None = No
     root = dest / IN9_ROOT
     if (root / "original" / "val").is_dir():
         return root
-    dest.mkdir(parents=True, exist_ok=True)
-    if archive is not None:
-        archive = Path(archive)
-        if not archive.is_file():
-            raise AdvbgError(f"--archive {archive} does not exist or is not a file")
-    else:
-        archive = dest / IN9_ARCHIVE
-        if not archive.is_file():
-            download(url, archive, timeout=timeout, progress=progress)
-    verify_sha256(archive, sha256)
-    tops = safe_unpack(archive, dest, progress=progress)
+    if dest.exists() and not dest.is_dir():
+        raise AdvbgError(f"--dest {dest} is not a folder")
+    created = not dest.exists()
+    try:
+        if archive is not None:
+            archive = Path(archive)
+            if not archive.is_file():
+                raise AdvbgError(f"--archive {archive} does not exist or is not a file")
+            verify_sha256(archive, sha256)
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            archive = dest / IN9_ARCHIVE
+            if not archive.is_file():
+                download(url, archive, timeout=timeout, progress=progress)
+            verify_sha256(archive, sha256)
+        tops = safe_unpack(archive, dest, progress=progress)
+    except BaseException:
+        if created and dest.is_dir() and not any(dest.iterdir()):
+            dest.rmdir()   # a refusal leaves no trace: the folder it made is removed again
+        raise
     if not keep_archive and archive.parent.resolve() == dest.resolve():
         archive.unlink()
     if not (root / "original" / "val").is_dir():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import sys
 import warnings
 from collections import Counter
@@ -31,6 +32,7 @@ from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import StoreWriter
 from advbg.data.variants import EvalsetWriter
 from advbg.errors import AdvbgError
+from advbg.files import check_output
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FG_VARIANT, BG_VARIANT, MASK_DIR = "original", "only_bg_t", "fg_mask"
@@ -81,7 +83,23 @@ def class_names_for(folders: list[str]) -> tuple[str, ...]:
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+    # Everything with an image name but folders: a FIFO, device or dangling link is reported as a bad item
+    # (file_problem), never dropped without a word.
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()}
+
+
+def file_problem(path: Path, root: Path | None = None) -> str | None:
+    """Why ``path`` cannot be read as a data file (None: a regular file inside ``root``): a link leading out of
+    the data folder, a dangling link, or not a regular file (FIFO, device, socket; opening one can block)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "a dangling link" if path.is_symlink() else "cannot be read"
+    if root is not None and path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return f"a link leading out of the data folder (to {path.resolve()}); copy the file in instead"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO, device or socket, or a link to one)"
+    return None
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -95,9 +113,12 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def read_rgb(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+def read_rgb(path: Path, size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray | None, str | None]:
     """(uint8 HxWx3 RGB image, None) or (None, what is wrong), decoded by advbg.data.imageio's rules (as the
     reference: no EXIF rotation)."""
+    why = file_problem(path, root)
+    if why:
+        return None, why
     try:
         arr = read_image(path)
     except AdvbgError as e:
@@ -107,18 +128,43 @@ def read_rgb(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str 
     return arr, None
 
 
-def read_mask(path: Path, size: tuple[int, int]) -> tuple[np.ndarray | None, str | None]:
+def read_mask(path: Path, size: tuple[int, int], root: Path | None = None) -> tuple[np.ndarray | None, str | None]:
     """(uint8 HxW 0/1 mask, None) or (None, what is wrong), checked by advbg.data.imageio.check_mask."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None, f"missing mask {path.name}"
+    why = file_problem(path, root)
+    if why:
+        return None, f"mask {path.name}: {why}"
     try:
+        why = _mask_header_problem(path, size)
+        if why:
+            return None, why
         m = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        return None, f"unreadable mask {path.name} ({e})"
+    except (OSError, ValueError, EOFError, MemoryError) as e:
+        return None, f"unreadable mask {path.name} ({type(e).__name__}: {e})"
     try:
         return check_mask(m, size, name=f"mask {path.name}"), None
     except AdvbgError as e:
         return None, str(e)
+
+
+def _mask_header_problem(path: Path, size: tuple[int, int]) -> str | None:
+    """What is wrong with a mask .npy judged from its header alone (None: fine), so that a header declaring a
+    huge array is refused before anything is allocated."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return f"mask {path.name} is a .npy of format version {version}; expected 1.0 or 2.0"
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f, max_header_size=10_000)
+        data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    if shape not in (size, size + (1,)):
+        return f"mask {path.name} has shape {shape}, expected {size} (the image's)"
+    if dtype.hasobject or dtype.kind not in "biuf":
+        return f"mask {path.name} has dtype {dtype}, expected numbers"
+    if data_bytes < int(np.prod(shape)) * dtype.itemsize:
+        return f"mask {path.name} is truncated ({data_bytes} bytes of data for {shape} {dtype})"
+    return None
 
 
 def _reference_size(paths: list[Path]) -> tuple[int, int]:
@@ -151,19 +197,19 @@ class _Ingest:
         has_bg = (self.root / BG_VARIANT / "val").is_dir()
         bg_files = {f: _images_by_stem(self.root / BG_VARIANT / "val" / f) for f in self.folders}
         for label, folder, path in tqdm(items, desc="foregrounds", unit="img", disable=not self.progress):
-            image, why = read_rgb(path, self.size)
+            image, why = read_rgb(path, self.size, self.root)
             bad = [(path, why)] if why else []
             mask_path = self.root / MASK_DIR / "val" / folder / f"{path.stem}.npy"
-            mask, why = read_mask(mask_path, self.size)
+            mask, why = read_mask(mask_path, self.size, self.root)
             if why:
-                bad.append((path if not mask_path.exists() else mask_path, why))
+                bad.append((path if not os.path.lexists(mask_path) else mask_path, why))
             bg = None
             if has_bg:
                 bg_path = bg_files[folder].get(path.stem)
                 if bg_path is None:
                     bad.append((path, f"missing {BG_VARIANT} image for {path.stem}"))
                 else:
-                    bg, why = read_rgb(bg_path, self.size)
+                    bg, why = read_rgb(bg_path, self.size, self.root)
                     if why:
                         bad.append((bg_path, why))
             for p, what in bad:
@@ -184,7 +230,7 @@ class _Ingest:
                                           "-1 where the name is absent or the pixels disagree"))
         counts = Counter()
         for label, p in tqdm(files, desc=variant, unit="img", disable=not self.progress):
-            image, why = read_rgb(p, self.size)
+            image, why = read_rgb(p, self.size, self.root)
             if why:
                 self.problem(p, why)
                 counts["skipped"] += 1
@@ -232,6 +278,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
     other variant folders (about 0.5 GB of pixels each for the full release).
     """
     root = find_release_root(path)
+    check_output(out, inputs=[root])
     folders = sorted(p.name for p in (root / FG_VARIANT / "val").iterdir() if p.is_dir())
     if not folders:
         raise AdvbgError(f"{root}/original/val has no class folders")
@@ -240,7 +287,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
         raise AdvbgError(f"{root}/original/val has class folders but no images ({', '.join(IMAGE_EXTS)})")
     report = IngestReport(path=Path(out), class_names=class_names_for(folders))
     writer = StoreWriter(out, class_names=report.class_names, overwrite=overwrite,
-                         image_size=_reference_size([p for *_, p in items]),
+                         image_size=_reference_size([p for *_, p in items if file_problem(p, root) is None]),
                          attrs=dict(source="ImageNet-9 release (bg_challenge)", release_root=str(root.resolve())))
     run = _Ingest(root, writer, folders, writer.image_size, report, on_problem or _stderr_report, progress)
     try:

@@ -29,6 +29,7 @@ import numpy as np
 from advbg.data.segment import only_bg_t
 from advbg.data.store import StoreWriter
 from advbg.errors import AdvbgError
+from advbg.files import check_output
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon",
                            "crescent")
@@ -216,6 +217,7 @@ def make_synthetic(path: str | os.PathLike, config: SynthConfig = SynthConfig(),
     seeded with ``config.seed`` draws everything, so a seed always gives the same bytes of pixels.
     """
     config.validate()
+    check_output(path)
     rng = np.random.default_rng(config.seed)
     size = (config.image_size, config.image_size)
     styles = []

@@ -35,12 +35,15 @@ from advbg.data import segment
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
+from advbg.files import check_output
 
 _STR = h5py.string_dtype("utf-8")
 # Level 1: photos shrink by ~15% at any gzip level, and level 1 costs about half the time of level 4.
 _COMPRESSION = dict(compression="gzip", compression_opts=1)
 _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 EVALSETS_SCHEMA = 1
+# Far wider than any store image (a wider Gaussian only flattens the background more slowly); bounds the run time.
+MAX_BLUR_KERNEL = 1001
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -56,8 +59,9 @@ class VariantOptions:
     texture: str = "auto"         # bg_texture: "store" (unlabelled store backgrounds), "procedural", or auto
 
     def validate(self) -> "VariantOptions":
-        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
-            raise AdvbgError(f"blur kernel must be an odd positive number of pixels, got {self.blur_kernel}")
+        if self.blur_kernel < 1 or self.blur_kernel % 2 == 0 or self.blur_kernel > MAX_BLUR_KERNEL:
+            raise AdvbgError(f"blur kernel must be an odd number of pixels from 1 to {MAX_BLUR_KERNEL}, "
+                             f"got {self.blur_kernel}")
         if self.recolor not in ("hue", "gray"):
             raise AdvbgError(f"recolor must be 'hue' or 'gray', got {self.recolor!r}")
         if self.reduced_margin < 0:
@@ -567,10 +571,11 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
     options = (options or VariantOptions()).validate()
     if not names:
         raise AdvbgError("no variants named")
+    if seed < 0:
+        raise AdvbgError(f"--seed must be >= 0, got {seed}")
+    check_output(out, inputs=[store_path], folder=fmt == "folder")
     if out.exists() and not overwrite:
         raise AdvbgError(f"{out} already exists; pass --overwrite to replace it")
-    if not out.parent.exists():
-        raise AdvbgError(f"output folder {out.parent} does not exist")
     tmp = Path(str(out) + ".partial")
     _remove(tmp)
     counts: dict[str, int] = {}

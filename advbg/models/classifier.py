@@ -41,6 +41,18 @@ NORMS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+# Where a classifier's mean/std came from (ClassifierConfig.norm_source, shown in every run record).
+NORM_SOURCES = {
+    "pretrained": "the model's own pretrained configuration (timm / the embedded model)",
+    "checkpoint-metadata": "mean/std recorded in the checkpoint's advbg metadata",
+    "checkpoint-normalizer": "the checkpoint's own normalizer buffers (robustness library)",
+    "checkpoint-default": "a checkpoint without statistics: IN-9's for 9 outputs, else ImageNet's",
+    "option": "--norm given by name or numbers",
+    "reference": "--norm reference: what the reference evaluation applies for this model kind",
+}
+NORM_CHOICES = "the model's own (default), reference, imagenet, in9, 'MEAN,STD' or six numbers"
+
+
 # --------------------------------------------------------------------------------------------- label maps
 _INDEX_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -170,6 +182,7 @@ class ClassifierConfig:
     class_names: tuple[str, ...]     # after the label map
     timm_version: str = ""
     torch_version: str = field(default_factory=lambda: torch.__version__)
+    norm_source: str = ""             # where mean/std came from (see NORM_SOURCES)
 
     @property
     def tag(self) -> str:
@@ -375,14 +388,45 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def _sidecar(path: Path, meta: dict[str, str]) -> dict:
     """advbg checkpoint metadata: safetensors metadata key 'advbg', or a JSON file beside the checkpoint."""
     if "advbg" in meta:
-        return json.loads(meta["advbg"])
-    side = path.with_suffix(".json")
-    if side.is_file():
+        where, text = f"the 'advbg' metadata of {path}", meta["advbg"]
+    else:
+        side = path.with_suffix(".json")
+        if not side.is_file():
+            return {}
         try:
-            return json.loads(side.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{side} is not valid JSON: {e}") from None
-    return {}
+            where, text = str(side), side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"cannot read checkpoint metadata {side}: {e}") from None
+    try:
+        side = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{where} is not valid JSON: {e}") from None
+    if not isinstance(side, dict):
+        raise ModelError(f"{where} is not a JSON object (got {type(side).__name__})")
+    return _check_sidecar(side, where)
+
+
+def _check_sidecar(side: dict, where: str) -> dict:
+    """The metadata fields advbg reads, with the types it needs (ModelError naming the field otherwise)."""
+    arch = side.get("architecture")
+    if arch is not None and not (isinstance(arch, str) and arch):
+        raise ModelError(f"{where}: architecture must be a timm name (a string), got {arch!r}")
+    size = side.get("input_size")
+    if size is not None:
+        ok = (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) for v in size)
+              and size[0] == 3 and all(1 <= v <= 8192 for v in size[1:]))
+        if not ok:
+            raise ModelError(f"{where}: input_size must be [3, H, W] with 1 <= H, W <= 8192, got {size!r}")
+    names = side.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ModelError(f"{where}: class_names must be a list of strings")
+    for k in ("label_map", "num_outputs"):
+        v = side.get(k)
+        if v is not None and not isinstance(v, str if k == "label_map" else int):
+            raise ModelError(f"{where}: {k} has the wrong type ({v!r})")
+    if "mean" in side or "std" in side:
+        _stats(side.get("mean") or (), side.get("std") or (), "checkpoint-metadata")
+    return side
 
 
 def _classifier_key(model: nn.Module) -> str:
@@ -414,13 +458,29 @@ def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> t
     model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
     info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
                 weights_sha256=sha256_file(p))
-    for k in ("mean", "std", "class_names", "input_size", "label_map"):
+    info.update(_normalizer_info(key_report.normalizer))
+    for k in ("class_names", "input_size", "label_map"):
         if k in side:
             info[k] = side[k]
+    if "mean" in side or "std" in side:
+        info.update(mean=side.get("mean"), std=side.get("std"), norm_source="checkpoint-metadata")
     return model, info
 
 
+def _normalizer_info(stats: dict | None) -> dict:
+    """mean/std of a robustness checkpoint's normalizer buffers, as ``info`` entries (none when absent)."""
+    if not stats or len(stats.get("mean", ())) != 3 or len(stats.get("std", ())) != 3:
+        return {}
+    return dict(mean=tuple(stats["mean"]), std=tuple(stats["std"]), norm_source="checkpoint-normalizer")
+
+
 def _load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
+    own = model.state_dict()
+    # load_state_dict casts silently: int32/bool "weights" would load as whole numbers into a float model
+    wrong = [k for k, v in sd.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise ModelError(f"{path}: {len(wrong)} tensors that must be floating point are stored as integers or "
+                         f"booleans (e.g. {wrong[0]!r}: {sd[wrong[0]].dtype}); this is not a checkpoint of {arch!r}")
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -451,7 +511,8 @@ def _timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mo
         report.require_complete(Path(weights), arch)
         _load_strict(model, sd, weights, arch)
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
-                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights))
+                           source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
+                           **_normalizer_info(report.normalizer))
     try:
         model = timm.create_model(name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as e:
@@ -503,7 +564,9 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
     """Build a classifier by name, timm name[.tag] or checkpoint path; see the module docstring.
 
     label_map: 'auto' (in9 for 1000 outputs, else identity), 'in9' or 'identity'.
-    norm: None (the model's own pretrained config), 'imagenet', 'in9' or (mean, std).
+    norm: None (the model's own: recorded statistics, a checkpoint's normalizer buffers, or the pretrained
+    config), 'reference' (what the reference evaluation applies: ImageNet's for 1000 outputs, else the
+    checkpoint's normalizer buffers, else IN-9's), 'imagenet', 'in9', 'MEAN,STD', six numbers or (mean, std).
     """
     if not name:
         raise ModelError("no model given")
@@ -515,7 +578,7 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
         model, info = _timm_model(name, pretrained, weights)
     cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
     num_outputs = int(getattr(model, "num_classes", 0) or cfg.get("num_classes", 0))
-    mean, std = _resolve_norm(norm, info, cfg, num_outputs)
+    mean, std, norm_source = _resolve_norm(norm, info, cfg, num_outputs)
     lm = make_label_map(info.get("label_map", label_map) if label_map == "auto" else label_map,
                         num_outputs, class_names or info.get("class_names"))
     config = ClassifierConfig(
@@ -523,33 +586,58 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
         weights_file=info.get("weights_file"), weights_sha256=info.get("weights_sha256"),
         input_size=tuple(info.get("input_size", cfg.get("input_size", (3, 224, 224)))),
         mean=mean, std=std, interpolation=str(cfg.get("interpolation", "bilinear")), num_outputs=num_outputs,
-        label_map=lm.name, class_names=lm.class_names, timm_version=_timm().__version__)
+        label_map=lm.name, class_names=lm.class_names, timm_version=_timm().__version__, norm_source=norm_source)
     clf = Classifier(model, config, lm)
     clf = clf.to(memory_format=torch.channels_last)
     return clf.to(resolve_device(device))
 
 
-def _resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """(mean, std, source): see load_classifier's ``norm``; source is a key of NORM_SOURCES."""
     if norm is None:
         if "mean" in info:
-            return tuple(info["mean"]), tuple(info["std"])
+            return _stats(info["mean"], info["std"], info.get("norm_source", "pretrained"))
         if info["source"] == "checkpoint":
-            return NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]
-        return tuple(cfg.get("mean", NORMS["imagenet"][0])), tuple(cfg.get("std", NORMS["imagenet"][1]))
+            return (*(NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]), "checkpoint-default")
+        return _stats(cfg.get("mean", NORMS["imagenet"][0]), cfg.get("std", NORMS["imagenet"][1]), "pretrained")
     if isinstance(norm, str):
+        if norm == "reference":  # the reference wraps 1000-class models in ImageNet's normaliser, IN-9 models in theirs
+            if num_outputs == 1000:
+                return (*NORMS["imagenet"], "reference")
+            if info.get("norm_source") == "checkpoint-normalizer":
+                return _stats(info["mean"], info["std"], "reference")
+            return (*NORMS["in9"], "reference")
         if norm in NORMS:
-            return NORMS[norm]
+            return (*NORMS[norm], "option")
         try:
             vals = [float(v) for v in norm.split(",")]
         except ValueError:
             vals = []
         if len(vals) == 2:
-            return (vals[0],) * 3, (vals[1],) * 3
+            return _stats((vals[0],) * 3, (vals[1],) * 3, "option")
         if len(vals) == 6:
-            return tuple(vals[:3]), tuple(vals[3:])
-        raise ModelError(f"norm {norm!r}: use imagenet, in9, 'MEAN,STD' or six numbers 'm1,m2,m3,s1,s2,s3'")
-    mean, std = norm
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+            return _stats(vals[:3], vals[3:], "option")
+        raise ModelError(f"norm {norm!r}: use {NORM_CHOICES}")
+    try:
+        mean, std = norm
+    except (TypeError, ValueError):
+        raise ModelError(f"norm {norm!r}: give (mean, std)") from None
+    return _stats(mean, std, "option")
+
+
+def _stats(mean, std, source: str) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Three finite means and three finite positive standard deviations, or a ModelError naming the problem."""
+    try:
+        m, s = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ModelError(f"normalisation mean {mean!r} / std {std!r} ({source}) are not numbers") from None
+    if len(m) != 3 or len(s) != 3:
+        raise ModelError(f"normalisation needs 3 means and 3 standard deviations (RGB), got {len(m)} and {len(s)} "
+                         f"({NORM_SOURCES.get(source, source)})")
+    if not all(np.isfinite(m)) or not all(np.isfinite(v) and v > 0 for v in s):
+        raise ModelError(f"normalisation mean {m} / std {s} ({NORM_SOURCES.get(source, source)}): means must be "
+                         f"finite and standard deviations finite and positive")
+    return m, s, source
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -560,6 +648,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         d = torch.device(device)
     except RuntimeError as e:
         raise ModelError(f"bad device {device!r}: {e}") from None
+    if d.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"device {device!r} cannot run a model here; use cpu or cuda[:N]")
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} asked for, but CUDA is not available on this machine")
     return d

@@ -50,8 +50,8 @@ class SearchConfig:
         if self.fg_block < 1:
             raise AdvbgError(f"fg_block must be at least 1 (got {self.fg_block})")
         check_amp(self.amp)
-        if self.memory_gb is not None and not self.memory_gb > 0:
-            raise AdvbgError(f"the memory budget must be positive (got {self.memory_gb} GB)")
+        if self.memory_gb is not None and not (self.memory_gb > 0 and math.isfinite(self.memory_gb)):
+            raise AdvbgError(f"the memory budget must be a positive number of GB (got {self.memory_gb})")
         if not (self.verify_close >= 0 and math.isfinite(self.verify_close)):
             raise AdvbgError(f"verify_close must be a finite margin >= 0 (got {self.verify_close})")
 

@@ -2,7 +2,8 @@
 the analyses. The criterion's repr is stored with every result, so a results file says what fooled meant.
 
 Predictions are mapped class indices (int64), -1 for "none" (a top-1 outside every class of the label map).
-A stored outcome matrix (F, B) uint8 holds the mapped prediction per pair, OUTCOME_NONE for "none" and
+A stored outcome matrix (F, B) uint8 holds the mapped prediction per pair, OUTCOME_NONE for "none",
+OUTCOME_INVALID for a composite whose logits were NaN/inf (no prediction: never fooled, as in the search itself) and
 OUTCOME_MISSING for a pair never evaluated.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from advbg.errors import AdvbgError
 
+OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
 OUTCOME_NONE = 254          # stored mapped prediction "none" (unmapped top-1)
 OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 
@@ -44,13 +46,15 @@ class Criterion:
 
     def fooled_outcome(self, outcome: np.ndarray, true: np.ndarray, bg_label: np.ndarray) -> np.ndarray:
         """(F, B) bool from a stored outcome matrix (F, B), true classes (F,) and background labels (B,).
-        Raises AdvbgError when any pair was never evaluated: a decision about it would be made up."""
+        Invalid pairs (NaN/inf logits) never fool. Raises AdvbgError when any pair was never evaluated: a
+        decision about it would be made up."""
         missing = int(np.count_nonzero(outcome == OUTCOME_MISSING))
         if missing:
             raise AdvbgError(f"{missing} pairs of the outcome matrix were never evaluated (255); this needs an "
                              f"exhaustive search of those pairs (`advbg search` without --early-exit/--prune)")
         pred = decode_outcome(outcome)                                             # (F, B)
-        return self.fooled(pred, np.asarray(true, np.int64)[:, None], np.asarray(bg_label, np.int64)[None, :])
+        fooled = self.fooled(pred, np.asarray(true, np.int64)[:, None], np.asarray(bg_label, np.int64)[None, :])
+        return fooled & (outcome != OUTCOME_INVALID)
 
     def __repr__(self) -> str:
         return f"Criterion({self.name!r}: fooled = {_MEANING[self.name]})"
@@ -60,8 +64,19 @@ class Criterion:
 
 
 def decode_outcome(outcome: np.ndarray) -> np.ndarray:
-    """Stored outcome codes -> mapped predictions int64 (-1 = "none"; never-evaluated pairs stay 255)."""
+    """Stored outcome codes -> mapped predictions int64 (-1 = "none"; invalid pairs stay 253, never-evaluated
+    ones 255: neither is a class)."""
     return np.where(outcome == OUTCOME_NONE, -1, outcome.astype(np.int64))
+
+
+def check_invalid_marked(outcome: np.ndarray, n_invalid: np.ndarray, name: str) -> None:
+    """Raise AdvbgError when a stored outcome matrix holds fewer invalid codes (253) than its search counted
+    invalid composites: written before invalid pairs were marked, it records their argmax as a prediction."""
+    marked, counted = int(np.count_nonzero(outcome == OUTCOME_INVALID)), int(np.sum(n_invalid))
+    if marked != counted:
+        raise AdvbgError(f"results {name!r} counted {counted} invalid (NaN/inf) composites but its outcome matrix "
+                         f"marks {marked}: it predates invalid pairs being marked, and would count them as "
+                         f"predictions; rerun the search (e.g. with a new --results-name)")
 
 
 def target_mask(fg_class: np.ndarray, bg_class: np.ndarray) -> np.ndarray:

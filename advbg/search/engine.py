@@ -25,7 +25,7 @@ from advbg.models.classifier import Classifier
 from advbg.models.precision import resolve_amp
 from advbg.search.compositor import composite_pairs, select_mask
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE, Criterion
+from advbg.search.criteria import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, Criterion
 from advbg.search.pool import BackgroundPool, default_threads, read_items, upload
 
 CPU_BATCH = 64              # CPU throughput is flat beyond this; larger batches only cost memory
@@ -426,7 +426,9 @@ class Engine:
                    wmargin=torch.where(hasw, wmargin.double(), float("nan")), wpred=torch.where(hasw, wpred, -1))
         outcome = None
         if self.config.record_outcomes:
-            mapped = torch.where(P < 0, OUTCOME_NONE, P).to(torch.uint8)
+            mapped = torch.where(P < 0, OUTCOME_NONE, P)
+            # a NaN/inf composite has no prediction: its argmax must not be read later as one (fooled or not)
+            mapped = torch.where(finite, mapped, OUTCOME_INVALID).to(torch.uint8)
             if u.BJ is None:
                 outcome = torch.where(counted, mapped, torch.full_like(mapped, OUTCOME_MISSING))
             else:

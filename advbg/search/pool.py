@@ -18,6 +18,8 @@ import h5py
 import numpy as np
 import torch
 
+from advbg.errors import StoreError
+
 HOST_BLOCK_BYTES = 256 << 20     # host staging per read-ahead buffer (two are alive while streaming)
 RESIDENT_SHARE = 0.5             # a pool is resident when it takes at most this share of the memory budget
 
@@ -35,7 +37,17 @@ def _raw_gzip_items(ds: h5py.Dataset) -> bool:
 
 def read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None = None,
                executor: ThreadPoolExecutor | None = None) -> np.ndarray:
-    """``out[k] = ds[idx[k]]`` for any order of ``idx`` (repeats allowed); returns ``out``."""
+    """``out[k] = ds[idx[k]]`` for any order of ``idx`` (repeats allowed); returns ``out``. An unreadable item
+    (a damaged compressed chunk) raises StoreError naming the file and dataset."""
+    try:
+        return _read_items(ds, idx, out, executor)
+    except OSError as e:
+        raise StoreError(f"{ds.file.filename}: cannot read {ds.name} ({e}); the store is damaged: check it with "
+                         f"`advbg verify`, or rebuild it") from None
+
+
+def _read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None,
+                executor: ThreadPoolExecutor | None) -> np.ndarray:
     idx = np.asarray(idx, np.int64)
     if out is None:
         out = np.empty((len(idx),) + tuple(ds.shape[1:]), ds.dtype)

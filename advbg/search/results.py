@@ -15,7 +15,7 @@ Layout of a search results group (plain h5py)::
     true_class, worst_bg, worst_pred, first_fooling_bg, n_fooling, n_evaluated, n_invalid (F,) int64
     worst_margin (F,) float64   NaN where nothing was evaluated
     done (F,) uint8             1 for every foreground whose unit was merged
-    outcome (F, B) uint8        mapped prediction per pair (254 = "none", 255 = not evaluated), if recorded
+    outcome (F, B) uint8        mapped prediction per pair (253 = NaN/inf, 254 = "none", 255 = not evaluated), if recorded
 """
 from __future__ import annotations
 

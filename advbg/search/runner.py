@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import Callable
 
@@ -32,7 +33,7 @@ from tqdm.auto import tqdm
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.files import now
+from advbg.files import check_file_name, now
 from advbg.models.classifier import Classifier
 from advbg.models.precision import resolve_amp
 from advbg.search import distributed
@@ -55,7 +56,14 @@ FIELDS = ("worst_bg", "worst_margin", "worst_pred", "first_fooling_bg", "n_fooli
 
 # --------------------------------------------------------------------------------------------- driver
 def default_results_name(classifier: Classifier, config: SearchConfig) -> str:
-    name = f"{classifier.config.tag}.{config.criterion}.{config.mode}"
+    """``<architecture>.<weight tag>.<criterion>.<mode>[.<pruning>]``; for weights read from a file (a checkpoint,
+    --weights) the tag carries the first 8 hex digits of their SHA-256, so two checkpoints of one architecture
+    never share (and overwrite) a results group."""
+    c = classifier.config
+    tag = c.tag
+    if c.weights_sha256 and c.source in ("checkpoint", "timm"):
+        tag += f"-{c.weights_sha256[:8]}"
+    name = f"{tag}.{config.criterion}.{config.mode}"
     return name + (f".{config.prune}" if config.prune else "")
 
 
@@ -131,6 +139,12 @@ def _search(store: Store, classifier: Classifier, config: SearchConfig, *, resul
     true_all = store.foregrounds.labels[fg_ids]
     if (true_all < 0).any():
         raise AdvbgError(f"{int((true_all < 0).sum())} foregrounds have no class (label -1); they cannot be searched")
+    n_cls = len(store.class_names)
+    for what, labels in (("foreground", true_all), ("background", store.backgrounds.labels[pool])):
+        bad = (labels >= n_cls) | (labels < -1)
+        if bad.any():
+            raise AdvbgError(f"{int(bad.sum())} {what} labels of {store.path} are outside 0..{n_cls - 1} (e.g. "
+                             f"{int(labels[bad][0])}); the store is inconsistent: check it with `advbg verify`")
     device = distributed.local_device(torch.device(config.device) if config.device else classifier.device)
     d = distributed.setup(device)
     with _on_device(classifier, device, config.channels_last):
@@ -156,6 +170,7 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
          progress, on_unit, journal_dir, echo) -> SearchResult:
     name = results_name or default_results_name(classifier, config)
     check_name(name)
+    _check_results_name(name, store, journal_dir)
     amp = resolve_amp(device, config.amp)
     fp = fingerprint(store, fg_ids, pool, classifier, config, amp)
     writable = store.file.mode == "r+"
@@ -200,7 +215,7 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
                 if engine.stop:
                     bar.update((e - s) * len(pool))
                 if sink:
-                    rec = dict(vals, start=np.int64(s), stop=np.int64(e))
+                    rec = dict(vals, start=np.int64(s), stop=np.int64(e), batch_size=np.int64(engine.batch.size))
                     if outcome is not None:
                         rec["outcome"] = outcome
                     sink.append(rec)
@@ -219,6 +234,8 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
         if engine:
             forwards, verified, batch_used = engine.forwards, engine.verified, engine.batch.size
             engine.close()
+        elif journal is not None:  # every unit came from an earlier run: report the batch size it used
+            batch_used = _journal_batch_size(journal)
     forwards = distributed.sum_int(forwards, d)
     verified = distributed.sum_int(verified, d)
     distributed.barrier(d)          # every unit of every rank is committed
@@ -293,6 +310,22 @@ def _assemble(n: int, journal, mem: dict) -> dict[str, np.ndarray]:
                          f"several nodes the journal must be on a filesystem every node sees: --journal-dir); "
                          f"rerun with --resume")
     return v
+
+
+def _check_results_name(name: str, store: Store, journal_dir) -> None:
+    """A results name is also part of file names (journal, grid): no '.'/'..', no control characters, short."""
+    if name in (".", "..") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise AdvbgError(f"bad results name {name!r}: not '.' or '..', and no control characters (newlines, tabs)")
+    if journal_dir is not None and Path(journal_dir).exists() and not Path(journal_dir).is_dir():
+        raise AdvbgError(f"--journal-dir {journal_dir} is not a folder")
+    folder = journal_dir if journal_dir is not None and Path(journal_dir).is_dir() else Path(store.path).parent
+    check_file_name(f"{Path(store.path).name}.{name}.worst.png", folder, "results name (in file names)")
+
+
+def _journal_batch_size(journal) -> int:
+    """The largest batch size the journal's committed units were computed with (0: none recorded)."""
+    sizes = [int(r["batch_size"]) for r in journal.records() if "batch_size" in r]
+    return max(sizes, default=0)
 
 
 def _ids(ids, n: int, what: str) -> np.ndarray:

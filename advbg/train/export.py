@@ -22,6 +22,7 @@ foreground are exported. Composites: each fooled foreground on its worst backgro
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import os
 import shutil
@@ -35,9 +36,9 @@ import numpy as np
 from advbg.data.store import Store, StoreWriter
 from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
-from advbg.files import now, write_json
-from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, decode_outcome
-from advbg.search.results import load_outcome, load_search
+from advbg.files import check_output, now, write_json
+from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
+from advbg.search.checked import load_outcome_checked, load_search_checked
 
 WHAT = ("backgrounds", "composites", "both")
 FORMATS = ("folder", "h5")
@@ -82,7 +83,7 @@ def background_fooling(outcome: np.ndarray, true_class: np.ndarray, bg_label: np
                        criterion: str) -> dict[str, np.ndarray]:
     """Per background column of a complete outcome matrix (F, B): n_fooled, n_evaluated, asr, dominant prediction.
 
-    ``outcome`` holds mapped predictions (254 = none); ``true_class`` (F,), ``bg_label`` (B,). ``n_fooled``
+    ``outcome`` holds mapped predictions (253 = NaN/inf, never fooled; 254 = none); ``true_class`` (F,), ``bg_label`` (B,). ``n_fooled``
     counts the foregrounds fooled under ``criterion`` (as the search counted them per pair); ``asr`` is the
     design's ASR in % (``advbg.analysis.universal.asr``, bg-class), NaN for unlabelled backgrounds; ``pred`` is the most
     common prediction among the fooled foregrounds (-1: none fooled or "none").
@@ -160,7 +161,9 @@ def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]
     cn, fgs, bgs = store.class_names, store.foregrounds, store.backgrounds
     rows: list[dict] = []
     if config.what in ("backgrounds", "both"):
-        outcome, fg_id, pool = load_outcome(store, name)
+        outcome, fg_id, pool = load_outcome_checked(store, name)
+        if np.array_equal(fg_id, result.fg_id):
+            check_invalid_marked(outcome, result.n_invalid, name)
         stats = background_fooling(outcome, fgs.labels[fg_id], bgs.labels[pool], ident["criterion"])
         for r, pos in enumerate(rank_backgrounds(stats, pool, bgs.labels[pool], config)):
             b, lb = int(pool[pos]), int(bgs.labels[pool[pos]])
@@ -228,13 +231,38 @@ def _manifest_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise AdvbgError(f"{out} exists and is not a folder; give a folder for --out")
+def _check_out(out: Path, overwrite: bool, store: str | os.PathLike) -> None:
+    check_output(out, inputs=[store], folder=True)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise AdvbgError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
-    if not out.parent.exists():
-        raise AdvbgError(f"folder {out.parent} does not exist")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True      # someone else's live process (or a name that is not ours): leave its folder alone
+    return True
+
+
+def recover_interrupted(out: Path, echo: Callable[[str], None] | None = None) -> None:
+    """Undo what a killed export left beside ``out``: its previous contents moved aside (``.OUT.old-PID``) are put
+    back when ``out`` is missing, and unfinished ``.OUT.partial-PID`` folders are removed — only those of
+    processes that no longer run."""
+    if not out.parent.is_dir():
+        return
+    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
+        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("old", "partial") or not pid.isdigit() or _pid_alive(int(pid)) or not p.is_dir():
+            continue
+        if kind == "old" and not os.path.lexists(out):
+            os.replace(p, out)
+            if echo:
+                echo(f"restored {out} from an export killed while replacing it")
+        else:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -259,9 +287,10 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     """Export a stored search's fooling backgrounds and/or worst composites to the folder ``out``."""
     config.validate()
     out = Path(out)
-    _check_out(out, overwrite)
+    recover_interrupted(out, echo)
+    _check_out(out, overwrite, store)
     with Store(store) as s:
-        result = load_search(s, results)
+        result = load_search_checked(s, results)
         name = result.results_name
         ident = _provenance(result, name, s)
         rows = _rows(s, result, ident, config)

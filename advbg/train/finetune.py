@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.files import now, sha256_file, write_json
+from advbg.files import check_output, now, sha256_file, write_json
 from advbg.models.classifier import load_classifier, resolve_device
 from advbg.models.precision import AMPS, resolve_amp
 from advbg.search.compositor import to_device_u8
@@ -209,8 +209,10 @@ def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, confi
     for p in (ckpt, recipe_file):
         if p.exists() and not overwrite:
             raise AdvbgError(f"{p} already exists; pass --overwrite to replace it")
-    if not ckpt.parent.exists():
-        raise AdvbgError(f"folder {ckpt.parent} does not exist")
+    inputs = [Path(store), backgrounds] + ([Path(model), Path(model).with_suffix(".json")]
+                                          if Path(model).is_file() else [])
+    check_output(ckpt, inputs=inputs)
+    check_output(recipe_file, inputs=inputs)
     dev = resolve_device(device)
     torch.manual_seed(config.seed)
     with Store(store) as s:

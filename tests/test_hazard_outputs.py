@@ -1,0 +1,154 @@
+"""Hazard: an output path that is one of the command's inputs (the store, the checkpoint), a symbolic link, or not a
+regular file (FIFO, device). Writing there would replace the data set or what the link points to; every command
+refuses such a path in one line before any work, and every input stays byte for byte as it was."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+import pytest
+from conftest import assert_one_line_error, make_random_store, run_cli
+
+from advbg.errors import AdvbgError
+from advbg.files import check_output
+
+# the in-process CLI tests below use the test model test_cli_search registers
+pytest.importorskip("test_cli_search")
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_random_store(tmp_path / "s.h5")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A 9-class timm test_resnet checkpoint (.safetensors with its architecture in the advbg metadata)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from advbg._compat import import_timm
+
+    torch.manual_seed(0)
+    net = import_timm().create_model("test_resnet", pretrained=False, num_classes=9).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "net.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
+              metadata={"advbg": json.dumps({"architecture": "test_resnet", "input_size": [3, 32, 32]})})
+    return path
+
+
+def _search(store, *extra):
+    return ["search", "--store", str(store), "--model", "test/tiny", "-q", *extra]
+
+
+def test_results_file_equal_to_the_store_is_refused_and_the_store_kept(store, capsys):
+    before = digest(store)
+    code, _, err = run_cli(_search(store, "--results-file", str(store)), capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(store) == before
+
+
+def test_results_file_equal_to_the_store_by_another_name_is_refused(store, tmp_path, capsys):
+    os.link(store, tmp_path / "hard.h5")
+    code, _, err = run_cli(_search(store, "--results-file", str(tmp_path / "hard.h5")), capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+
+
+def test_results_file_equal_to_the_checkpoint_is_refused(store, checkpoint, capsys):
+    before = digest(checkpoint)
+    code, _, err = run_cli(["search", "--store", str(store), "--model", str(checkpoint), "-q", "--results-file",
+                            str(checkpoint)], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(checkpoint) == before
+
+
+def test_results_file_through_a_symlink_is_refused_and_the_target_kept(store, tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "link.json").symlink_to(target)
+    code, _, err = run_cli(_search(store, "--results-file", str(tmp_path / "link.json")), capsys)
+    assert_one_line_error(code, err, "symbolic link")
+    assert (tmp_path / "link.json").is_symlink() and target.read_text() == "keep me"
+
+
+def test_grid_through_a_symlink_is_refused(store, tmp_path, capsys):
+    (tmp_path / "link.png").symlink_to(tmp_path / "elsewhere.png")
+    code, _, err = run_cli(_search(store, "--grid", str(tmp_path / "link.png")), capsys)
+    assert_one_line_error(code, err, "symbolic link")
+    assert (tmp_path / "link.png").is_symlink() and not (tmp_path / "elsewhere.png").exists()
+
+
+def test_results_file_on_a_fifo_is_refused_and_stays_a_fifo(store, tmp_path, capsys):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    code, _, err = run_cli(_search(store, "--results-file", str(fifo)), capsys)
+    assert_one_line_error(code, err, "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_device_node_is_refused_before_any_work():
+    with pytest.raises(AdvbgError, match="not a regular file"):
+        check_output("/dev/null")
+
+
+def test_universal_results_file_equal_to_the_store_is_refused(tmp_path, capsys):
+    store = make_random_store(tmp_path / "s.csv")   # a store named like a results file: only the input check is left
+    before = digest(store)
+    code, _, err = run_cli(["universal", "--store", str(store), "--model", "test/tiny", "-q",
+                            "--results-file", str(store)], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(store) == before
+
+
+def test_eval_results_file_equal_to_the_store_is_refused(store, capsys):
+    before = digest(store)
+    code, _, err = run_cli(["eval", "--store", str(store), "--model", "test/tiny", "-q", "--variants", "original",
+                            "--results-file", str(store)], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(store) == before
+
+
+def test_plot_onto_its_own_input_is_refused(tmp_path, capsys):
+    src = tmp_path / "r.png"
+    src.write_text("{}")
+    code, _, err = run_cli(["plot", str(src), "--out", str(src)], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert src.read_text() == "{}"
+
+
+def test_variants_out_equal_to_its_store_is_refused_even_with_overwrite(store, capsys):
+    before = digest(store)
+    code, _, err = run_cli(["variants", "--store", str(store), "--out", str(store), "--format", "h5",
+                            "--variants", "original", "--overwrite", "-q"], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(store) == before
+
+
+def test_export_out_holding_the_store_is_refused_even_with_overwrite(store, tmp_path, capsys):
+    code, _, err = run_cli(_search(store, "--grid", "-"), capsys)
+    assert code == 0, err
+    before = digest(store)
+    code, _, err = run_cli(["export", "--store", str(store), "--out", str(tmp_path), "--overwrite"], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(store) == before
+
+
+def test_finetune_out_equal_to_its_checkpoint_is_refused(store, checkpoint, capsys):
+    before = digest(checkpoint)
+    code, _, err = run_cli(["finetune", "--model", str(checkpoint), "--store", str(store), "--out",
+                            str(checkpoint), "--overwrite", "--epochs", "1", "-q"], capsys)
+    assert_one_line_error(code, err, "is an input of this command")
+    assert digest(checkpoint) == before
+
+
+def test_synth_out_through_a_symlink_is_refused(tmp_path, capsys):
+    (tmp_path / "link.h5").symlink_to(tmp_path / "target.h5")
+    code, _, err = run_cli(["synth", "--out", str(tmp_path / "link.h5"), "--overwrite"], capsys)
+    assert_one_line_error(code, err, "symbolic link")
+    assert not (tmp_path / "target.h5").exists()
