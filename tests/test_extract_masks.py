@@ -361,3 +361,54 @@ def test_instance_ties_go_to_the_smaller_id():
     ids[0:2, 0:2], ids[4:6, 4:6] = 5, 3
     assert np.array_equal(choose_object(ids), (ids == 3).astype(np.uint8))
     assert np.array_equal(choose_object(ids, (0, 0, 3, 3)), (ids == 5).astype(np.uint8))
+
+
+# --------------------------------------------------------------------------------------------- resume
+def test_resume_keeps_one_mask_source_per_foreground(good, tmp_path, monkeypatch):
+    import advbg.data.extract as ex
+    from advbg.errors import AdvbgError
+
+    images, masks, _ = good
+    real, seen = ex.process_photo, []
+
+    def flaky(job, cfg):
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+        seen.append(job.source_id)
+        return real(job, cfg)
+    monkeypatch.setattr(ex, "process_photo", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(images, None, tmp_path / "r.h5", masks=masks, config=IDENTITY, workers=1, progress=False)
+    monkeypatch.setattr(ex, "process_photo", real)
+    other = tmp_path / "other_masks"
+    other.mkdir()
+    with pytest.raises(AdvbgError, match="other options, inputs"):
+        extract(images, None, tmp_path / "r.h5", masks=other, config=IDENTITY, workers=1, resume=True,
+                progress=False)
+    summary = extract(images, None, tmp_path / "r.h5", masks=masks, config=IDENTITY, workers=1, resume=True,
+                      progress=False)
+    assert summary.processed_now == 3 and summary.mask_sources == {f"given:{masks.resolve().as_posix()}": 6}
+    with h5py.File(tmp_path / "r.h5", "r") as f:
+        assert f["foregrounds/mask_source"].shape == f["foregrounds/source_id"].shape == (6,)
+
+
+# --------------------------------------------------------------------------------------------- docs/data.md
+def test_the_docs_example_prints_what_the_docs_show(tmp_path, capsys):
+    """docs/data.md: photos/dog/*.JPEG + masks/dog/*.png (0/255), photos/bird/*.JPEG + masks/bird/*.npy (0/1)."""
+    rng = np.random.default_rng(1)
+    for folder, stem, ext in (("dog", "n02085620_10074", ".png"), ("bird", "n01530575_1023", ".npy")):
+        img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+        (tmp_path / "photos" / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "photos" / folder / f"{stem}.JPEG", "JPEG")
+        mask = np.zeros((300, 400), np.uint8)
+        mask[60:260, 100:330] = 1
+        (_png if ext == ".png" else _npy)(tmp_path / "masks" / folder / f"{stem}{ext}",
+                                          mask * 255 if ext == ".png" else mask)
+    code, out, _ = run(["extract", str(tmp_path / "photos"), "--masks", str(tmp_path / "masks"), "--classes", "in9",
+                        "--out", str(tmp_path / "mine.h5"), "--workers", "1", "-q"], capsys)
+    assert code == 0
+    assert f"wrote {tmp_path / 'mine.h5'}: 2 photos -> 2 foregrounds, 2 backgrounds (both 2," in out
+    assert f"  foreground masks: 2 given:{(tmp_path / 'masks').resolve().as_posix()}" in out
+    with h5py.File(tmp_path / "mine.h5") as f:
+        assert f["foregrounds/mask_source"][0].decode() == f"given:{(tmp_path / 'masks').resolve().as_posix()}"
+        assert [v.decode() for v in f["class_names"][()]][:2] == ["dog", "bird"]
