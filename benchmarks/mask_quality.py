@@ -6,7 +6,8 @@ masks (``masks=``), once with GrabCut on the boxes (``boxes=``, the IN-9 recipe)
 the Only-BG-T backgrounds are identical; only the foreground masks differ.
 
   synth   ``advbg synth`` photos (its shapes, backgrounds and exact masks; seed 1) at --size px, --classes x
-          --per-class photos, background style = the class in 92.5% of photos (correlation 0.9), in --fills:
+          --per-class photos, background style tied to the class with strength --correlation (0.9: the style is the
+          class's in 92.5% of photos; 0: independent), in --fills:
             flat        the shape in one flat colour far from the background's mean, as ``advbg synth`` paints it
             textured    the shape filled with the texture of another class's background style
             camouflage  the shape filled with a fresh draw of the photo's own background style (same hue and
@@ -161,6 +162,26 @@ def build_pair(root: Path, cfg: ExtractConfig, classes: tuple[str, ...] | None =
     return out
 
 
+def true_on_kept(root: Path, stores: dict[str, Path], cfg: ExtractConfig, classes) -> Path | None:
+    """True masks on exactly the foregrounds GrabCut kept (None when it kept all): boxes + the true masks of the
+    kept photos only; the other photos fall back to GrabCut, which drops them again (same seed, same pixels)."""
+    with Store(stores["true"]) as t, Store(stores["grabcut"]) as g:
+        kept = set(g.foregrounds.source_ids)
+        if len(kept) == len(t.foregrounds):
+            return None
+    for sid in kept:
+        dest = root / "masks_kept" / f"{sid}.png"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "masks" / f"{sid}.png", dest)
+    path = root / "true_kept.h5"
+    extract(root / "images", root / "boxes.csv", path, masks=root / "masks_kept", classes=classes, config=cfg,
+            workers=1, progress=False)
+    with Store(path) as s, Store(stores["grabcut"]) as g:
+        assert s.foregrounds.source_ids == g.foregrounds.source_ids
+        assert s.backgrounds.source_ids == g.backgrounds.source_ids
+    return path
+
+
 def _masks(path: Path) -> dict[str, np.ndarray]:
     with Store(path) as s:
         return {sid: s.foregrounds.read_masks([i])[0] for i, sid in enumerate(s.foregrounds.source_ids)}
@@ -189,15 +210,16 @@ def model_numbers(path: Path, clf) -> dict[str, float]:
         outcome, fg_id, pool = load_outcome(s, res.results_name)
         true, bg_label = s.foregrounds.labels[fg_id], s.backgrounds.labels[pool]
         for crit in ("any", "bg-class"):
-            row[f"fooling_{crit}"] = 100.0 * float(Criterion(crit).fooled_outcome(outcome, true, bg_label).any(1).mean())
+            fooled = Criterion(crit).fooled_outcome(outcome, true, bg_label).any(1)
+            row[f"fooling_{crit}"] = 100.0 * float(fooled.mean())
         assert abs(row["fooling_any"] - res.fooling_rate) < 1e-9   # the matrix agrees with the search's own count
         row["n"] = len(s.foregrounds)
     return row
 
 
 def train_model(tmp: Path, a, fill: str) -> Path:
-    train = synth_train_store(tmp / f"train-{fill}.h5", SynthConfig(a.classes, a.train_per_class, a.size, 0.9,
-                                                                     seed=0), fill)
+    train_cfg = SynthConfig(a.classes, a.train_per_class, a.size, a.correlation, seed=0)
+    train = synth_train_store(tmp / f"train-{fill}.h5", train_cfg, fill)
     cfg = FinetuneConfig(policy="original", epochs=a.epochs, batch_size=64, lr=3e-3, warmup_steps=10, seed=0,
                          pretrained=False)
     t0 = time.perf_counter()
@@ -227,25 +249,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-class", type=int, default=25, help="test photos per class")
     ap.add_argument("--train-per-class", type=int, default=200)
     ap.add_argument("--size", type=int, default=32)
+    ap.add_argument("--correlation", type=float, default=0.9, help="background style <-> class (advbg synth)")
     ap.add_argument("--epochs", type=int, default=14, help="0: mask IoU only, no model")
     ap.add_argument("--fills", nargs="+", default=["flat", "camouflage"], choices=["flat", "textured", "camouflage"])
     ap.add_argument("--skip-quokka", action="store_true")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    print(f"machine: {platform.machine()} {platform.processor()}, {os.cpu_count()} CPU cores, torch {torch.__version__},"
-          f" threads {torch.get_num_threads()}, load average {load[0]:.1f}")
+    print(f"machine: {platform.machine()} {platform.processor()}, {os.cpu_count()} CPU cores, torch "
+          f"{torch.__version__}, threads {torch.get_num_threads()}, load average {load[0]:.1f}")
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         table = []
         for fill in a.fills:
             print(f"synth, {fill} shapes: {a.classes} classes x {a.per_class} photos (seed 1), {a.size} px, "
-                  f"GrabCut 5 iterations", flush=True)
+                  f"correlation {a.correlation}, GrabCut 5 iterations", flush=True)
             root = tmp / f"synth-{fill}"
-            test_cfg = SynthConfig(a.classes, a.per_class, a.size, 0.9, seed=1)
+            test_cfg = SynthConfig(a.classes, a.per_class, a.size, a.correlation, seed=1)
             truth = synth_folder(root, test_cfg, fill)
-            stores = build_pair(root, ExtractConfig(resize=0, crop=a.size), test_cfg.class_names)
+            ecfg = ExtractConfig(resize=0, crop=a.size)
+            stores = build_pair(root, ecfg, test_cfg.class_names)
             for sid, m in _masks(stores["true"]).items():
                 assert np.array_equal(m, truth[sid]), sid   # the given masks are stored exactly
             iou = mask_iou(stores)
@@ -254,18 +278,21 @@ def main(argv: list[str] | None = None) -> None:
                   f"{100 * (iou < 0.5).mean():.0f}%", flush=True)
             if a.epochs <= 0:
                 continue
+            kept = true_on_kept(root, stores, ecfg, test_cfg.class_names)
+            if kept is not None:
+                stores["true, GrabCut's photos"] = kept
             clf = load_classifier(str(train_model(tmp, a, fill)), device="cpu")
             for kind, path in stores.items():
                 t0 = time.perf_counter()
                 r = model_numbers(path, clf)
-                print(f"  {kind:8s} " + "  ".join(f"{k} {v:.1f}" for k, v in r.items())
+                print(f"  {kind}: " + "  ".join(f"{k} {v:.1f}" for k, v in r.items())
                       + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
                 table.append((fill, kind, float(iou.mean()), r))
         print("\n| shapes | masks | mean IoU with truth | foregrounds | original | only_fg | mixed_same | mixed_rand | "
               "BG-Gap | fooling (any) | fooling (bg-class) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|")
         for fill, kind, miou, r in table:
-            print(f"| {fill} | {kind} | {1.0 if kind == 'true' else miou:.3f} | {r['n']} | {r['original']:.1f} | "
+            print(f"| {fill} | {kind} | {miou if kind == 'grabcut' else 1.0:.3f} | {r['n']} | {r['original']:.1f} | "
                   f"{r['only_fg']:.1f} | {r['mixed_same']:.1f} | {r['mixed_rand']:.1f} | {r['bg_gap']:+.1f} | "
                   f"{r['fooling_any']:.1f} | {r['fooling_bg-class']:.1f} |")
         pkg = None if a.skip_quokka else imgaug_folder()

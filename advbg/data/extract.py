@@ -168,7 +168,8 @@ class ExtractSummary:
         if self.missing_images:
             lines.append(f"  {self.missing_images} annotation(s) name an image that is not in the image folder")
         if set(self.mask_sources) - {GRABCUT}:
-            lines.append("  foreground masks: " + ", ".join(f"{n} {src}" for src, n in sorted(self.mask_sources.items())))
+            counts = sorted(self.mask_sources.items())
+            lines.append("  foreground masks: " + ", ".join(f"{n} {src}" for src, n in counts))
         if self.processed_now:
             rate = self.processed_now / self.wall_s if self.wall_s else 0.0
             share = self.grabcut_s / self.worker_s if self.worker_s else 0.0
@@ -657,7 +658,8 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
         raise AdvbgError(f"with --masks and no --boxes the labels are the images' class folders, but every image "
                          f"lies directly in {images}; put each class in its own folder or give --boxes")
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
-    inputs = json.dumps(dict(boxes=boxes is not None, masks=None if masks is None else Path(masks).resolve().as_posix()))
+    mask_folder = None if masks is None else Path(masks).resolve().as_posix()
+    inputs = json.dumps(dict(boxes=boxes is not None, masks=mask_folder))  # --resume must see the same inputs
     summary = ExtractSummary(Path(out), cfg.filter, missing_images=missing)
     if unmatched:
         summary.reasons["mask_no_image"] = unmatched
