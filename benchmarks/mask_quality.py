@@ -25,7 +25,8 @@ the Only-BG-T backgrounds are identical; only the foreground masks differ.
           ``pip install --no-deps imgaug==0.4.0``). Reference geometry (resize 256, crop 224). Measured: mask
           IoU, and advbg/lite0's ImageNet top-1 on the photo and on its only_fg image with each mask.
 
-    python benchmarks/mask_quality.py                 # about 3-6 minutes on a shared 2-core CPU
+    python benchmarks/mask_quality.py                 # 12 minutes on a 2-core CPU at load 10-14 (two trainings)
+    python benchmarks/mask_quality.py --epochs 0      # mask IoU only: seconds
 """
 from __future__ import annotations
 
