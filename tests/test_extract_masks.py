@@ -412,3 +412,15 @@ def test_the_docs_example_prints_what_the_docs_show(tmp_path, capsys):
     with h5py.File(tmp_path / "mine.h5") as f:
         assert f["foregrounds/mask_source"][0].decode() == f"given:{(tmp_path / 'masks').resolve().as_posix()}"
         assert [v.decode() for v in f["class_names"][()]][:2] == ["dog", "bird"]
+
+
+def test_oversized_masks_are_refused_from_their_header(tmp_path):
+    from advbg.data.extract import BadMask, read_mask
+
+    _npy(tmp_path / "m.npy", np.ones((20, 20), np.uint8))
+    _png(tmp_path / "m.png", np.full((20, 20), 255, np.uint8))
+    for name in ("m.npy", "m.png"):
+        assert read_mask(tmp_path / name).shape == (20, 20)
+        with pytest.raises(BadMask, match="more than the limit") as e:
+            read_mask(tmp_path / name, max_pixels=399)
+        assert e.value.reason == "mask_unreadable"

@@ -286,13 +286,16 @@ def read_mask(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     ``.npy``: a 2-D array (or (H, W, 1)) of bools, integers, or floats that are whole numbers (the IN-9
     release's fg_mask files are float 0/1). Image files: one channel as stored (``1``, ``L``, 16-bit ``I``
     modes; a palette image gives its palette indices, as PASCAL VOC's masks need); an RGB(A) file is read only
-    when its three colour channels are equal (alpha ignored). Anything else, a decompression bomb or a
-    corrupt file is refused.
+    when its three colour channels are equal (alpha ignored). Anything else, more than ``max_pixels`` values
+    (checked on the header, before decoding) or a corrupt file is refused.
     """
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
-            a = np.load(path, allow_pickle=False)
+            a = np.load(path, mmap_mode="r", allow_pickle=False)  # the header first: no huge allocation
+            if a.size > max_pixels:
+                raise ValueError(f"shape {a.shape}: more than the limit of {max_pixels:,} values")
+            a = np.array(a)
         else:
             a = _read_mask_image(path, max_pixels)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, UnidentifiedImageError) as e:
