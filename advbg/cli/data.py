@@ -58,12 +58,21 @@ def ingest_in9(
 @app.command()
 def extract(
     images: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
-    boxes: Annotated[Path, typer.Option(
-        "--boxes", help="Folder of ImageNet/PASCAL VOC XML files, or a CSV file,xmin,ymin,xmax,ymax,label.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Store to write (HDF5).")],
+    boxes: Annotated[Optional[Path], typer.Option(
+        "--boxes", help="Folder of ImageNet/PASCAL VOC XML files, or a CSV file,xmin,ymin,xmax,ymax,label. "
+                        "Give --boxes, --masks or both.")] = None,
+    masks: Annotated[Optional[Path], typer.Option(
+        "--masks", help="Folder of per-photo masks used instead of GrabCut (.png/.bmp/.tif or .npy; 0/1, 0/255, "
+                        "or instance ids: the instance with most pixels inside the box, else the largest; 255 "
+                        "is VOC's void outline), matched by relative path and stem (cat/p1.png <-> cat/p1.jpg). "
+                        "Same size as the photo, else the photo is dropped (mask_size); unreadable, empty and "
+                        "full masks and masks matching no photo are counted too. Without --boxes the box is the "
+                        "mask's tight bound and the label the photo's class folder; with --boxes, photos "
+                        "without a mask fall back to GrabCut.")] = None,
     classes: Annotated[Optional[str], typer.Option(
         "--classes", help="Class names of the store, comma-separated, or 'in9' (IN-9; ImageNet synsets mapped). "
-                          "Default: the sorted box labels.")] = None,
+                          "Default: the sorted box labels (with --masks alone: the sorted class folders).")] = None,
     filter: Annotated[str, typer.Option(
         "--filter", help="reference (Xiao et al.: one box, box <= 90% of the image for backgrounds, >= 50% of the "
                          "box survives the crop) or sehwag (foreground 5%..70% of the image).")] = "reference",
@@ -76,10 +85,10 @@ def extract(
     overwrite: OverwriteOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Build a store from photos + bounding boxes (GrabCut foregrounds, Only-BG-T backgrounds)."""
+    """Build a store from photos + bounding boxes and/or masks (GrabCut or given masks, Only-BG-T backgrounds)."""
     cfg = ExtractConfig(resize=resize, crop=crop, iterations=iterations, filter=filter, seed=seed)
-    typer.echo(extract_store(images, boxes, out, classes=classes, config=cfg, workers=workers, resume=resume,
-                   overwrite=overwrite, progress=not quiet).format())
+    typer.echo(extract_store(images, boxes, out, masks=masks, classes=classes, config=cfg, workers=workers,
+                             resume=resume, overwrite=overwrite, progress=not quiet).format())
 
 
 @app.command()

@@ -1,10 +1,16 @@
-"""Build a store from photos + bounding boxes: reference resize/crop, GrabCut masks, Only-BG-T backgrounds.
+"""Build a store from photos + boxes and/or masks: reference resize/crop, GrabCut or given masks, Only-BG-T.
 
 Boxes come from a folder of ImageNet / PASCAL VOC XML files (searched recursively; coordinates 1-based
 inclusive, as in VOC) or from a CSV ``file,xmin,ymin,xmax,ymax,label`` (0-based pixels, xmax/ymax exclusive,
 ``file`` relative to the image folder; one row per box). Each photo becomes a foreground, a background, both
 or nothing, according to the filters (see ``ExtractConfig``); every drop is counted with its reason, printed
 and stored in the store attrs, and what happened to each photo is kept in ``/extract_log``.
+
+Masks may be given instead of (or besides) GrabCut: a folder of per-photo mask files (``MASK_EXTS``), matched
+to the photos by relative path and stem (see ``read_mask`` and ``choose_object`` for how a file becomes the
+object's 0/1 mask). With masks and no boxes, each photo's box is its mask's tight bound and its label is its
+class folder (the first folder of its path under the image folder). Each foreground's mask source
+("grabcut" or "given:<mask folder>") is kept in ``/foregrounds/mask_source``.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import time
+import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -23,16 +30,20 @@ from typing import Iterable, Sequence
 import cv2
 import h5py
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from advbg.data import segment
-from advbg.data.imageio import read_image
+from advbg.data.imageio import DEFAULT_MAX_PIXELS, read_image
 from advbg.data.labels import IN9_CLASSES, class_index, imagenet_to_in9
 from advbg.data.store import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MASK_EXTS = (".png", ".npy", ".bmp", ".tif", ".tiff")   # lossless only: a JPEG mask's edges are noise
+GRABCUT = "grabcut"
+VOID = 255   # in an instance-id mask: PASCAL VOC's "void" outline, part of no instance
 FILTERS = ("reference", "sehwag")
 _STR = h5py.string_dtype("utf-8")
 
@@ -40,12 +51,20 @@ _STR = h5py.string_dtype("utf-8")
 REASONS = {
     "unreadable": "the image file could not be decoded",
     "box_count": "not exactly one bounding box",
+    "mask_missing": "masks but no boxes were given, and this photo has no mask file",
+    "mask_unreadable": "the mask file cannot be read as one channel of non-negative whole numbers",
+    "mask_size": "the mask is not the size of its image",
+    "mask_empty": "the mask has no object pixel (with a box: no instance inside the box)",
+    "mask_full": "the object covers the whole image (no background pixel)",
+    "mask_no_image": "a mask file that matches no image",
     "unknown_label": "the box label is not one of the store's classes",
     "bad_box": "the box is empty or lies outside its image",
     "fg_box_cropped": "foreground: less than min_crop_survival of the box survives the centre crop",
-    "fg_mask_small": "foreground: the GrabCut mask covers less than min_mask_box_fraction of the box (after retries)",
+    "fg_mask_small": "foreground: the mask (GrabCut's after retries, or the given one after the crop) covers less "
+                     "than min_mask_box_fraction of the box",
     "bg_box_large": "background: the box covers more than max_bg_box_fraction of the image",
-    "mask_small": "GrabCut mask below min_mask_box_fraction of the box (sehwag filter: no mask, no item)",
+    "mask_small": "mask (GrabCut's or the given one) below min_mask_box_fraction of the box (sehwag filter: "
+                  "no mask, no item)",
     "fraction_small": "foreground below the lower bound of fg_fraction_range of the image (sehwag filter)",
     "fraction_large": "foreground above the upper bound of fg_fraction_range of the image (sehwag filter)",
 }
@@ -87,6 +106,9 @@ class Job:
     path: str
     boxes: tuple[tuple[int, int, int, int], ...]
     label: int          # store class of the (single) box, -1 unknown
+    mask: str | None = None     # given mask file, None: GrabCut from the box
+    masks_only: bool = False    # masks but no boxes were given: the box comes from the mask
+    mask_source: str = GRABCUT  # what /foregrounds/mask_source records for this photo's foreground
 
 
 @dataclass
@@ -98,6 +120,7 @@ class Outcome:
     fg: tuple[np.ndarray, np.ndarray, tuple[int, int, int, int]] | None = None
     bg: np.ndarray | None = None
     reasons: tuple[str, ...] = ()
+    mask_source: str = GRABCUT
     grabcut_s: float = 0.0
     total_s: float = 0.0
 
@@ -117,6 +140,7 @@ class ExtractSummary:
     outcomes: Counter = field(default_factory=Counter)   # "fg+bg", "fg", "bg", "none"
     reasons: Counter = field(default_factory=Counter)
     missing_images: int = 0                               # annotations without an image file
+    mask_sources: Counter = field(default_factory=Counter)  # foregrounds in the store by mask source
     processed_now: int = 0
     wall_s: float = 0.0
     worker_s: float = 0.0
@@ -133,7 +157,7 @@ class ExtractSummary:
     def to_dict(self) -> dict:
         return dict(filter=self.filter, images=self.images, foregrounds=self.foregrounds,
                     backgrounds=self.backgrounds, outcomes=dict(self.outcomes), dropped=dict(self.reasons),
-                    missing_images=self.missing_images)
+                    missing_images=self.missing_images, mask_sources=dict(self.mask_sources))
 
     def format(self) -> str:
         o = self.outcomes
@@ -144,6 +168,9 @@ class ExtractSummary:
             lines.append(f"  dropped {n:6d}  {key}: {REASONS.get(key, key)}")
         if self.missing_images:
             lines.append(f"  {self.missing_images} annotation(s) name an image that is not in the image folder")
+        if set(self.mask_sources) - {GRABCUT}:
+            counts = sorted(self.mask_sources.items())
+            lines.append("  foreground masks: " + ", ".join(f"{n} {src}" for src, n in counts))
         if self.processed_now:
             rate = self.processed_now / self.wall_s if self.wall_s else 0.0
             share = self.grabcut_s / self.worker_s if self.worker_s else 0.0
@@ -163,17 +190,27 @@ def _read_rgb(path: str) -> np.ndarray | None:
 def process_photo(job: Job, cfg: ExtractConfig) -> Outcome:
     """Apply the pixel pipeline and the filters to one photo (pure; runs in a worker)."""
     t0 = time.perf_counter()
-    out = Outcome(job.source_id, job.label)
+    out = Outcome(job.source_id, job.label, mask_source=job.mask_source)
     image = _read_rgb(job.path)
     if image is None:
         out.reasons = ("unreadable",)
-    elif len(job.boxes) != 1:
+    elif job.masks_only and job.mask is None:
+        out.reasons = ("mask_missing",)
+    elif not job.masks_only and len(job.boxes) != 1:
         out.reasons = ("box_count",)
     elif job.label < 0:
         out.reasons = ("unknown_label",)
     else:
+        box, given = (job.boxes[0] if job.boxes else None), None
         try:
-            _segment_photo(out, image, job.boxes[0], cfg)
+            if box is not None:
+                segment.box_fraction(box, image.shape)  # refuses an empty box or one outside the image first
+            if job.mask is not None:
+                given, derived = _given_mask(job.mask, image.shape, box)
+                box = derived if box is None else box
+            _segment_photo(out, image, box, cfg, given)
+        except BadMask as e:
+            out.reasons = (e.reason,)
         except AdvbgError:  # segment refuses an empty box or one outside the image: an annotation problem
             out.fg, out.bg, out.reasons = None, None, ("bad_box",)
     out.total_s = time.perf_counter() - t0
@@ -188,11 +225,26 @@ def _grabcut(out: Outcome, image: np.ndarray, box, cfg: ExtractConfig) -> np.nda
     return mask
 
 
-def _segment_photo(out: Outcome, image: np.ndarray, box, cfg: ExtractConfig) -> None:
+def _crop_given(given: np.ndarray, box, cfg: ExtractConfig) -> np.ndarray | None:
+    """The given 0/1 mask through the image's resize/crop (as 0/255, kept where >= 128), or None when it covers
+    less than ``min_mask_box_fraction`` of the cropped box (GrabCut's acceptance rule)."""
+    m = segment.resize_crop(given * np.uint8(255), None, resize=cfg.resize, crop=cfg.crop)[0]
+    m = (m >= 128).astype(np.uint8)
+    x0, y0, x1, y1 = box
+    return m if np.count_nonzero(m) >= cfg.min_mask_box_fraction * (x1 - x0) * (y1 - y0) else None
+
+
+def _segment_photo(out: Outcome, image: np.ndarray, box, cfg: ExtractConfig,
+                   given: np.ndarray | None = None) -> None:
+    """Resize/crop, mask (GrabCut on the cropped box, or the ``given`` 0/1 mask of the photo) and filter."""
     image, cbox, survival = segment.resize_crop(image, box, resize=cfg.resize, crop=cfg.crop)
+
+    def mask_of(cbox) -> np.ndarray | None:
+        return _grabcut(out, image, cbox, cfg) if given is None else _crop_given(given, cbox, cfg)
+
     reasons: list[str] = []
     if cfg.filter == "sehwag":
-        mask = _grabcut(out, image, cbox, cfg) if cbox is not None else None
+        mask = mask_of(cbox) if cbox is not None else None
         if mask is None:
             reasons.append("mask_small")
         else:
@@ -206,7 +258,7 @@ def _segment_photo(out: Outcome, image: np.ndarray, box, cfg: ExtractConfig) -> 
     if survival < cfg.min_crop_survival or cbox is None:
         reasons.append("fg_box_cropped")
     else:
-        mask = _grabcut(out, image, cbox, cfg)
+        mask = mask_of(cbox)
         if mask is None:
             reasons.append("fg_mask_small")
         else:
@@ -218,6 +270,114 @@ def _segment_photo(out: Outcome, image: np.ndarray, box, cfg: ExtractConfig) -> 
     else:
         out.bg = segment.only_bg_t(image, cbox)
     out.reasons = tuple(reasons)
+
+
+# --------------------------------------------------------------------------------------------- given masks
+class BadMask(AdvbgError):
+    """A mask file that cannot serve as its photo's mask; ``reason`` is a key of REASONS."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{REASONS[reason]}{': ' + detail if detail else ''}")
+        self.reason = reason
+
+
+def read_mask(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The mask file's values as a non-negative integer (H, W) array, or BadMask('mask_unreadable').
+
+    ``.npy``: a 2-D array (or (H, W, 1)) of bools, integers, or floats that are whole numbers (the IN-9
+    release's fg_mask files are float 0/1). Image files: one channel as stored (``1``, ``L``, 16-bit ``I``
+    modes; a palette image gives its palette indices, as PASCAL VOC's masks need); an RGB(A) file is read only
+    when its three colour channels are equal (alpha ignored). Anything else, more than ``max_pixels`` values
+    (checked on the header, before decoding) or a corrupt file is refused.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            a = np.load(path, mmap_mode="r", allow_pickle=False)  # the header first: no huge allocation
+            if a.size > max_pixels:
+                raise ValueError(f"shape {a.shape}: more than the limit of {max_pixels:,} values")
+            a = np.array(a)
+        else:
+            a = _read_mask_image(path, max_pixels)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError, UnidentifiedImageError) as e:
+        raise BadMask("mask_unreadable", f"{path} ({type(e).__name__}: {e})") from None
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2 or a.size == 0:
+        raise BadMask("mask_unreadable", f"{path} has shape {a.shape}, not (H, W)")
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all() or (a != np.round(a)).any():
+            raise BadMask("mask_unreadable", f"{path} holds values that are not whole numbers")
+        a = a.astype(np.int64)
+    elif a.dtype.kind not in "ui":
+        raise BadMask("mask_unreadable", f"{path} has dtype {a.dtype}")
+    if a.min() < 0:
+        raise BadMask("mask_unreadable", f"{path} holds negative values")
+    return a
+
+
+def _read_mask_image(path: Path, max_pixels: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+        with Image.open(path) as im:  # lazy: the header only
+            if im.size[0] * im.size[1] > max_pixels:
+                raise ValueError(f"{im.size[0]}x{im.size[1]} pixels, more than the limit of {max_pixels:,}")
+            im.load()
+            if im.mode in ("1", "L", "P", "I", "F") or im.mode.startswith("I;16"):
+                return np.array(im)
+            if im.mode in ("RGB", "RGBA", "LA"):
+                a = np.array(im)
+                colour = a[..., :1] if im.mode == "LA" else a[..., :3]
+                if (colour != colour[..., :1]).any():
+                    raise ValueError("a colour mask (channels differ); give one channel of ids or 0/1")
+                return colour[..., 0]
+            raise ValueError(f"image mode {im.mode} is not a mask")
+
+
+def choose_object(values: np.ndarray, box: Sequence[int] | None = None) -> np.ndarray:
+    """The object's 0/1 mask from a mask file's values.
+
+    One distinct non-zero value (0/1, 0/255, ...): the non-zero pixels. Several: the values are instance ids
+    (255, PASCAL VOC's "void" outline, then belongs to no instance); the object is the instance with the most
+    pixels inside ``box`` when a box is given, else the instance with the most pixels; ties go to the smaller
+    id. Raises BadMask('mask_empty') when no pixel is chosen.
+    """
+    ids, counts = np.unique(values[values > 0], return_counts=True)
+    if len(ids) == 0:
+        raise BadMask("mask_empty")
+    if len(ids) == 1:  # a binary mask (0/1, 0/255, ...)
+        return (values > 0).astype(np.uint8)
+    keep = ids != VOID
+    ids, counts = ids[keep], counts[keep]
+    if box is not None:
+        x0, y0, x1, y1 = (max(int(v), 0) for v in box)
+        inside = values[y0:y1, x0:x1]
+        counts = np.array([np.count_nonzero(inside == i) for i in ids])
+        if counts.max() == 0:
+            raise BadMask("mask_empty", "no instance lies inside the box")
+    return (values == ids[int(np.argmax(counts))]).astype(np.uint8)  # argmax: the first (smallest id) of ties
+
+
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), ends exclusive, of the smallest box holding every non-zero pixel of ``mask``."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        raise BadMask("mask_empty")
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _given_mask(path: str, image_shape, box) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """(object 0/1 mask, its tight box) of a photo from its mask file; BadMask for every refusal."""
+    values = read_mask(path)
+    if values.shape != tuple(image_shape[:2]):
+        raise BadMask("mask_size", f"{path} is {values.shape[1]}x{values.shape[0]}, its image "
+                                   f"{image_shape[1]}x{image_shape[0]}")
+    obj = choose_object(values, box)
+    if obj.all():
+        raise BadMask("mask_full")
+    return obj, tight_box(obj)
 
 
 def _worker_init() -> None:
@@ -320,11 +480,83 @@ def resolve_classes(labels: Iterable[str], classes: str | Sequence[str] | None
     return names, mapping
 
 
-def build_jobs(images: str | os.PathLike, boxes: str | os.PathLike,
-               classes: str | Sequence[str] | None = None) -> tuple[list[Job], tuple[str, ...], int]:
-    """(jobs sorted by source id, class names, number of annotations without an image)."""
-    images, boxes = Path(images), Path(boxes)
+def _mask_index(masks: Path) -> dict[str, Path]:
+    """Every mask file under ``masks`` by relative path without extension; two files of one name are refused."""
+    if not masks.is_dir():
+        raise AdvbgError(f"--masks {masks} is not a folder")
+    out: dict[str, Path] = {}
+    for p in sorted(masks.rglob("*")):
+        if p.suffix.lower() in MASK_EXTS and p.is_file():
+            key = p.relative_to(masks).with_suffix("").as_posix()
+            if key in out:
+                raise AdvbgError(f"masks {out[key]} and {p} name the same image; keep one")
+            out[key] = p
+    return out
+
+
+def match_masks(index: dict[str, Path], masks: dict[str, Path]) -> tuple[dict[str, Path], int]:
+    """({image source id: mask file}, number of mask files matching no image).
+
+    A mask matches the image of the same relative path and stem (``cat/p1.png`` <-> ``cat/p1.jpg``); failing
+    that, the image of the same stem when both stems are unique (a flat mask folder for nested images).
+    """
+    def unique_stems(keys) -> dict[str, str]:
+        seen: dict[str, list[str]] = {}
+        for k in keys:
+            seen.setdefault(Path(k).name, []).append(k)
+        return {stem: ks[0] for stem, ks in seen.items() if len(ks) == 1}
+
+    image_stems, mask_stems = unique_stems(index), unique_stems(masks)
+    out, used = {}, set()
+    for sid in index:
+        key = sid if sid in masks else mask_stems.get(Path(sid).name) if Path(sid).name in image_stems else None
+        if key is not None and key not in used:
+            out[sid] = masks[key]
+            used.add(key)
+    return out, len(masks) - len(used)
+
+
+def _folder_label(source_id: str) -> str:
+    parts = source_id.split("/")
+    return parts[0] if len(parts) > 1 else ""
+
+
+def build_jobs(images: str | os.PathLike, boxes: str | os.PathLike | None,
+               classes: str | Sequence[str] | None = None, masks: str | os.PathLike | None = None
+               ) -> tuple[list[Job], tuple[str, ...], int, int]:
+    """(jobs sorted by source id, class names, annotations without an image, mask files without an image).
+
+    With ``masks`` and no ``boxes``, labels are the images' class folders (see the module docstring).
+    """
+    if boxes is None and masks is None:
+        raise AdvbgError("give --boxes, --masks or both")
+    images = Path(images)
     index = _image_index(images)
+    mask_files, unmatched, source = {}, 0, GRABCUT
+    if masks is not None:
+        mask_files, unmatched = match_masks(index, _mask_index(Path(masks)))
+        source = f"given:{Path(masks).resolve().as_posix()}"
+    if boxes is None:
+        resolved = {sid: [] for sid in index}
+        missing = 0
+        names, mapping = resolve_classes((lab for sid in index if (lab := _folder_label(sid))), classes)
+        labels = {sid: mapping.get(_folder_label(sid), -1) for sid in index}
+    else:
+        resolved, missing = _resolve_boxes(index, Path(boxes))
+        names, mapping = resolve_classes((lab for items in resolved.values() for _, lab in items), classes)
+        labels = {sid: mapping.get(resolved[sid][0][1], -1) if len(resolved.get(sid, [])) == 1 else -1
+                  for sid in index}
+    jobs = []
+    for sid, path in index.items():
+        mask = mask_files.get(sid)
+        jobs.append(Job(sid, str(path), tuple(b for b, _ in resolved.get(sid, [])), labels[sid],
+                        mask=None if mask is None else str(mask), masks_only=boxes is None,
+                        mask_source=GRABCUT if mask is None else source))
+    return jobs, names, missing, unmatched
+
+
+def _resolve_boxes(index: dict[str, Path], boxes: Path) -> tuple[dict[str, list], int]:
+    """({source id: [(box, label), ...]}, number of annotations naming no image)."""
     if boxes.is_dir():
         ann = read_boxes_voc(boxes)
         by_stem: dict[str, list[str]] = {}
@@ -343,14 +575,7 @@ def build_jobs(images: str | os.PathLike, boxes: str | os.PathLike,
         resolved = {Path(f).with_suffix("").as_posix(): items for f, items in ann.items()}
     else:
         raise AdvbgError(f"--boxes {boxes} is neither a folder of XML files nor a CSV file")
-    missing = sum(1 for k in resolved if k not in index)
-    names, mapping = resolve_classes((lab for items in resolved.values() for _, lab in items), classes)
-    jobs = []
-    for sid, path in index.items():
-        items = resolved.get(sid, [])
-        label = mapping.get(items[0][1], -1) if len(items) == 1 else -1
-        jobs.append(Job(sid, str(path), tuple(b for b, _ in items), label))
-    return jobs, names, missing
+    return resolved, sum(1 for k in resolved if k not in index)
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -363,6 +588,16 @@ def _log_datasets(f: h5py.File) -> tuple[h5py.Dataset, h5py.Dataset]:
     for ds in (g["source_id"], g["outcome"]):
         ds.resize(n, axis=0)
     return g["source_id"], g["outcome"]
+
+
+def _mask_source_dataset(f: h5py.File) -> h5py.Dataset:
+    """/foregrounds/mask_source, one entry per foreground (created for a new store; optional for readers)."""
+    g = f["foregrounds"]
+    if "mask_source" not in g:
+        n = g["source_id"].shape[0]  # a .partial from before mask sources were recorded: GrabCut's
+        g.create_dataset("mask_source", data=np.array([GRABCUT] * n, dtype=object), dtype=_STR, maxshape=(None,),
+                         chunks=(1024,))
+    return g["mask_source"]
 
 
 def _drop_unlogged_tail(f: h5py.File, logged: set[str]) -> None:
@@ -405,11 +640,13 @@ def _outcomes(jobs: list[Job], cfg: ExtractConfig, workers: int) -> Iterable[Out
         yield from pool.imap(_work, [(j, cfg) for j in jobs], chunksize=max(1, min(8, len(jobs) // (4 * workers))))
 
 
-def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.PathLike, *,
-            classes: str | Sequence[str] | None = None, config: ExtractConfig | None = None,
-            workers: int | None = None, resume: bool = False, overwrite: bool = False,
-            progress: bool = True) -> ExtractSummary:
-    """Build the store ``out`` from the photos under ``images`` and their ``boxes``; return the summary.
+def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str | os.PathLike, *,
+            masks: str | os.PathLike | None = None, classes: str | Sequence[str] | None = None,
+            config: ExtractConfig | None = None, workers: int | None = None, resume: bool = False,
+            overwrite: bool = False, progress: bool = True) -> ExtractSummary:
+    """Build the store ``out`` from the photos under ``images`` and their ``boxes`` and/or ``masks``.
+
+    Returns the summary. A photo with a mask file uses it instead of GrabCut (see the module docstring).
 
     ``workers`` processes (default: all cores) run the pixel work; the store is written in photo order, so the
     result does not depend on ``workers``. ``resume`` continues an interrupted run (its ``.partial`` file),
@@ -420,16 +657,25 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
     most = 4 * (os.cpu_count() or 1)  # more processes than this only thrash (GrabCut is CPU-bound)
     if not 1 <= workers <= most:
         raise AdvbgError(f"--workers must be between 1 and {most} on this machine, got {workers}")
-    check_output(out, inputs=[images, boxes])
-    jobs, names, missing = build_jobs(images, boxes, classes)
+    check_output(out, inputs=[p for p in (images, boxes, masks) if p is not None])
+    jobs, names, missing, unmatched = build_jobs(images, boxes, classes, masks)
+    if boxes is None and not names:
+        raise AdvbgError(f"with --masks and no --boxes the labels are the images' class folders, but every image "
+                         f"lies directly in {images}; put each class in its own folder or give --boxes")
     cfg_json = json.dumps(asdict(cfg), sort_keys=True)
+    mask_folder = None if masks is None else Path(masks).resolve().as_posix()
+    inputs = json.dumps(dict(boxes=boxes is not None, masks=mask_folder))  # --resume must see the same inputs
     summary = ExtractSummary(Path(out), cfg.filter, missing_images=missing)
+    if unmatched:
+        summary.reasons["mask_no_image"] = unmatched
     with StoreWriter(out, class_names=names, image_size=(cfg.crop, cfg.crop), overwrite=overwrite, resume=resume,
-                     attrs=dict(source="advbg extract", extract_config=cfg_json)) as w:
+                     attrs=dict(source="advbg extract", extract_config=cfg_json, extract_inputs=inputs)) as w:
         if w.file.attrs.get("extract_config") != cfg_json or tuple(
-                _text(s) for s in w.file["class_names"][()]) != names:
-            raise AdvbgError(f"{w.partial} was started with other options or classes; rerun without --resume "
-                             f"to start over")
+                _text(s) for s in w.file["class_names"][()]) != names or w.file.attrs.get(
+                "extract_inputs", inputs) != inputs:
+            raise AdvbgError(f"{w.partial} was started with other options, inputs or classes; rerun without "
+                             f"--resume to start over")
+        mask_source = _mask_source_dataset(w.file)
         log_src, log_out = _log_datasets(w.file)
         done = {_text(s) for s in log_src[()]}
         _drop_unlogged_tail(w.file, done)
@@ -440,6 +686,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
                       disable=not progress):
             if o.fg is not None:
                 w.add_foreground(o.fg[0], o.fg[1], o.label, o.source_id, o.fg[2])
+                _append(mask_source, o.mask_source)
             if o.bg is not None:
                 w.add_background(o.bg, o.label, o.source_id)
             _append(log_src, o.source_id)
@@ -450,5 +697,6 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike, out: str | os.P
             summary.grabcut_s += o.grabcut_s
             summary.processed_now += 1
         summary.wall_s = time.perf_counter() - t0
+        summary.mask_sources.update(_text(v) for v in mask_source[()])
         w.file.attrs["extract_summary"] = json.dumps(summary.to_dict(), sort_keys=True)
     return summary

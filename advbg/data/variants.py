@@ -11,7 +11,8 @@ Public, stable API (used by ``advbg variants`` and by evaluation, which makes va
 Every variant gives exactly one image per requested foreground row, labelled with that foreground's class,
 and records which store foreground (``fg_id``) and which store background (``bg_id``) it was made of (-1:
 none). Random choices use one generator per (seed, variant, foreground row), so a set does not depend on
-the block size or on which other rows were asked for.
+the block size or on which other rows were asked for. Each row also carries the mask source of its foreground
+row (``mask_sources``: "grabcut", "given:<folder>", ...), written to every set's manifest / datasets.
 """
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ class VariantBatch:
     bg_id: np.ndarray       # (n,) int64: store background whose pixels fill the background, -1 none
     source_id: list[str]    # (n,) photo of the foreground row
     fg_index: np.ndarray    # (n,) int64: the foreground row each image was made for
+    mask_source: list[str] = field(default_factory=list)  # (n,) mask source of the foreground row
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -350,6 +352,32 @@ def _own_backgrounds(store: Store) -> dict[str, int]:
     return cache
 
 
+UNRECORDED = "unrecorded"
+
+
+def mask_sources(store: Store) -> list[str]:
+    """Per foreground row, where its mask came from: ``/foregrounds/mask_source`` when the store has it;
+    else "grabcut" for a store of ``advbg extract`` (which had no other source), "unrecorded" otherwise."""
+    cache = getattr(store, "_advbg_mask_sources", None)
+    if cache is None:
+        ds = store.file["foregrounds"].get("mask_source")
+        if ds is not None and ds.shape[0] == len(store.foregrounds):
+            cache = [s.decode() if isinstance(s, bytes) else str(s) for s in ds[()]]
+        else:
+            extracted = store.attrs.get("source") == "advbg extract"
+            cache = ["grabcut" if extracted else UNRECORDED] * len(store.foregrounds)
+        store._advbg_mask_sources = cache  # type: ignore[attr-defined]
+    return cache
+
+
+def mask_source_counts(store: Store) -> dict[str, int]:
+    """{mask source: number of foregrounds}, for the metadata of written sets."""
+    counts: dict[str, int] = {}
+    for s in mask_sources(store):
+        counts[s] = counts.get(s, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def make_variant(store: Store, name: str, fg_index: Sequence[int] | np.ndarray | slice, *, rng_seed: int = 0,
                  options: VariantOptions | None = None) -> VariantBatch:
     """The variant ``name`` of the foreground rows ``fg_index`` (read from the store, only those rows)."""
@@ -373,8 +401,10 @@ def make_variant(store: Store, name: str, fg_index: Sequence[int] | np.ndarray |
     block = _Block(store, name, index, images, masks, fg.labels[index].copy(), boxes, own,
                    [_rng(rng_seed, name, r) for r in index], options)
     imgs, fg_id, bg_id = spec.fn(block)
+    sources = mask_sources(store)
     return VariantBatch(name, np.ascontiguousarray(imgs, np.uint8), block.labels, np.asarray(fg_id, np.int64),
-                        np.asarray(bg_id, np.int64), [fg.source_ids[r] for r in index], index)
+                        np.asarray(bg_id, np.int64), [fg.source_ids[r] for r in index], index,
+                        [sources[r] for r in index])
 
 
 def why_not(store: Store, name: str, options: VariantOptions | None = None) -> str | None:
@@ -522,7 +552,8 @@ def _write_folder(store: Store, tmp: Path, name: str, batches: Iterator[VariantB
     used: set[str] = set()
     with open(base / "manifest.csv", "w", newline="") as fh:
         wr = csv.writer(fh)
-        wr.writerow(["file", "label", "class", "fg_id", "bg_id", "source_id", "fg_source_id", "bg_source_id"])
+        wr.writerow(["file", "label", "class", "fg_id", "bg_id", "source_id", "fg_source_id", "bg_source_id",
+                     "mask_source"])
         for batch in batches:
             for i in range(len(batch)):
                 y, f, b = int(batch.labels[i]), int(batch.fg_id[i]), int(batch.bg_id[i])
@@ -537,14 +568,18 @@ def _write_folder(store: Store, tmp: Path, name: str, batches: Iterator[VariantB
                     raise AdvbgError(f"could not write {base / rel}")
                 wr.writerow([rel, y, store.class_names[y], f, b, batch.source_id[i],
                              store.foregrounds.source_ids[f] if f >= 0 else "",
-                             store.backgrounds.source_ids[b] if b >= 0 else ""])
+                             store.backgrounds.source_ids[b] if b >= 0 else "", batch.mask_source[i]])
     return len(used)
 
 
 def _write_h5(store: Store, f: h5py.File, name: str, batches: Iterator[VariantBatch], meta: dict) -> int:
     w = EvalsetWriter(f, name, store.image_size, attrs=dict(origin="generated", **meta))
+    sources: list[str] = []
     for batch in batches:
         w.append_batch(batch)
+        sources.extend(batch.mask_source)
+    # per row: the mask source of the foreground row it was made for (optional for readers)
+    w.group.create_dataset("mask_source", data=np.array(sources, dtype=object), dtype=_STR)
     w.close()
     return w.n
 
@@ -588,7 +623,8 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
                 on_skip(n, reason)
         names = [n for n in names if n not in skipped]
         meta = dict(seed=int(seed), options=json.dumps(asdict(options)), store=str(Path(store_path).resolve()),
-                    store_digest=store.digest(), skipped=json.dumps(skipped))
+                    store_digest=store.digest(), skipped=json.dumps(skipped),
+                    mask_sources=json.dumps(mask_source_counts(store)))
         bar = tqdm(total=len(names) * len(store.foregrounds), unit="img", desc="variants", disable=not progress)
 
         def batches(name: str) -> Iterator[VariantBatch]:
