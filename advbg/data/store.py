@@ -56,6 +56,7 @@ from advbg.files import now
 SCHEMA_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
 _COMPRESSION = dict(compression="gzip", compression_opts=4)
+DISK_HEADROOM = 4 << 20    # bytes a store writer leaves free for HDF5's metadata, which it writes when flushing
 
 
 def item_checksum(*arrays: np.ndarray) -> int:
@@ -93,7 +94,7 @@ class _Lock:
             raise StoreError(f"{self.path.with_suffix('')} is being written by another process (pid {holder}); "
                              f"wait for it, or delete {self.path} if that process is gone") from None
         except OSError as e:
-            raise disk_error(e, self.path) or e from None
+            raise disk_error(e, self.path, StoreError) or e from None
         self.held = True
 
     def _create(self) -> None:
@@ -364,8 +365,9 @@ class Store:
 
     @contextlib.contextmanager
     def write_derived(self, kind: str, name: str) -> Iterator[h5py.File]:
-        """A new HDF5 file for artifact ``name`` of ``kind``, renamed to ``<store>.d/<kind>/<name>.h5`` only when
-        the block ends without error (replacing an older one); on any error or kill nothing appears there.
+        """A new HDF5 file for artifact ``name`` of ``kind``, at ``<store>.d/<kind>/<name>.h5`` only once the block
+        ended without error (replacing an older one); on any error or kill nothing appears there. The file is
+        built in memory (derived artifacts are small next to the store) and written in one go.
 
         Needs mode 'r+'. A full or read-only disk raises a one-line StoreError naming the file."""
         self.require_writable()
@@ -377,23 +379,24 @@ class Store:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             _remove_leftovers(folder)
-            f = h5py.File(tmp, "w")
+            # Built in memory and written with one plain write: HDF5 itself never meets a full disk (it can crash
+            # the process then), and the file on disk is complete or absent.
+            f = h5py.File(tmp, "w", driver="core", backing_store=False)
             f.attrs.update(advbg_derived=kind, name=name, store=self.path.name, store_digest=self.digest(),
                            advbg_version=__version__, created=now(), complete=False)
             yield f
             f.attrs["complete"] = True
+            f.flush()
+            image = f.id.get_file_image()
             f.close()
-            _fsync(tmp)
+            _write_durably(tmp, image)
             os.replace(tmp, final)
             _fsync(folder)
         except BaseException as e:
             _close_quietly(f)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-            err = disk_error(e, final)
-            if err is not None:
-                raise StoreError(str(err)) from None
-            raise
+            raise disk_error(e, final, StoreError) or e from None
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def reopen(self, mode: str = "r") -> None:
@@ -458,6 +461,13 @@ def _remove_leftovers(folder: Path) -> None:
     for p in folder.glob(".*.partial"):
         with contextlib.suppress(OSError):
             p.unlink()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _fsync(path: Path) -> None:
@@ -535,6 +545,7 @@ class StoreWriter:
         self._lock = _Lock(self.path)
         self._lock.acquire()
         try:
+            self._require_room(0)
             if resume and self.partial.exists():
                 self.file = self._reopen_partial()
                 if tuple(int(v) for v in self.file.attrs["image_size"]) != self.image_size:
@@ -545,11 +556,11 @@ class StoreWriter:
                 self.file = self._create(class_names, command, attrs or {})
         except BaseException as e:
             self._lock.release()
-            err = disk_error(e, self.partial)
+            err = disk_error(e, self.partial, StoreError)
             if err is not None:
                 with contextlib.suppress(OSError):
                     self.partial.unlink(missing_ok=True)
-                raise StoreError(str(err)) from None
+                raise err from None
             raise
         self._fg = {k: _Appendable(self.file[f"foregrounds/{k}"])
                     for k in ("image", "mask", "label", "source_id", "box", "checksum")}
@@ -627,6 +638,7 @@ class StoreWriter:
         box = np.asarray(box if box is not None else (-1, -1, -1, -1), np.int64)
         if box.shape != (4,):
             raise StoreError(f"box of foreground {source_id!r} must be 4 numbers x0, y0, x1, y1, got {box.tolist()}")
+        self._require_room(image.nbytes + mask.nbytes)
         fg_id = self._fg["image"].ds.shape[0]
         self._fg["image"].append(image)
         self._fg["mask"].append(mask)
@@ -640,6 +652,7 @@ class StoreWriter:
         """Append one background (uint8 HxWx3) and return its bg_id."""
         image = self._check_image(image, f"background {source_id!r}")
         label, source_id = _check_label(label, source_id), _check_text(source_id)
+        self._require_room(image.nbytes)
         bg_id = self._bg["image"].ds.shape[0]
         self._bg["image"].append(image)
         self._bg["label"].append(label)
@@ -649,6 +662,12 @@ class StoreWriter:
 
     def flush(self) -> None:
         self.file.flush()
+
+    def _require_room(self, nbytes: int) -> None:
+        """Stop cleanly while the disk still has room: HDF5 meeting a full disk can leave its file unusable and
+        crash the process when its objects are freed."""
+        if shutil.disk_usage(self.partial.parent).free < nbytes + DISK_HEADROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.partial))
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self, success: bool = True) -> None:
@@ -660,6 +679,7 @@ class StoreWriter:
             if not self.file.id.valid:
                 return
             if success:
+                self._require_room(0)
                 self.file.attrs["complete"] = True
                 self.file.attrs["n_foregrounds"] = self._fg["image"].ds.shape[0]
                 self.file.attrs["n_backgrounds"] = self._bg["image"].ds.shape[0]
@@ -678,11 +698,11 @@ class StoreWriter:
     def _fail(self, e: BaseException) -> None:
         """On a disk error (full, read-only): drop the .partial and raise it as one line; else do nothing."""
         _close_quietly(self.file)
-        err = disk_error(e, self.partial)
+        err = disk_error(e, self.partial, StoreError)
         if err is not None:
             with contextlib.suppress(OSError):
                 self.partial.unlink(missing_ok=True)
-            raise StoreError(str(err)) from None
+            raise err from None
 
     def __enter__(self) -> "StoreWriter":
         return self

@@ -303,21 +303,22 @@ def write_index_file(index, path: Path, meta: dict) -> Path:
     """Write a CPU ``index`` to ``path`` and its sidecar ``path.json`` (meta + file SHA-256), both atomically."""
     faiss = _faiss()
 
-    tmp = path.with_name(f".{path.name}.partial")
+    tmp, side = path.with_name(f".{path.name}.partial"), path.with_name(path.name + ".json")
+    placed = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         faiss.write_index(index, str(tmp))
         meta = dict(meta, file=path.name, sha256=sha256_file(tmp), ntotal=int(index.ntotal), dim=int(index.d),
                     index_type=type(index).__name__, advbg_version=__version__, created=now())
         os.replace(tmp, path)
-        write_json(path.with_name(path.name + ".json"), meta)
+        placed = True
+        write_json(side, meta)
     except Exception as e:
         tmp.unlink(missing_ok=True)
-        # faiss reports a failed write as RuntimeError carrying the C library's message
-        err = disk_error(e if isinstance(e, OSError) else OSError(str(e)), path)
-        if err is None:
-            raise
-        raise err from None
+        if placed:              # an index without its sidecar would be refused anyway; leave neither
+            path.unlink(missing_ok=True)
+            side.unlink(missing_ok=True)
+        raise disk_error(e, path) or e from None
     return path
 
 
