@@ -69,7 +69,7 @@ def test_results_file_that_cannot_be_written_is_one_line_and_the_search_resumes_
     rc, _, err = run(search_args(store), capsys)
     one_line_error(rc, err, rf"cannot write .*s\.h5\.d/results/{NAME}\.h5: {WORDS[code]}")
     monkeypatch.undo()
-    assert files_under(store.parent / "s.h5.d") == []                  # nothing half-written
+    assert not (store.parent / "s.h5.d").exists()                      # nothing half-written, not even a folder
     assert_clean(store)
     assert (journal_folder(store, NAME) / "run.json").exists()         # every unit kept
     rc, _, err = run(search_args(store, "--resume"), capsys)
@@ -84,7 +84,7 @@ def test_embeddings_that_cannot_be_written_are_one_line_and_leave_nothing(store,
     rc, _, err = run(["index", "--store", str(store), "--model", "test/tiny-entry", "-q"], capsys)
     one_line_error(rc, err, rf"cannot write .*s\.h5\.d/embeddings/.*\.h5: {WORDS[code]}")
     monkeypatch.undo()
-    assert files_under(store.parent / "s.h5.d") == [] and not list(store.parent.glob("*.faiss*"))
+    assert not (store.parent / "s.h5.d").exists() and not list(store.parent.glob("*.faiss*"))
     assert_clean(store)
     rc, _, err = run(["index", "--store", str(store), "--model", "test/tiny-entry", "-q"], capsys)
     assert rc == 0, err

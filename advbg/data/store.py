@@ -396,14 +396,12 @@ class Store:
             _close_quietly(f)
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+            for empty in (folder, folder.parent):      # made for this write: leave no trace of a failed one
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
             raise disk_error(e, final, StoreError) or e from None
 
     # -- lifecycle -------------------------------------------------------------------------------------
-    def reopen(self, mode: str = "r") -> None:
-        """Close and open the same file again in ``mode`` (the object stays valid for its holders)."""
-        self.close()
-        self.__init__(self.path, mode)
-
     def close(self) -> None:
         for f in [getattr(self, "file", None)] + [f for _, f in self._sidecars.values()] + self._retired:
             _close_quietly(f)
