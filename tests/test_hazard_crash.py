@@ -26,6 +26,7 @@ from advbg.data.store import Store
 from advbg.data.verify import verify_store
 from advbg.search.results import load_search
 
+pytestmark = pytest.mark.slow      # dozens of killed runs; still run in CI
 TESTS = Path(__file__).resolve().parent
 MODEL = ["--model", "test/tiny-entry"]
 SEARCH = ["search", "--store", "s.h5", *MODEL, "--grid", "-", "-q", "--fg-block", "2"]

@@ -272,3 +272,16 @@ def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
     one_line_error(code, err, "not an HDF5 file")
     with pytest.raises(AdvbgError):
         verify_store(tmp_path / "x.h5")
+
+
+def test_results_inside_a_store_of_an_earlier_build_are_still_read(store, tiny_classifier):
+    from advbg.search.results import load_search
+
+    _search(store, tiny_classifier)
+    with h5py.File(_results_file(store), "r") as src, h5py.File(store, "r+") as dst:
+        src.copy(src["/"], dst.require_group("results"), name="old")     # the layout earlier builds wrote
+    with Store(store) as s:
+        old, new = load_search(s, "old"), load_search(s, "r")
+        assert np.array_equal(old.worst_bg, new.worst_bg) and np.array_equal(old.n_fooling, new.n_fooling)
+    report = verify_store(store)
+    assert report.ok and "/results/old: search, complete, 7/7 foregrounds done" in report.lines
