@@ -16,12 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import advbg_entry  # noqa: F401  (registers test/tiny-entry, the model the killed runs use)
 import numpy as np
 import pytest
 from conftest import make_random_store
 from conftest import run_cli as run
 
-import advbg_entry  # noqa: F401  (registers test/tiny-entry, the model the killed runs use)
 from advbg.data.store import Store
 from advbg.data.verify import verify_store
 from advbg.search.results import load_search
@@ -88,7 +88,7 @@ def assert_store_works(path: Path, want: dict, capsys, searches=(["--resume"], [
     os.chdir(path.parent)
     try:
         for extra in searches:
-            code, out, err = run(SEARCH + extra, capsys)
+            code, _, err = run(SEARCH + extra, capsys)
             assert code == 0, err
         assert same(stored(path), want)
     finally:

@@ -12,6 +12,7 @@ import os
 import pathlib
 import tempfile
 
+import advbg_entry  # noqa: F401  (registers test/tiny-entry)
 import h5py
 import numpy as np
 import pytest
@@ -19,7 +20,6 @@ from conftest import assert_one_line_error as one_line_error
 from conftest import make_random_store
 from conftest import run_cli as run
 
-import advbg_entry  # noqa: F401  (registers test/tiny-entry)
 from advbg.data.store import Store, write_store
 from advbg.data.verify import verify_store
 from advbg.errors import StoreError
@@ -131,7 +131,7 @@ def test_lock_that_cannot_be_written_is_one_line_and_never_left_behind(store, mo
         Store(store, "r+")
     rc, _, err = run(search_args(store), capsys)
     one_line_error(rc, err, rf"cannot write .*s\.h5\.lock: {WORDS[code]}")
-    rc, out, err = run(search_args(store, "--no-write"), capsys)     # reading needs no lock
+    rc, _, err = run(search_args(store, "--no-write"), capsys)     # reading needs no lock
     assert rc == 0, err
     monkeypatch.undo()
     assert_clean(store)

@@ -256,7 +256,7 @@ def test_a_damaged_results_or_embeddings_file_is_reported_and_replaced_never_a_c
     assert not report.ok
     assert any(f"{path.name}" in p and "damaged" in p for p in report.problems), report.problems
     with Store(store, "r+") as s:                    # the store itself is untouched: a new write replaces the file
-        s.results, s.embeddings                      # listing never raises
+        assert isinstance(s.results, dict) and isinstance(s.embeddings, dict)   # listing never raises
         if kind == "results":
             search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
         else:

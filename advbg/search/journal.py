@@ -1,8 +1,8 @@
 """The search journal: committed units in append-only files beside the store, safe against SIGKILL at any byte.
 
-An HDF5 file killed in the middle of a write can be left unreadable, and the store holds the data set itself, so
-a running search never writes into the store. Each process appends one record per finished unit to its own
-file ``rank-NNNNN.bin`` in a folder ``<store>.<results name>.journal/``; a record is
+An HDF5 file killed in the middle of a write can be left unreadable, so a running search writes no HDF5 file until
+it has finished. Each process appends one record per finished unit to its own file ``rank-NNNNN.bin`` in a
+folder ``<store>.<results name>.journal/``; a record is
 ``b"ADVJ" | payload length (u64) | crc32 (u32) | payload (.npz bytes)`` and is fsync'ed before the next unit
 starts. A reader takes records up to the first torn or corrupt one, so a crash loses at most the unit that was
 being written, and a writer cuts such a tail off before appending. ``meta.npz`` (written once, atomically) holds
