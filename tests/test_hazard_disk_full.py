@@ -105,12 +105,22 @@ def test_faiss_index_file_on_a_full_disk_is_one_line_and_leaves_no_partial(store
     assert_clean(store)
 
 
-def test_journal_on_a_full_disk_is_one_line_and_keeps_the_store(store, monkeypatch, capsys):
-    monkeypatch.setattr(os, "fsync", failing(errno.ENOSPC))   # the first unit's record cannot be made durable
+@pytest.mark.parametrize("nth", [1, 2])     # the journal's meta.npz, then the first unit's record
+def test_journal_on_a_full_disk_is_one_line_and_keeps_the_store(store, monkeypatch, capsys, nth):
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) >= nth:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     rc, _, err = run(search_args(store), capsys)
-    one_line_error(rc, err, r"cannot write .*\.journal.*: no space left on device")
+    one_line_error(rc, err, rf"cannot write .*\.journal/{'meta.npz' if nth == 1 else 'rank-00000.bin'}: no space left")
     monkeypatch.undo()
-    assert files_under(store.parent / "s.h5.d") == []
+    assert journal_folder(store, NAME).exists() == (nth == 2)        # a journal without meta is removed
+    assert not (store.parent / "s.h5.d").exists()
     assert_clean(store)
     rc, _, err = run(search_args(store, "--resume"), capsys)
     assert rc == 0, err

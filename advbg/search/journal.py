@@ -135,10 +135,14 @@ class Journal:
     def create(self, fingerprint: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
         """Start afresh: remove an old journal, write the meta of this run."""
         self.remove()
-        with _disk(self.folder):
-            self.folder.mkdir(parents=True)
-        _atomic_write(self.meta_path, _npz_bytes(dict(arrays, fingerprint=np.array(fingerprint),
-                                                      attrs_json=np.array(json.dumps(attrs)))))
+        try:
+            with _disk(self.folder):
+                self.folder.mkdir(parents=True)
+            _atomic_write(self.meta_path, _npz_bytes(dict(arrays, fingerprint=np.array(fingerprint),
+                                                          attrs_json=np.array(json.dumps(attrs)))))
+        except BaseException:
+            self.remove()       # a journal without its meta holds nothing: leave no folder behind
+            raise
 
     def fingerprint(self) -> str | None:
         try:
