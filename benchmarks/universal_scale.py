@@ -1,6 +1,6 @@
 """Scale of `advbg universal` at IN-9 test size: 4,050 foregrounds x 4,050 backgrounds.
 
-Writes a synthetic store (tiny 8x8 images: only the outcome matrix matters here) and a results group holding a
+Writes a synthetic store (tiny 8x8 images: only the outcome matrix matters here) and a results file holding a
 random 4,050 x 4,050 uint8 outcome matrix the way `advbg search` merges one (SearchWriter, 32-row units, gzip),
 then reports the matrix's size on disk and the time of `universal` over all classes on CPU, which must reuse the
 stored matrix with zero forward passes.
@@ -28,7 +28,7 @@ from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
 from advbg.analysis.universal import analyse
 from advbg.commands.universal import run_universal
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store, sidecar_folder, write_store
 from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_NONE
@@ -55,30 +55,30 @@ def synthetic_classifier() -> Classifier:
     return Classifier(_NeverCalled(), cfg, lm)
 
 
-def build(path: Path, n: int, rng: np.random.Generator) -> tuple[float, float]:
+def build(path: Path, n: int, rng: np.random.Generator) -> float:
     """Store + results group; returns (store bytes without results, seconds to write the matrix)."""
     k = len(IN9_CLASSES)
     write_store(path, class_names=IN9_CLASSES, overwrite=True,
                 fg_images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8),
                 fg_masks=np.ones((n, 8, 8), np.uint8), fg_labels=np.arange(n) % k,
                 bg_images=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), bg_labels=np.arange(n) % k)
-    base = path.stat().st_size
     outcome = rng.integers(0, k, (n, n), dtype=np.uint8)
     outcome[rng.random((n, n)) < 0.05] = OUTCOME_NONE
     clf, cfg = synthetic_classifier(), SearchConfig(criterion="bg-class", mode="exhaustive")
     t0 = time.perf_counter()
-    with Store(path, "r+") as s:
+    name = "synthetic.bench.bg-class.exhaustive"
+    with Store(path, "r+") as s, s.write_derived("results", name) as out:
         ids = np.arange(n, dtype=np.int64)
         fp = fingerprint(s, ids, ids, clf, cfg, "off")
-        w = SearchWriter(s, "synthetic.bench.bg-class.exhaustive", ids, ids, s.foregrounds.labels, fp,
-                         group_attrs(clf, cfg), record_outcomes=True, fg_block=cfg.fg_block)
+        w = SearchWriter(out, name, ids, ids, s.foregrounds.labels, fp, group_attrs(clf, cfg), record_outcomes=True,
+                         fg_block=cfg.fg_block)
         for start in range(0, n, cfg.fg_block):          # one unit at a time, as a search's merge does
             stop = min(start + cfg.fg_block, n)
             vals = {f: np.full(stop - start, np.nan if f == "worst_margin" else -1) for f in FIELDS}
             w.write_rows(start, stop, vals, outcome[start:stop])
         w.finish(asdict(RunRecord("bench", clf.config.to_dict(), str(path), s.digest(), "bg-class", "exhaustive",
                                   None, cfg.to_dict(), "cpu", "", 0.0, 0)))
-    return base, time.perf_counter() - t0
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -90,8 +90,8 @@ def main() -> None:
     work = a.workdir or Path(tempfile.mkdtemp(prefix="advbg-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     path = work / "universal_scale.h5"
-    base, t_write = build(path, a.n, np.random.default_rng(0))
-    size = path.stat().st_size - base
+    t_write = build(path, a.n, np.random.default_rng(0))
+    size = sum(p.stat().st_size for p in sidecar_folder(path).rglob('*.h5'))
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"no GPU used")
     print(f"outcome matrix {a.n} x {a.n} uint8 = {a.n * a.n / 1e6:.1f} MB raw; on disk {size / 1e6:.1f} MB "

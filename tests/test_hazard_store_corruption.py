@@ -3,6 +3,7 @@ file fails with one line (never a traceback)."""
 from __future__ import annotations
 
 import re
+import shutil
 
 import h5py
 import numpy as np
@@ -11,7 +12,7 @@ from conftest import TinyNet, make_random_store
 from conftest import assert_one_line_error as one_line_error
 from conftest import run_cli as run
 
-from advbg.data.store import Store
+from advbg.data.store import Store, sidecar_folder
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError, StoreError
 from advbg.models.classifier import register
@@ -130,10 +131,14 @@ def _search(store, tiny_classifier, **kw):
         return search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False, **kw)
 
 
+def _results_file(store, name="r"):
+    return sidecar_folder(store) / "results" / f"{name}.h5"
+
+
 def test_complete_search_results_verify_with_all_units_done(store, tiny_classifier):
     _search(store, tiny_classifier)
     report = verify_store(store)
-    assert report.ok and "/results/r: search, complete, 7/7 foregrounds done" in report.lines
+    assert report.ok and "s.h5.d/results/r.h5: search, complete, 7/7 foregrounds done" in report.lines
 
 
 def test_interrupted_search_never_leaves_results_that_read_as_complete(store, tiny_classifier):
@@ -148,42 +153,115 @@ def test_interrupted_search_never_leaves_results_that_read_as_complete(store, ti
         _search(store, tiny_classifier, on_unit=stop)
     from advbg.search.results import load_search
 
-    with Store(store) as s, pytest.raises(AdvbgError, match="no complete search results|incomplete"):
+    with Store(store) as s, pytest.raises(AdvbgError, match="no complete search results"):
         load_search(s)
-    report = verify_store(store)  # either no group (units journalled outside the store) or one marked incomplete
-    assert all("INCOMPLETE" in ln for ln in report.lines if ln.startswith("/results/r:"))
+    assert not _results_file(store).exists()          # units are journalled; no results file until the end
+    assert verify_store(store).ok
 
 
-def test_results_group_interrupted_before_its_completion_flag_is_a_problem(store, tiny_classifier, capsys):
+def test_results_file_edited_to_incomplete_is_a_problem(store, tiny_classifier, capsys):
     _search(store, tiny_classifier)
-    with h5py.File(store, "r+") as f:  # a crash between the rows and the flag set last
-        f["results/r"].attrs["complete"] = False
-        f["results/r/done"][4:] = 0
+    with h5py.File(_results_file(store), "r+") as f:  # by hand: advbg never leaves such a file at this name
+        f.attrs["complete"] = False
+        f["done"][4:] = 0
     report = verify_store(store)
-    assert "/results/r: search, INCOMPLETE, 4/7 foregrounds done" in report.lines
-    assert report.problems == ["/results/r is incomplete (its write was interrupted); finish it (`advbg search "
-                               "--resume` with the same settings) or delete it"]
+    assert "s.h5.d/results/r.h5: search, INCOMPLETE, 4/7 foregrounds done" in report.lines
+    assert report.problems == ["s.h5.d/results/r.h5 is incomplete (its write was interrupted); finish it (`advbg "
+                               "search --resume` with the same settings) or delete it"]
     code, out, err = run(["verify", str(store), "-q"], capsys)
     one_line_error(code, err, "1 problem")
 
 
 def test_results_on_other_store_content_and_forged_completion_are_problems(store, tiny_classifier):
     _search(store, tiny_classifier)
-    with h5py.File(store, "r+") as f:
-        f["results/r/done"][3] = 0        # marked complete, one unit not done
-        f["foregrounds/label"][0] = (f["foregrounds/label"][0] + 1) % 9   # the store's content changed under it
-        g = f.create_group("results/alien")
-        g.create_dataset("x", data=[1])   # no completion flag
-        f.copy(f["results/r"], "results/r2")
-        f["results/r2/fg_id"][0] = 99     # ids that point past the store's items
-        del f["results/r2/n_fooling"]
-        f["results/r2"].create_dataset("n_fooling", data=np.zeros(3, np.int64))
+    r, r2 = _results_file(store), _results_file(store, "r2")
+    shutil.copyfile(r, r2)
+    with h5py.File(r, "r+") as f:
+        f["done"][3] = 0                  # marked complete, one unit not done
+    with h5py.File(r2, "r+") as f:
+        f["fg_id"][0] = 99                # ids that point past the store's items
+        del f["n_fooling"]
+        f.create_dataset("n_fooling", data=np.zeros(3, np.int64))
+    with h5py.File(_results_file(store, "alien"), "w") as f:
+        f.create_dataset("x", data=[1])   # no completion flag
+    with h5py.File(store, "r+") as f:     # results of an earlier advbg inside the store file
+        f.create_group("results/legacy").create_dataset("x", data=[1])
     problems = verify_store(store).problems
-    assert "/results/r2: fg_id outside 0..6" in problems
-    assert "/results/r2/n_fooling has 3 rows for 7 foregrounds" in problems
-    assert "/results/r is marked complete but only 6/7 units are done" in problems
-    assert any(p.startswith("/results/r was computed on other store content") for p in problems)
-    assert any(p.startswith("/results/alien has no completion flag") for p in problems)
+    assert "s.h5.d/results/r2.h5: fg_id outside 0..6" in problems
+    assert "s.h5.d/results/r2.h5/n_fooling has 3 rows for 7 foregrounds" in problems
+    assert "s.h5.d/results/r.h5 is marked complete but only 6/7 units are done" in problems
+    assert any(p.startswith("s.h5.d/results/alien.h5 has no completion flag") for p in problems)
+    assert any(p.startswith("/results/legacy has no completion flag") for p in problems)
+    with h5py.File(store, "r+") as f:
+        f["foregrounds/label"][0] = (f["foregrounds/label"][0] + 1) % 9   # the store's content changed under it
+    problems = verify_store(store).problems
+    assert any(p.startswith("s.h5.d/results/r.h5 was computed on other store content") for p in problems)
+    with Store(store) as s:
+        assert "r" not in s.results       # readers never see results of other store content
+
+
+def test_outcome_matrix_of_the_wrong_width_is_a_problem(store, tiny_classifier):
+    _search(store, tiny_classifier)
+    with h5py.File(_results_file(store), "r+") as f:
+        o = f["outcome"][()]
+        del f["outcome"]
+        f.create_dataset("outcome", data=np.concatenate([o, o[:, :1]], axis=1))   # 12 columns for 11 backgrounds
+    assert verify_store(store).problems == ["s.h5.d/results/r.h5/outcome has shape (7, 12); it must be (7, 11) "
+                                            "foregrounds x pool backgrounds"]
+
+
+@pytest.mark.parametrize("value,bad", [(200, True), (9, True), (8, False), (254, False), (255, False)])
+def test_outcome_values_beyond_the_classes_are_a_problem(store, tiny_classifier, value, bad):
+    _search(store, tiny_classifier)
+    with h5py.File(_results_file(store), "r+") as f:
+        f["outcome"][2, 5] = value
+    problems = verify_store(store).problems
+    assert problems == (["s.h5.d/results/r.h5/outcome holds 1 value(s) that are neither a class index (0..8) nor "
+                         "254 (none) / 255 (not evaluated)"] if bad else [])
+
+
+@pytest.mark.parametrize("key", ["worst_bg", "done", "outcome"])
+def test_datasets_cut_short_in_a_complete_results_file_are_a_problem(store, tiny_classifier, key):
+    _search(store, tiny_classifier)
+    with h5py.File(_results_file(store), "r+") as f:
+        data = f[key][()]
+        del f[key]
+        f.create_dataset(key, data=data[:5])
+        assert f.attrs["complete"]
+    problems = verify_store(store).problems
+    assert f"s.h5.d/results/r.h5/{key} has 5 rows for 7 foregrounds" in problems
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garble"])
+@pytest.mark.parametrize("kind", ["results", "embeddings"])
+def test_a_damaged_results_or_embeddings_file_is_reported_and_replaced_never_a_crash(store, tiny_classifier,
+                                                                                     damage, kind):
+    from advbg.search.index import build_index
+
+    with Store(store, "r+") as s:
+        if kind == "results":
+            search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
+        else:
+            build_index(s, tiny_classifier, progress=False)
+    path = next((sidecar_folder(store) / kind).glob("*.h5"))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        rng = np.random.default_rng(3)
+        for at in rng.integers(0, len(data), 64):    # garble bytes everywhere, header included
+            data[at] ^= 0xA5
+        path.write_bytes(bytes(data))
+    report = verify_store(store)                      # must not raise
+    assert not report.ok
+    assert any(f"{path.name}" in p and "damaged" in p for p in report.problems), report.problems
+    with Store(store, "r+") as s:                    # the store itself is untouched: a new write replaces the file
+        assert isinstance(s.results, dict) and isinstance(s.embeddings, dict)   # listing never raises
+        if kind == "results":
+            search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
+        else:
+            build_index(s, tiny_classifier, progress=False)
+    assert verify_store(store).ok
 
 
 def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
@@ -194,3 +272,16 @@ def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
     one_line_error(code, err, "not an HDF5 file")
     with pytest.raises(AdvbgError):
         verify_store(tmp_path / "x.h5")
+
+
+def test_results_inside_a_store_of_an_earlier_build_are_still_read(store, tiny_classifier):
+    from advbg.search.results import load_search
+
+    _search(store, tiny_classifier)
+    with h5py.File(_results_file(store), "r") as src, h5py.File(store, "r+") as dst:
+        src.copy(src["/"], dst.require_group("results"), name="old")     # the layout earlier builds wrote
+    with Store(store) as s:
+        old, new = load_search(s, "old"), load_search(s, "r")
+        assert np.array_equal(old.worst_bg, new.worst_bg) and np.array_equal(old.n_fooling, new.n_fooling)
+    report = verify_store(store)
+    assert report.ok and "/results/old: search, complete, 7/7 foregrounds done" in report.lines

@@ -13,7 +13,7 @@ import typer
 # Each command module registers its commands on `app` when imported.
 from advbg.cli import data, evaluate, index, report, saliency, search, train, universal, verify  # noqa: F401
 from advbg.cli.app import app
-from advbg.errors import AdvbgError
+from advbg.errors import AdvbgError, disk_error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except AdvbgError as e:
         raise SystemExit(_one_line(e, 1))
+    except OSError as e:  # a full or read-only disk under a writer that does not name it itself
+        err = disk_error(e, e.filename or "an output file")
+        if err is None:
+            _internal(e)
+        raise SystemExit(_one_line(err, 1))
     except Exception as e:  # click usage errors, then anything unexpected: never a traceback
         # By class name: recent typer vendors its own copy of click, so click's classes may not be these.
         kinds = {c.__name__ for c in type(e).__mro__}
@@ -37,14 +42,18 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(_one_line(e.format_message(), 2))
         if "Abort" in kinds:
             raise SystemExit(_one_line("aborted", 1))
-        if os.environ.get("ADVBG_DEBUG"):
-            raise
-        raise SystemExit(_one_line(f"internal error: {type(e).__name__}: {e} "
-                                   f"(set ADVBG_DEBUG=1 for a traceback and please report it)", 3))
+        _internal(e)
     if code == 130:
         typer.echo("advbg: interrupted", err=True)
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _internal(e: BaseException) -> None:
+    if os.environ.get("ADVBG_DEBUG"):
+        raise e
+    raise SystemExit(_one_line(f"internal error: {type(e).__name__}: {e} "
+                               f"(set ADVBG_DEBUG=1 for a traceback and please report it)", 3))
 
 
 def _one_line(e, code: int) -> int:

@@ -26,6 +26,6 @@ def index(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Embed every background and foreground with the model (penultimate features and class scores), store the
-    embeddings in the store and write FAISS indexes beside it, for `advbg search --prune`."""
+    embeddings (<store>.d/embeddings/) and FAISS indexes beside the store, for `advbg search --prune`."""
     run_index(store, o.model_spec(model, arch, weights, label_map, norm, device),
               batch_size=batch_size, kind=kind, progress=not quiet, echo=typer.echo)

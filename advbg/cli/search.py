@@ -30,13 +30,13 @@ def search(
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
     results_name: Annotated[Optional[str], typer.Option(
-        help="Results group name in the store (default: <model tag>.<criterion>.<mode>).")] = None,
+        help="Results name: written to <store>.d/results/NAME.h5 (default: <model tag>.<criterion>.<mode>).")] = None,
     results_file: o.ResultsFileOpt = None,
     grid: Annotated[Optional[Path], typer.Option(
         help="PNG grid of the worst composites (default: <store stem>.<results name>.worst.png beside the store; "
              "'-' for none).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted search with the same settings.")] = False,
-    no_write: Annotated[bool, typer.Option("--no-write", help="Do not write results into the store.")] = False,
+    no_write: Annotated[bool, typer.Option("--no-write", help="Do not write results (nor a journal) beside the store.")] = False,
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile compositing + model (fused kernels; the first batches compile).")] = False,
     cuda_graphs: Annotated[bool, typer.Option(

@@ -16,6 +16,6 @@ def verify(
     store: Annotated[Path, typer.Argument(help="The store (HDF5) to check.")],
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Check a store: schema, counts, every item's checksum, and the completeness of every results group.
-    One line per problem, then a summary; exit code 1 when anything is wrong."""
+    """Check a store: schema, counts, every item's checksum, and every results and embeddings file (a damaged
+    one is reported, never a crash). One line per problem, then a summary; exit code 1 when anything is wrong."""
     run_verify(store, progress=not quiet, echo=typer.echo)

@@ -6,7 +6,7 @@ from typing import Callable
 
 from advbg.analysis.plots import worst_grid
 from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
-from advbg.data.store import Store
+from advbg.data.store import Store, sidecar_folder
 from advbg.files import check_output, write_json
 from advbg.models.classifier import Classifier, ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
@@ -65,7 +65,7 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
         if d.main:
             _report(s, result, results_file, grid, echo)
     if d.main and result.results_name:
-        echo(f"results: {store}:/results/{result.results_name}")
+        echo(f"results: {sidecar_folder(store) / 'results' / (result.results_name + '.h5')}")
     return result
 
 

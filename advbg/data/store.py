@@ -15,17 +15,32 @@ Schema (version 1), readable with plain h5py::
     /backgrounds/label      (M,) int64
     /backgrounds/source_id  (M,) utf-8 strings
     /backgrounds/checksum   (M,) uint64 blake2b-64 of image bytes
-    /results/<name>/...     written by search/universal/...; attrs complete=True only once fully written
     /evalsets/<variant>/... optional evaluation sets (image, label, source_id, ...), see advbg.data.variants
 
+Once written, the store file is never modified: ``Store`` opens it read-only in every mode. What is computed from
+it later (search results, embeddings) lives in a sidecar folder ``<store>.d/``, one HDF5 file per artifact::
+
+    <store>.d/results/<name>.h5      a search's results (advbg.search.results), attrs + datasets at the root
+    <store>.d/embeddings/<name>.h5   one classifier's embeddings (advbg.search.index)
+
+Each sidecar is written under a temporary name (``.<name>.h5.<pid>.partial``) in its folder and renamed into place
+only when complete, so a reader sees the old file or the new one, never a torn one; its root attrs record
+``store_digest``, and a sidecar made from other store content is not listed (``Store.results``). Plain h5py reads
+every file as before. Stores written by earlier advbg builds keep their ``/results`` and ``/embeddings`` groups inside
+the store file; they are still read (a sidecar of the same name takes precedence).
+
 New stores are written under ``<path>.partial`` and renamed when complete, so a file at ``path`` is never a
-half-written store. A writer holds ``<path>.lock`` so that two processes never write one store at once.
+half-written store. A writer (``StoreWriter``, or ``Store`` in mode 'r+') holds ``<path>.lock`` so that two
+processes never write one store (or its sidecars) at once; the lock file appears with its pid already in it.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +50,18 @@ import h5py
 import numpy as np
 
 from advbg._version import __version__
-from advbg.errors import StoreError
+from advbg.errors import StoreError, disk_error
 from advbg.files import now
 
 SCHEMA_VERSION = 1
+# Codes of a results outcome matrix (F, B) uint8 besides mapped class indices (read by advbg.search.criteria and
+# checked by verify): one definition, in the schema.
+OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
+OUTCOME_NONE = 254          # mapped prediction "none" (unmapped top-1)
+OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 _STR = h5py.string_dtype("utf-8")
 _COMPRESSION = dict(compression="gzip", compression_opts=4)
+DISK_HEADROOM = 4 << 20    # bytes a store writer leaves free for HDF5's metadata, which it writes when flushing
 
 
 def item_checksum(*arrays: np.ndarray) -> int:
@@ -62,7 +83,7 @@ def _strings(ds: h5py.Dataset) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- locking
 class _Lock:
-    """An exclusive ``<path>.lock`` file; a clear error names the holder when another writer has it."""
+    """An exclusive ``<path>.lock`` file holding the writer's pid; a clear error names the holder."""
 
     def __init__(self, path: Path):
         self.path = Path(str(path) + ".lock")
@@ -70,28 +91,55 @@ class _Lock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            self._create()
         except FileExistsError:
-            holder = self.path.read_text().strip() if self.path.exists() else "?"
-            pid = int(holder) if holder.isdigit() else None
-            if pid is not None and not _pid_alive(pid):
-                self.path.unlink(missing_ok=True)  # stale lock of a dead process on this machine
-                return self.acquire()
+            holder = self._holder()
+            if holder is None:
+                return self.acquire()           # the holder let go (or was dead) meanwhile
             raise StoreError(f"{self.path.with_suffix('')} is being written by another process (pid {holder}); "
                              f"wait for it, or delete {self.path} if that process is gone") from None
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+        except OSError as e:
+            raise disk_error(e, self.path, StoreError) or e from None
         self.held = True
 
-    def other_holder(self) -> str | None:
-        """The holder's pid when a live process other than this one holds the lock, else None."""
+    def _create(self) -> None:
+        """Make the lock file with the pid already in it: written under a temporary name, then hard-linked, so a
+        lock is never seen empty and a full disk leaves no lock at all."""
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        try:
+            tmp.write_text(str(os.getpid()))
+            try:
+                os.link(tmp, self.path)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK):
+                    raise
+                self._create_without_links()    # file systems without hard links (some network/FUSE mounts)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _create_without_links(self) -> None:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+    def _holder(self) -> str | None:
+        """The live holder's pid, or None after removing a stale lock (dead pid on this machine, or empty: this
+        advbg never leaves one, an older one killed at the wrong moment did)."""
         try:
             holder = self.path.read_text().strip()
+        except FileNotFoundError:
+            return None
         except OSError:
-            return None
-        if holder.isdigit() and (int(holder) == os.getpid() or not _pid_alive(int(holder))):
-            return None
-        return holder or "?"  # empty: the writer has created the lock and not yet written its pid
+            return "?"
+        if holder.isdigit() and _pid_alive(int(holder)):
+            return holder
+        self.path.unlink(missing_ok=True)
+        return None
 
     def release(self) -> None:
         if self.held:
@@ -170,7 +218,8 @@ def _take(ds: h5py.Dataset, index) -> np.ndarray:
 
 
 class Store:
-    """An open advbg store. Modes as in ``h5py.File``/``open()``: 'r' (default) or 'r+' (adds results).
+    """An open advbg store. Mode 'r' (default) reads; 'r+' also writes derived artifacts (results, embeddings)
+    into the sidecar folder and holds the store's lock. The store file itself is opened read-only either way.
 
     >>> with Store("advbg/data/demo.h5") as s:
     ...     print(len(s.foregrounds), s.class_names)
@@ -179,12 +228,11 @@ class Store:
     def __init__(self, path: str | os.PathLike, mode: str = "r"):
         if mode not in ("r", "r+"):
             raise StoreError(f"mode must be 'r' or 'r+' (got {mode!r}); create stores with StoreWriter")
-        self.path = Path(path)
-        writer = _Lock(self.path).other_holder() if mode == "r" else None
-        if writer is not None:
-            # HDF5 without SWMR cannot be read while written; refuse rather than risk a torn view
-            raise StoreError(f"{self.path} is being written by another process (pid {writer}); read it when that "
-                             f"process has finished, or delete {self.path}.lock if that process is gone")
+        self.path, self.mode = Path(path), mode
+        self._lock: _Lock | None = None
+        self._sidecars: dict[Path, tuple[tuple, h5py.File]] = {}
+        self._retired: list[h5py.File] = []
+        self._digest: str | None = None
         if not self.path.exists():
             hint = " (an interrupted write left a .partial file beside it)" if Path(str(path) + ".partial").exists() else ""
             raise StoreError(f"store {self.path} does not exist{hint}")
@@ -193,24 +241,27 @@ class Store:
         if not h5py.is_hdf5(self.path):
             raise StoreError(f"{self.path} is not an HDF5 file (an advbg store is made by `advbg extract`, "
                              f"`advbg ingest` or data/build_demo.py)")
-        self._lock = _Lock(self.path) if mode == "r+" else None
-        if self._lock:
-            self._lock.acquire()
         try:
-            self.file = h5py.File(self.path, mode)
+            if mode == "r+":
+                self._lock = _Lock(self.path)
+                self._lock.acquire()
+            self.file = h5py.File(self.path, "r")
             self._validate()
+            self.foregrounds = Foregrounds(self.file["foregrounds"])
+            self.backgrounds = Backgrounds(self.file["backgrounds"])
+            self.class_names: tuple[str, ...] = tuple(_strings(self.file["class_names"]))
         except StoreError:
             self.close()
             raise
         except (OSError, KeyError, ValueError) as e:
             self.close()
             if "unable to lock file" in str(e):
-                raise StoreError(f"{self.path} is open in another process (HDF5 allows one writer and no readers "
-                                 f"at a time); close the other process and retry") from None
+                raise StoreError(f"{self.path} is open for writing in another process (HDF5 allows no readers "
+                                 f"then); close the other process and retry") from None
             raise StoreError(f"{self.path} is not a readable advbg store: {e}") from None
-        self.foregrounds = Foregrounds(self.file["foregrounds"])
-        self.backgrounds = Backgrounds(self.file["backgrounds"])
-        self.class_names: tuple[str, ...] = tuple(_strings(self.file["class_names"]))
+        except BaseException:
+            self.close()
+            raise
 
     def _validate(self) -> None:
         f, p = self.file, self.path
@@ -260,33 +311,107 @@ class Store:
 
     def digest(self) -> str:
         """Content digest of the store's items (from their stored checksums), recorded with every result."""
-        h = hashlib.sha256()
-        for arr in (self.foregrounds.checksums, self.backgrounds.checksums,
-                    self.foregrounds.labels, self.backgrounds.labels):
-            h.update(np.ascontiguousarray(arr).tobytes())
-        h.update("\n".join(self.class_names).encode())
-        return h.hexdigest()[:16]
+        if self._digest is None:
+            h = hashlib.sha256()
+            for arr in (self.foregrounds.checksums, self.backgrounds.checksums,
+                        self.foregrounds.labels, self.backgrounds.labels):
+                h.update(np.ascontiguousarray(arr).tobytes())
+            h.update("\n".join(self.class_names).encode())
+            self._digest = h.hexdigest()[:16]
+        return self._digest
 
     @property
-    def results(self) -> dict[str, h5py.Group]:
-        """Result groups by name (complete ones and interrupted ones; check ``attrs['complete']``)."""
-        g = self.file.get("results")
-        return {} if g is None else {k: g[k] for k in g}
+    def writable(self) -> bool:
+        return self.mode == "r+"
 
     def require_writable(self) -> None:
-        if self.file.mode != "r+":
+        if not self.writable:
             raise StoreError(f"{self.path} is open read-only; open it with mode='r+' to write results")
 
-    # -- lifecycle -------------------------------------------------------------------------------------
-    def reopen(self, mode: str = "r") -> None:
-        """Close and open the same file again in ``mode`` (the object stays valid for its holders)."""
-        self.close()
-        self.__init__(self.path, mode)
+    # -- derived artifacts (sidecar files) -------------------------------------------------------------
+    @property
+    def results(self) -> dict[str, h5py.Group]:
+        """Search results by name: the root group of each ``<store>.d/results/<name>.h5`` made from this store's
+        content (read-only), plus ``/results`` groups an earlier advbg wrote inside the store file."""
+        return self.derived("results")
 
-    def close(self) -> None:
-        f = getattr(self, "file", None)
-        if f is not None and f.id.valid:
+    @property
+    def embeddings(self) -> dict[str, h5py.Group]:
+        """Embeddings by name, as ``results`` lists results."""
+        return self.derived("embeddings")
+
+    def derived(self, kind: str) -> dict[str, h5py.Group]:
+        """Derived artifacts of ``kind`` ('results' or 'embeddings') for this store's content, by name.
+
+        A sidecar that cannot be opened or was made from other store content is left out (``advbg verify``
+        reports it)."""
+        out = dict(legacy_groups(self.file, kind))
+        for name, path in sidecar_files(self.path, kind).items():
+            try:
+                f = self.open_sidecar(path)
+            except OSError:
+                continue
+            if str(f.attrs.get("store_digest", "")) == self.digest():
+                out[name] = f
+        return out
+
+    def open_sidecar(self, path: Path) -> h5py.File:
+        """``path`` opened read-only, reopened when it was replaced since (a handle kept by a caller stays valid)."""
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        have = self._sidecars.get(path)
+        if have is not None and have[0] == key and have[1].id.valid:
+            return have[1]
+        if have is not None:
+            self._retired.append(have[1])
+        f = h5py.File(path, "r")
+        self._sidecars[path] = (key, f)
+        return f
+
+    @contextlib.contextmanager
+    def write_derived(self, kind: str, name: str) -> Iterator[h5py.File]:
+        """A new HDF5 file for artifact ``name`` of ``kind``, at ``<store>.d/<kind>/<name>.h5`` only once the block
+        ended without error (replacing an older one); on any error or kill nothing appears there. The file is
+        built in memory (derived artifacts are small next to the store) and written in one go.
+
+        Needs mode 'r+'. A full or read-only disk raises a one-line StoreError naming the file."""
+        self.require_writable()
+        check_derived_name(name)
+        folder = sidecar_folder(self.path) / kind
+        final = folder / f"{name}.h5"
+        tmp = folder / f".{name}.h5.{os.getpid()}.partial"
+        f = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(folder)
+            # Built in memory and written with one plain write: HDF5 itself never meets a full disk (it can crash
+            # the process then), and the file on disk is complete or absent.
+            f = h5py.File(tmp, "w", driver="core", backing_store=False)
+            f.attrs.update(advbg_derived=kind, name=name, store=self.path.name, store_digest=self.digest(),
+                           advbg_version=__version__, created=now(), complete=False)
+            yield f
+            f.attrs["complete"] = True
+            f.flush()
+            image = f.id.get_file_image()
             f.close()
+            _write_durably(tmp, image)
+            os.replace(tmp, final)
+            _fsync(folder)
+        except BaseException as e:
+            _close_quietly(f)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            for empty in (folder, folder.parent):      # made for this write: leave no trace of a failed one
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+            raise disk_error(e, final, StoreError) or e from None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        for f in [getattr(self, "file", None)] + [f for _, f in self._sidecars.values()] + self._retired:
+            _close_quietly(f)
+        self._sidecars.clear()
+        self._retired.clear()
         if self._lock:
             self._lock.release()
 
@@ -301,8 +426,68 @@ class Store:
         h, w = self.image_size if self.file.id.valid else ("?", "?")
         n_f = len(self.foregrounds) if self.file.id.valid else "?"
         n_b = len(self.backgrounds) if self.file.id.valid else "?"
-        return (f"<advbg Store {str(self.path)!r} ({state}, mode {self.file.mode if state == 'open' else '-'}): "
+        return (f"<advbg Store {str(self.path)!r} ({state}, mode {self.mode if state == 'open' else '-'}): "
                 f"{n_f} foregrounds, {n_b} backgrounds, {h}x{w}, {len(self.class_names)} classes>")
+
+
+# --------------------------------------------------------------------------------------------- sidecars
+def sidecar_folder(store_path: str | os.PathLike) -> Path:
+    """``<store>.d``: where the derived artifacts of the store at ``store_path`` live."""
+    return Path(str(store_path) + ".d")
+
+
+def sidecar_files(store_path: str | os.PathLike, kind: str) -> dict[str, Path]:
+    """Name -> path of every finished sidecar of ``kind`` (temporary files of running or killed writers excluded)."""
+    folder = sidecar_folder(store_path) / kind
+    if not folder.is_dir():
+        return {}
+    return {p.name[:-3]: p for p in sorted(folder.glob("*.h5")) if not p.name.startswith(".") and p.is_file()}
+
+
+def legacy_groups(file: h5py.File, kind: str) -> dict[str, h5py.Group]:
+    """``/<kind>/<name>`` groups inside a store file written by an earlier advbg (read-only; unreadable: none)."""
+    try:
+        root = file.get(kind)
+        return {k: root[k] for k in root} if isinstance(root, h5py.Group) else {}
+    except (OSError, KeyError, RuntimeError, ValueError):
+        return {}
+
+
+def check_derived_name(name: str) -> None:
+    """Refuse a results/embeddings name that cannot be a file name of its own."""
+    if not name or "/" in name or "\0" in name or name.startswith(".") or len(name.encode()) > 200:
+        raise StoreError(f"bad results name {name!r} (non-empty, no '/', not starting with '.', at most 200 bytes)")
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Temporary files of writers killed before their rename (the caller holds the lock: none is running)."""
+    for p in folder.glob(".*.partial"):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _close_quietly(f) -> None:
+    """Close an h5py file; a file whose writes failed (full disk) may fail again on close, which changes nothing."""
+    if f is None:
+        return
+    with contextlib.suppress(Exception):
+        if f.id.valid:
+            f.close()
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -363,6 +548,7 @@ class StoreWriter:
         self._lock = _Lock(self.path)
         self._lock.acquire()
         try:
+            self._require_room(0)
             if resume and self.partial.exists():
                 self.file = self._reopen_partial()
                 if tuple(int(v) for v in self.file.attrs["image_size"]) != self.image_size:
@@ -371,8 +557,13 @@ class StoreWriter:
             else:
                 self.partial.unlink(missing_ok=True)
                 self.file = self._create(class_names, command, attrs or {})
-        except BaseException:
+        except BaseException as e:
             self._lock.release()
+            err = disk_error(e, self.partial, StoreError)
+            if err is not None:
+                with contextlib.suppress(OSError):
+                    self.partial.unlink(missing_ok=True)
+                raise err from None
             raise
         self._fg = {k: _Appendable(self.file[f"foregrounds/{k}"])
                     for k in ("image", "mask", "label", "source_id", "box", "checksum")}
@@ -450,6 +641,7 @@ class StoreWriter:
         box = np.asarray(box if box is not None else (-1, -1, -1, -1), np.int64)
         if box.shape != (4,):
             raise StoreError(f"box of foreground {source_id!r} must be 4 numbers x0, y0, x1, y1, got {box.tolist()}")
+        self._require_room(image.nbytes + mask.nbytes)
         fg_id = self._fg["image"].ds.shape[0]
         self._fg["image"].append(image)
         self._fg["mask"].append(mask)
@@ -463,6 +655,7 @@ class StoreWriter:
         """Append one background (uint8 HxWx3) and return its bg_id."""
         image = self._check_image(image, f"background {source_id!r}")
         label, source_id = _check_label(label, source_id), _check_text(source_id)
+        self._require_room(image.nbytes)
         bg_id = self._bg["image"].ds.shape[0]
         self._bg["image"].append(image)
         self._bg["label"].append(label)
@@ -473,26 +666,56 @@ class StoreWriter:
     def flush(self) -> None:
         self.file.flush()
 
+    def _require_room(self, nbytes: int) -> None:
+        """Stop cleanly while the disk still has room: HDF5 meeting a full disk can leave its file unusable and
+        crash the process when its objects are freed."""
+        if shutil.disk_usage(self.partial.parent).free < nbytes + DISK_HEADROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.partial))
+
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self, success: bool = True) -> None:
-        """Finish: mark complete and rename into place (success), or keep the .partial for resume."""
-        if not self.file.id.valid:
-            return
+        """Finish: mark complete and rename into place (success), or keep the .partial for resume.
+
+        A full or read-only disk removes the .partial (its last writes failed, so it is not a sound base to
+        resume from) and raises a one-line StoreError."""
         try:
+            if not self.file.id.valid:
+                return
             if success:
+                self._require_room(0)
                 self.file.attrs["complete"] = True
                 self.file.attrs["n_foregrounds"] = self._fg["image"].ds.shape[0]
                 self.file.attrs["n_backgrounds"] = self._bg["image"].ds.shape[0]
-            self.file.close()
-            if success:
+                self.file.close()
                 os.replace(self.partial, self.path)
+                # what was derived from the store this one replaces (readers ignore it: its digest differs)
+                shutil.rmtree(sidecar_folder(self.path), ignore_errors=True)
+            else:
+                _close_quietly(self.file)
+        except BaseException as e:
+            self._fail(e)
+            raise
         finally:
             self._lock.release()
+
+    def _fail(self, e: BaseException) -> None:
+        """On a disk error (full, read-only): drop the .partial and raise it as one line; else do nothing."""
+        _close_quietly(self.file)
+        err = disk_error(e, self.partial, StoreError)
+        if err is not None:
+            with contextlib.suppress(OSError):
+                self.partial.unlink(missing_ok=True)
+            raise err from None
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            try:
+                self._fail(exc)
+            finally:
+                self._lock.release()
         self.close(success=exc_type is None)
 
 

@@ -12,11 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from advbg.data.store import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE  # noqa: F401 (the codes' home is the schema)
 from advbg.errors import AdvbgError
-
-OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
-OUTCOME_NONE = 254          # stored mapped prediction "none" (unmapped top-1)
-OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 
 _MEANING = {
     "any": "mapped prediction != the foreground's class (the reference challenge)",

@@ -8,7 +8,7 @@
        layer, so its logits serve as its features (``feature_kind`` records which),
      - scores: the mapped class scores of the image alone (``label_map.reduce(logits)``; with a "none" column
        when the label map has unmapped outputs),
-  2. stores them in the store under ``/embeddings/<model tag>.<label map>.<identity key>`` with the model
+  2. writes them to ``<store>.d/embeddings/<model tag>.<label map>.<identity key>.h5`` with the model
      identity (architecture, weight tag, weights file SHA-256, SHA-256 of the parameters actually loaded,
      label map, normalisation) and the store digest,
   3. writes FAISS indexes of the L2-normalised features (inner product = cosine similarity) beside the store:
@@ -36,8 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advbg._version import __version__
-from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.data.store import Store, sidecar_folder
+from advbg.errors import AdvbgError, disk_error
 from advbg.files import now, sha256_file, write_json
 from advbg.models.classifier import Classifier
 
@@ -171,44 +171,33 @@ _ARRAYS = ("bg_features", "bg_scores", "fg_features", "fg_scores", "fg_area")
 
 
 def write_embeddings(store: Store, emb: Embeddings) -> str:
-    """Write ``emb`` to ``/embeddings/<name>`` (replacing an older copy only once the new one is complete)."""
-    store.require_writable()
-    root = store.file.require_group(EMBED_GROUP)
-    tmp = f"{emb.name}.partial"
-    if tmp in root:
-        del root[tmp]
-    g = root.create_group(tmp)
-    for k in _ARRAYS:
-        g.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1)
-    g.attrs.update(identity=json.dumps(emb.identity), identity_key=emb.key, store_digest=emb.store_digest,
-                   feature_kind=emb.feature_kind, score_names=json.dumps(list(emb.score_names)),
-                   fg_fill=emb.fg_fill, created=now(), advbg_version=__version__, complete=False)
-    store.file.flush()
-    if emb.name in root:
-        del root[emb.name]
-    root.move(tmp, emb.name)
-    root[emb.name].attrs["complete"] = True    # last: a crash before this leaves nothing that loads
-    store.file.flush()
-    return f"/{EMBED_GROUP}/{emb.name}"
+    """Write ``emb`` to ``<store>.d/embeddings/<name>.h5`` (an older copy is replaced only once the new one is
+    complete) and return that path."""
+    with store.write_derived(EMBED_GROUP, emb.name) as f:
+        for k in _ARRAYS:
+            f.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1)
+        f.attrs.update(identity=json.dumps(emb.identity), identity_key=emb.key, feature_kind=emb.feature_kind,
+                       score_names=json.dumps(list(emb.score_names)), fg_fill=emb.fg_fill)
+    return str(sidecar_folder(store.path) / EMBED_GROUP / f"{emb.name}.h5")
 
 
 def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
-    """The classifier's embeddings stored in ``store``; a clear error when there are none for this model."""
+    """The classifier's embeddings stored for ``store``; a clear error when there are none for this model."""
     ident = model_identity(classifier)
     key = identity_key(ident)
-    groups = {k: g for k, g in (store.file.get(EMBED_GROUP) or {}).items() if g.attrs.get("complete")}
-    match = [g for g in groups.values() if g.attrs.get("identity_key") == key]
+    groups = {k: g for k, g in store.embeddings.items() if g.attrs.get("complete")}
+    match = [(k, g) for k, g in groups.items() if g.attrs.get("identity_key") == key]
     if not match:
         have = "; it has embeddings for: " + ", ".join(
             describe(json.loads(g.attrs["identity"])) for g in groups.values()) if groups else ""
         raise AdvbgError(f"{store.path} has no embeddings for model {describe(ident)}{have}. Run `advbg index "
                          f"--model {ident['name']} --store {store.path}` first")
-    g = match[0]
+    name, g = match[0]
     digest = store.digest()
     if g.attrs["store_digest"] != digest:
-        raise AdvbgError(f"the embeddings in {store.path}:{g.name} were computed on different store content "
+        raise AdvbgError(f"the embeddings {name} of {store.path} were computed on different store content "
                          f"(digest {g.attrs['store_digest']}, now {digest}); rerun `advbg index`")
-    return Embeddings(g.name.rsplit("/", 1)[-1], json.loads(g.attrs["identity"]), g.attrs["store_digest"],
+    return Embeddings(name, json.loads(g.attrs["identity"]), g.attrs["store_digest"],
                       str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
                       fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
 
@@ -311,13 +300,22 @@ def write_index_file(index, path: Path, meta: dict) -> Path:
     """Write a CPU ``index`` to ``path`` and its sidecar ``path.json`` (meta + file SHA-256), both atomically."""
     faiss = _faiss()
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    faiss.write_index(index, str(tmp))
-    meta = dict(meta, file=path.name, sha256=sha256_file(tmp), ntotal=int(index.ntotal), dim=int(index.d),
-                index_type=type(index).__name__, advbg_version=__version__, created=now())
-    os.replace(tmp, path)
-    write_json(path.with_name(path.name + ".json"), meta)
+    tmp, side = path.with_name(f".{path.name}.partial"), path.with_name(path.name + ".json")
+    placed = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(index, str(tmp))
+        meta = dict(meta, file=path.name, sha256=sha256_file(tmp), ntotal=int(index.ntotal), dim=int(index.d),
+                    index_type=type(index).__name__, advbg_version=__version__, created=now())
+        os.replace(tmp, path)
+        placed = True
+        write_json(side, meta)
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        if placed:              # an index without its sidecar would be refused anyway; leave neither
+            path.unlink(missing_ok=True)
+            side.unlink(missing_ok=True)
+        raise disk_error(e, path) or e from None
     return path
 
 
@@ -414,5 +412,5 @@ def build_index(store: Store, classifier: Classifier, *, batch_size: int = 64, k
     where = write_embeddings(store, emb)
     paths = save_indexes(store.path, emb, kind, folder)
     k = choose_kind(len(emb.bg_features), kind, faiss_gpus() > 0)
-    return IndexReport(f"{store.path}:{where}", tuple(paths), emb.feature_kind, int(emb.bg_features.shape[1]),
+    return IndexReport(where, tuple(paths), emb.feature_kind, int(emb.bg_features.shape[1]),
                        len(emb.bg_features), len(emb.fg_features), k)

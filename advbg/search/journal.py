@@ -1,16 +1,17 @@
 """The search journal: committed units in append-only files beside the store, safe against SIGKILL at any byte.
 
-An HDF5 file killed in the middle of a write can be left unreadable, and the store holds the data set itself, so
-a running search never writes into the store. Each process appends one record per finished unit to its own
-file ``rank-NNNNN.bin`` in a folder ``<store>.<results name>.journal/``; a record is
+An HDF5 file killed in the middle of a write can be left unreadable, so a running search writes no HDF5 file until
+it has finished. Each process appends one record per finished unit to its own file ``rank-NNNNN.bin`` in a
+folder ``<store>.<results name>.journal/``; a record is
 ``b"ADVJ" | payload length (u64) | crc32 (u32) | payload (.npz bytes)`` and is fsync'ed before the next unit
 starts. A reader takes records up to the first torn or corrupt one, so a crash loses at most the unit that was
 being written, and a writer cuts such a tail off before appending. ``meta.npz`` (written once, atomically) holds
 what identifies the run (fingerprint, foregrounds, pool, attributes); ``run.json`` appears when the search
-finished. Merging into the store (``advbg.search.results.merge_journal``) is the only store write, done once at the end.
+finished. ``advbg.search.results.merge_journal`` turns a finished journal into the results file beside the store.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from advbg.errors import AdvbgError
+from advbg.errors import AdvbgError, disk_error
 
 MAGIC = b"ADVJ"
 _HEAD = struct.Struct("<4sQI")
@@ -41,13 +42,30 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+@contextlib.contextmanager
+def _disk(path: Path) -> Iterator[None]:
+    """A full or read-only disk while writing ``path`` becomes a one-line AdvbgError."""
+    try:
+        yield
+    except OSError as e:
+        err = disk_error(e, path)
+        if err is None:
+            raise
+        raise err from None
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _disk(path):
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def _scan(path: Path) -> Iterator[tuple[int, int, bytes]]:
@@ -82,12 +100,16 @@ class JournalWriter:
 
     def append(self, arrays: dict[str, np.ndarray]) -> None:
         payload = _npz_bytes(arrays)
-        self._f.write(_HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        with _disk(self.path):     # a record torn by a full disk is cut off by the next writer, skipped by readers
+            self._f.write(_HEAD.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:
+            pass     # a flush that failed on a full disk: every complete record was fsync'ed already
 
 
 class Journal:
@@ -113,9 +135,14 @@ class Journal:
     def create(self, fingerprint: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
         """Start afresh: remove an old journal, write the meta of this run."""
         self.remove()
-        self.folder.mkdir(parents=True)
-        _atomic_write(self.meta_path, _npz_bytes(dict(arrays, fingerprint=np.array(fingerprint),
-                                                      attrs_json=np.array(json.dumps(attrs)))))
+        try:
+            with _disk(self.folder):
+                self.folder.mkdir(parents=True)
+            _atomic_write(self.meta_path, _npz_bytes(dict(arrays, fingerprint=np.array(fingerprint),
+                                                          attrs_json=np.array(json.dumps(attrs)))))
+        except BaseException:
+            self.remove()       # a journal without its meta holds nothing: leave no folder behind
+            raise
 
     def fingerprint(self) -> str | None:
         try:

@@ -1,13 +1,14 @@
-"""Search results inside the store: ``/results/<name>``, written once when a search has finished.
+"""Search results: ``<store>.d/results/<name>.h5``, one HDF5 file per results name, written once a search has finished.
 
-A running search commits its units to a journal beside the store (``advbg.search.journal``), never to the store
-itself: an HDF5 file killed mid-write can become unreadable, and the store is the data set. When every unit is
-in, ``merge_journal`` writes the group in one go (``complete`` set last) and removes the journal; a crash during
-the merge leaves the journal, and ``--resume`` merges again.
+A running search commits its units to a journal beside the store (``advbg.search.journal``). When every unit is
+in, ``merge_journal`` writes the results file under a temporary name and renames it into place
+(``Store.write_derived``), then removes the journal: a kill at any point leaves the old results file (or none) and
+the journal, and ``--resume`` merges again. The store file itself is never written.
 
-Layout of a search results group (plain h5py)::
+Layout of a results file (plain h5py; attrs and datasets at its root, as a ``/results/<name>`` group of stores
+written by earlier advbg builds)::
 
-    attrs: kind="search", complete (bool, True only once fully written), fingerprint (what must match to
+    attrs: kind="search", complete=True, store_digest, fingerprint (what must match to
            resume), run (JSON of the RunRecord), config (JSON), classifier (JSON), criterion, mode, model,
            label_map, created, completed
     fg_id (F,) int64            searched foregrounds, in order
@@ -23,10 +24,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 
+import h5py
 import numpy as np
 
-from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.data.store import Store, check_derived_name
+from advbg.errors import AdvbgError, StoreError
 from advbg.files import now
 from advbg.search.journal import Journal
 
@@ -154,20 +156,14 @@ def group_attrs(classifier, config) -> dict:
 
 
 class SearchWriter:
-    """Creates ``/results/<name>`` (replacing an old one) and fills it; ``finish`` marks it complete."""
+    """Fills a results file's root group ``g`` (from ``Store.write_derived``); ``finish`` checks every row is in."""
 
-    def __init__(self, store: Store, name: str, fg_ids: np.ndarray, pool: np.ndarray, true_class: np.ndarray,
+    def __init__(self, g: h5py.Group, name: str, fg_ids: np.ndarray, pool: np.ndarray, true_class: np.ndarray,
                  fingerprint: str, attrs: dict, record_outcomes: bool, fg_block: int = 32):
-        store.require_writable()
-        check_name(name)
-        self.store, self.name = store, name
-        root = store.file.require_group("results")
-        if name in root:
-            del root[name]
-        g = root.create_group(name)
+        self.name = name
         n, b = len(fg_ids), len(pool)
         g.attrs.update(attrs)
-        g.attrs.update(complete=False, fingerprint=fingerprint, created=now())
+        g.attrs.update(fingerprint=fingerprint)
         g.create_dataset("fg_id", data=np.asarray(fg_ids, np.int64))
         g.create_dataset("bg_pool", data=np.asarray(pool, np.int64))
         g.create_dataset("true_class", data=np.asarray(true_class, np.int64))
@@ -196,18 +192,17 @@ class SearchWriter:
                              f"rerun the search with --resume")
         self.group.attrs["run"] = json.dumps(run, default=str)
         self.group.attrs["completed"] = now()
-        self.store.file.flush()
-        self.group.attrs["complete"] = True      # last, so a crash before this leaves it marked incomplete
-        self.store.file.flush()
 
 
 def check_name(name: str) -> None:
-    if not name or "/" in name:
-        raise AdvbgError(f"bad results name {name!r} (non-empty, no '/')")
+    try:
+        check_derived_name(name)
+    except StoreError as e:
+        raise AdvbgError(str(e)) from None
 
 
 def merge_journal(store: Store, journal: Journal, name: str) -> None:
-    """Write a finished journal's units into ``/results/<name>`` of ``store`` (opened 'r+'), then remove it."""
+    """Write a finished journal's units as results ``name`` of ``store`` (opened 'r+'), then remove the journal."""
     meta = journal.meta()
     run = journal.run()
     if run is None:
@@ -215,12 +210,13 @@ def merge_journal(store: Store, journal: Journal, name: str) -> None:
     if str(meta["fingerprint"]) != fingerprint_of_store(store, meta):
         raise AdvbgError(f"journal {journal.folder} was made from other store contents; remove it and search again")
     attrs = meta["attrs"]
-    w = SearchWriter(store, name, meta["fg_id"], meta["bg_pool"], meta["true_class"], str(meta["fingerprint"]),
-                     attrs["group"], bool(attrs["record_outcomes"]), int(attrs["fg_block"]))
-    for rec in journal.records():
-        out = rec.get("outcome")
-        w.write_rows(int(rec["start"]), int(rec["stop"]), rec, out if out is not None and out.size else None)
-    w.finish(run)
+    with store.write_derived("results", name) as f:
+        w = SearchWriter(f, name, meta["fg_id"], meta["bg_pool"], meta["true_class"], str(meta["fingerprint"]),
+                         attrs["group"], bool(attrs["record_outcomes"]), int(attrs["fg_block"]))
+        for rec in journal.records():
+            out = rec.get("outcome")
+            w.write_rows(int(rec["start"]), int(rec["stop"]), rec, out if out is not None and out.size else None)
+        w.finish(run)
     journal.remove()
 
 
@@ -236,15 +232,15 @@ def result_names(store: Store, kind: str = "search") -> list[str]:
 def load_search(store: Store, name: str | None = None, require_complete: bool = True):
     """A stored search as a SearchResult (``name=None``: the only/most recent complete one)."""
 
-    names = result_names(store)
+    groups = {k: g for k, g in store.results.items() if g.attrs.get("kind") == "search"}
     if name is None:
-        complete = [n for n in names if store.results[n].attrs.get("complete")]
+        complete = [n for n, g in groups.items() if g.attrs.get("complete")]
         if not complete:
             raise AdvbgError(f"{store.path} has no complete search results; run `advbg search` first")
-        name = max(complete, key=lambda n: str(store.results[n].attrs.get("completed", "")))
-    if name not in names:
-        raise AdvbgError(f"{store.path} has no search results named {name!r}; it has: {', '.join(names) or 'none'}")
-    g = store.results[name]
+        name = max(complete, key=lambda n: str(groups[n].attrs.get("completed", "")))
+    if name not in groups:
+        raise AdvbgError(f"{store.path} has no search results named {name!r}; it has: {', '.join(groups) or 'none'}")
+    g = groups[name]
     if require_complete and not g.attrs.get("complete"):
         raise AdvbgError(f"results {name!r} are incomplete (interrupted); finish them with `advbg search --resume`")
     run = RunRecord.from_dict(json.loads(g.attrs["run"])) if "run" in g.attrs else None

@@ -10,10 +10,10 @@ tried on, in which order, and whether it stops at its first fooling background:
 Results never depend on how pairs were batched: every pair up to a foreground's first fooling one is evaluated,
 later ones are ignored, ties go to the earliest trial position — exactly what a plain loop computes.
 
-Units are committed to a journal beside the store as they finish, and written into the store once at the end
-(``advbg.search.journal``, ``advbg.search.results``): a run killed at any point resumes with ``resume=True``, redoing at most
+Units are committed to a journal beside the store as they finish, and written as one results file beside the store
+at the end (``advbg.search.journal``, ``advbg.search.results``): a run killed at any point resumes with ``resume=True``, redoing at most
 the units in flight. SIGINT/SIGTERM stop cleanly after the current unit. Under ``torchrun`` units are shared
-round-robin by rank (``advbg.search.distributed``); rank 0 writes the store.
+round-robin by rank (``advbg.search.distributed``); rank 0 writes the results file.
 """
 from __future__ import annotations
 
@@ -111,9 +111,8 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
            journal_dir: str | None = None, echo: Callable[[str], None] = _stderr) -> SearchResult:
     """Find each foreground's worst-case background; see the module docstring.
 
-    ``write``: commit units to a journal and the finished result into ``/results/<name>`` of the store (opened
-    'r+'; under torchrun every rank opens it read-only and the caller merges ``result.journal`` afterwards, as
-    ``advbg search`` does). ``resume``: keep the units an interrupted run committed (same settings needed).
+    ``write``: commit units to a journal and the finished result to the store's results file ``name`` (store
+    opened 'r+'; under torchrun every rank opens it read-only and rank 0 takes the lock to write the file). ``resume``: keep the units an interrupted run committed (same settings needed).
     ``journal_dir``: where journals live (default: beside the store; under torchrun a folder all ranks see).
     ``strategy``: which backgrounds each foreground is tried on (None: the whole pool; see
     advbg.search.strategies for FAISS-pruned and random candidates). The caller's classifier is left on its
@@ -173,7 +172,7 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
     _check_results_name(name, store, journal_dir)
     amp = resolve_amp(device, config.amp)
     fp = fingerprint(store, fg_ids, pool, classifier, config, amp)
-    writable = store.file.mode == "r+"
+    writable = store.writable
     if write and not d.active:
         store.require_writable()
     journal = Journal(journal_folder(store.path, name, journal_dir)) if (write or d.active) else None
@@ -259,16 +258,13 @@ def _run(store, classifier, config, criterion, fg_ids, pool, true_all, device, d
 
 
 def _merge_when_released(store: Store, journal, name: str, d) -> None:
-    """Under torchrun every rank holds the store read-only: all let go of it, rank 0 merges the journal into it,
-    and every rank gets it back as it was."""
-    mode = store.file.mode
-    store.close()
+    """Under torchrun every rank holds the store read-only; rank 0 takes the store's lock and writes the results
+    file beside it (the store file is never written, so the other ranks keep their handles)."""
     distributed.barrier(d)
     if d.main:
         with Store(store.path, mode="r+") as w:
             merge_journal(w, journal, name)
     distributed.barrier(d)
-    store.reopen(mode)
 
 
 def _plan(store: Store, name: str, fp: str, resume: bool, journal, fg_ids, pool, true_all, config, classifier) -> dict:

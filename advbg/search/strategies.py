@@ -47,6 +47,7 @@ from advbg.search.results import (
     RunRecord,
     SearchResult,
     SearchWriter,
+    check_name,
     fingerprint,
     group_attrs,
 )
@@ -310,13 +311,15 @@ def _two_stage(store, classifier, config, spec, emb, ranker, pool, k, desc, resu
 
 
 def _write(store: Store, classifier: Classifier, cfg: SearchConfig, result: SearchResult, results_name, pool):
-    """Store a merged two-stage result as ``/results/<name>`` (no outcome matrix: the stages keep none)."""
+    """Store a merged two-stage result as results ``name`` (no outcome matrix: the stages keep none)."""
     name = results_name or default_results_name(classifier, cfg)
     fp = fingerprint(store, result.fg_id, pool, classifier, cfg, result.run.amp)
-    writer = SearchWriter(store, name, result.fg_id, pool, result.true_class, fp, group_attrs(classifier, cfg),
-                          record_outcomes=False)
-    writer.write_rows(0, len(result), {k: getattr(result, k) for k in FIELDS}, None)
-    writer.finish(asdict(result.run))
+    check_name(name)
+    with store.write_derived("results", name) as f:
+        writer = SearchWriter(f, name, result.fg_id, pool, result.true_class, fp, group_attrs(classifier, cfg),
+                              record_outcomes=False)
+        writer.write_rows(0, len(result), {k: getattr(result, k) for k in FIELDS}, None)
+        writer.finish(asdict(result.run))
     return replace(result, results_name=name)
 
 
