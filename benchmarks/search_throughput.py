@@ -338,10 +338,14 @@ def table(rows: list[dict]) -> str:
         if "failed" in r:
             out.append(f"| {r['model']} | {r['variant']} | {r.get('batch', '')} | {r['failed']} | | | | | | |")
             continue
-        out.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['search']:,.0f}/s | "
-                   f"{r['search_end_to_end']:,.0f}/s | {r['bare']:,.0f}/s | {r['ratio']:.2f} | "
-                   f"{r['reference']:,.1f}/s | {r['speedup']:.1f}x | {_duration(r['grid_minutes'])} |")
+        out.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {_rate(r['search'])} | "
+                   f"{_rate(r['search_end_to_end'])} | {_rate(r['bare'])} | {r['ratio']:.2f} | "
+                   f"{_rate(r['reference'])} | {r['speedup']:.1f}x | {_duration(r['grid_minutes'])} |")
     return "\n".join(out)
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}/s" if x >= 100 else f"{x:.1f}/s"
 
 
 def _duration(minutes: float) -> str:
