@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -237,7 +238,8 @@ def child(args: list[str], timeout: float) -> tuple[dict | None, str]:
 def _reason(text: str, code: int) -> str:
     """The line of a child's traceback that says what failed (TorchDynamo / inductor errors included)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "Error" in ln or "error" in ln or "Exception" in ln]
+    raised = [ln for ln in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Failed|Unsupported)\w*\b", ln)]
+    errs = raised or [ln for ln in lines if "Error" in ln or "error" in ln or "Exception" in ln]
     pick = errs[-1] if errs else (lines[-1] if lines else f"exit code {code}")
     return f"failed (exit {code}): {pick[:300]}"
 
