@@ -472,7 +472,7 @@ def test_killed_cuda_search_resumes_to_the_uninterrupted_result(tmp_path):
         j = Journal(journal_folder(path, "r"))
         return sum(1 for _ in j.records(("start",))) if j.exists() else 0
 
-    p = _cli(path, sleep=0.05)
+    p = _cli(path, sleep=0.1)       # 3 forwards per unit: ~0.3 s a unit, time to catch it part-way
     deadline = time.time() + 120
     while p.poll() is None and units() < 3 and time.time() < deadline:
         time.sleep(0.005)

@@ -109,8 +109,10 @@ class _Step:
         return c(x)
 
     def _eager(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
-        if self._buffers is not None and dtype == torch.float32 and self._plain(bg.shape[1:3]):
-            c = self.classifier
+        c = self.classifier
+        # The buffer is overwritten by the next batch: not where a hook on the model could keep its input.
+        if (self._buffers is not None and dtype == torch.float32 and self._plain(bg.shape[1:3])
+                and not (c.model._forward_hooks or c.model._forward_pre_hooks)):
             return c.model(self._buffers(fg, sel, bg, fi, bj, c.mean, c.std))
         return self._logits(fg, sel, bg, fi, bj, dtype)
 
