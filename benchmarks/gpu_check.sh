@@ -98,3 +98,4 @@ for name, key in (("cuda_flips.json", "bf16_flips"), ("gpu_throughput.json", "th
 print(f"wrote {out / 'gpu_check.json'}: tests {d.get('tests')}, bench exit {d['bench_exit_code']}")
 EOF
 echo "== done in $(elapsed)s"
+sleep 1   # let tee write the last lines into the log
