@@ -11,6 +11,9 @@ Out-of-memory halves the batch and retries (``_Batcher``). ``advbg.search`` driv
 """
 from __future__ import annotations
 
+import ctypes
+import os
+import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +26,7 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.models.classifier import Classifier
 from advbg.models.precision import resolve_amp
-from advbg.search.compositor import composite_pairs, select_mask
+from advbg.search.compositor import NormalisedComposites, composite_pairs, select_mask
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, Criterion
 from advbg.search.pool import BackgroundPool, default_threads, read_items, upload
@@ -35,6 +38,29 @@ _NEVER = np.iinfo(np.int64).max
 
 
 # --------------------------------------------------------------------------------------------- forward
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> bool:
+    """CPU, glibc: keep freed memory in the process for the next forward instead of returning it to the OS.
+
+    A forward's activations are fresh tensors of tens of MB each; glibc serves those by mmap and unmaps them on
+    free, so every forward page-faults and zero-fills all of them again (270,000 faults per forward of 32
+    composites through advbg/lite0; measured in benchmarks/README.md). Raising the mmap and trim thresholds
+    keeps that memory for reuse: the same arithmetic, no faults, at the price of the process holding its peak
+    heap until it exits. Once per process; ``ADVBG_KEEP_FREED_MEMORY=0`` turns it off. True when applied."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or os.environ.get("ADVBG_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return _MALLOC_TUNED
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+        _MALLOC_TUNED = bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 2**31 - 1)
+                             and libc.mallopt(m_top_pad, 64 << 20))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
+        pass
+    return _MALLOC_TUNED
+
 
 def _is_oom(e: BaseException) -> bool:
     if isinstance(e, torch.OutOfMemoryError):
@@ -58,25 +84,40 @@ class _Step:
         kind = type(classifier)
         self._direct = kind.forward is Classifier.forward and kind.preprocess is Classifier.preprocess
         self._input_hw = tuple(classifier.config.input_size[1:])
-        self._fn = self._logits
+        # CPU, eager: composites made and normalised in reused buffers (same values, no fresh batch tensors)
+        self._buffers = NormalisedComposites(config.channels_last) if device.type == "cpu" else None
+        self._fn = self._eager
         if config.compile:
             mode = "reduce-overhead" if (config.cuda_graphs and device.type == "cuda") else "default"
             self._fn = torch.compile(self._logits, mode=mode, dynamic=False)
+
+    def _plain(self, hw) -> bool:
+        """True when Classifier.forward is model(preprocess(x)) with nothing to resize and no hooks to run."""
+        c = self.classifier
+        return self._direct and tuple(hw) == self._input_hw and not (c._forward_hooks or c._forward_pre_hooks)
 
     def _logits(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
         x = composite_pairs(fg, sel, bg, fi, bj, dtype)
         if not self.channels_last:
             x = x.contiguous()
         c = self.classifier
-        if self._direct and tuple(x.shape[-2:]) == self._input_hw and not (c._forward_hooks or c._forward_pre_hooks):
+        if self._plain(x.shape[-2:]):
             # Classifier.forward = model(preprocess(x)); preprocess without a resize done in place: the same
             # arithmetic, no float temporaries. (Hooks on the classifier need the real call.)
             x.sub_(c.mean.to(x.dtype)).div_(c.std.to(x.dtype))
             return c.model(x)
         return c(x)
 
+    def _eager(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
+        c = self.classifier
+        # The buffer is overwritten by the next batch: not where a hook on the model could keep its input.
+        if (self._buffers is not None and dtype == torch.float32 and self._plain(bg.shape[1:3])
+                and not (c.model._forward_hooks or c.model._forward_pre_hooks)):
+            return c.model(self._buffers(fg, sel, bg, fi, bj, c.mean, c.std))
+        return self._logits(fg, sel, bg, fi, bj, dtype)
+
     def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False, eager: bool = False):
-        fn = self._logits if (fp32 or eager) else self._fn
+        fn = self._eager if (fp32 or eager) else self._fn
         with torch.inference_mode():
             if fp32 or not self.low_precision:
                 logits = fn(fg, mask, bg, fi, bj, torch.float32).float()
@@ -242,6 +283,8 @@ class Engine:
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), device)
             self._fraction_set = True
+        if device.type == "cpu":
+            keep_freed_memory()
         self.executor = ThreadPoolExecutor(default_threads())
         self.pool = BackgroundPool(store.backgrounds.images, pool, device, self.budget, executor=self.executor)
         self.bg_label = torch.as_tensor(store.backgrounds.labels[pool], device=device)
