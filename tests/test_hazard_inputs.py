@@ -9,6 +9,8 @@ import h5py
 import pytest
 from conftest import assert_one_line_error, make_random_store, run_cli
 
+from advbg.data.store import sidecar_files
+
 pytest.importorskip("test_cli_search")   # registers test/tiny for the in-process CLI
 
 
@@ -38,9 +40,9 @@ def _one_line(capsys, args, pattern):
     (["--results-name", "."], "bad results name"),
     (["--results-name", ".."], "bad results name"),
     (["--results-name", "a\nb"], "control characters"),
-    (["--results-name", "x" * 300], "shorter name"),
-    (["--results-file", "x" * 300 + ".json"], "shorter name"),
-    (["--grid", "x" * 300 + ".png"], "shorter name"),
+    (["--results-name", "x" * 300], "shorter name|at most 200 bytes"),
+    (["--results-file", "x" * 300 + ".json"], "shorter name|at most 200 bytes"),
+    (["--grid", "x" * 300 + ".png"], "shorter name|at most 200 bytes"),
 ])
 def test_bad_search_options_are_one_line(store, capsys, extra, pattern):
     before = digest(store)
@@ -82,14 +84,14 @@ def test_foreground_label_outside_the_classes_is_one_line(store, capsys):
 def searched(store, capsys):
     code, _, err = run_cli(_search(store), capsys)
     assert code == 0, err
-    with h5py.File(store, "r") as f:
-        name = next(iter(f["results"]))
+    name = next(iter(sidecar_files(store, "results")))
     return store, name
 
 
 def _tamper(path, name, how):
-    with h5py.File(path, "r+") as f:
-        g = f["results"][name]
+    """Damage the results file of ``name`` (a sidecar beside the store; its root is the results group)."""
+    with h5py.File(sidecar_files(path, "results")[name], "r+") as f:
+        g = f
         if how == "short":
             d = g["worst_bg"][()]
             del g["worst_bg"]

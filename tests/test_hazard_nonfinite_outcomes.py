@@ -82,10 +82,12 @@ def test_a_matrix_that_records_invalid_pairs_as_predictions_is_refused(copy, tmp
     _outcome(copy, "inf", name="old")
     import h5py
 
-    with h5py.File(copy, "r+") as f:     # what a search before OUTCOME_INVALID stored: the argmax (class 0)
-        o = f["results/old/outcome"][()]
+    from advbg.data.store import sidecar_files
+
+    with h5py.File(sidecar_files(copy, "results")["old"], "r+") as f:   # what a search before OUTCOME_INVALID
+        o = f["outcome"][()]                                             # stored: the argmax (class 0)
         o[o == OUTCOME_INVALID] = 0
-        f["results/old/outcome"][...] = o
+        f["outcome"][...] = o
     with pytest.raises(AdvbgError, match="predates invalid pairs being marked"):
         export(copy, tmp_path / "exp", results="old")
     assert N_FG == len(o)

@@ -38,7 +38,7 @@ def test_two_checkpoints_of_one_architecture_get_their_own_results(tmp_path, cap
         ck = _checkpoint(tmp_path / f"net{seed}.safetensors", seed)
         code, out, err = run_cli(["search", "--store", str(store), "--model", str(ck), "--grid", "-", "-q"], capsys)
         assert code == 0, err
-        names.append(re.search(r"/results/(\S+)", out).group(1))
+        names.append(re.search(r"/results/(\S+?)\.h5$", out, re.M).group(1))
     assert names[0] != names[1]
     with Store(store) as s:
         assert set(names) <= set(s.results)

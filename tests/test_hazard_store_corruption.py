@@ -217,7 +217,7 @@ def test_outcome_values_beyond_the_classes_are_a_problem(store, tiny_classifier,
         f["outcome"][2, 5] = value
     problems = verify_store(store).problems
     assert problems == (["s.h5.d/results/r.h5/outcome holds 1 value(s) that are neither a class index (0..8) nor "
-                         "254 (none) / 255 (not evaluated)"] if bad else [])
+                         "253 (invalid) / 254 (none) / 255 (not evaluated)"] if bad else [])
 
 
 @pytest.mark.parametrize("key", ["worst_bg", "done", "outcome"])

@@ -12,13 +12,14 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
 from advbg.commands.report import run_report
-from advbg.data.store import Store
+from advbg.data.store import Store, sidecar_files
 from advbg.search.config import SearchConfig
 from advbg.search.results import SearchWriter, load_search
 from advbg.search.runner import search
@@ -106,16 +107,19 @@ def fabricate_results(path: Path, name: str = "fake.any.exhaustive", seed: int =
                    input_size=[3, 32, 32], interpolation="bilinear", num_outputs=len(names))
         attrs = dict(kind="search", criterion="any", mode="exhaustive", model="fakenet.seed0", label_map="identity",
                      config=json.dumps(dict(criterion="any", mode="exhaustive")), classifier=json.dumps(cfg))
-        w = SearchWriter(s, name, fg, pool, true, "fabricated", attrs, record_outcomes=True)
-        w.write_rows(0, n_fg, dict(worst_bg=worst, worst_margin=margin,
-                                   worst_pred=np.where(fooled, (true + 1) % len(names), true),
-                                   first_fooling_bg=np.where(fooled, worst, -1),
-                                   n_fooling=np.where(fooled, 1 + rng.integers(0, n_bg, n_fg) // 2, 0),
-                                   n_evaluated=np.full(n_fg, n_bg), n_invalid=np.zeros(n_fg, np.int64)), outcome)
-        if complete:
+        with s.write_derived("results", name) as g:
+            w = SearchWriter(g, name, fg, pool, true, "fabricated", attrs, record_outcomes=True)
+            w.write_rows(0, n_fg, dict(worst_bg=worst, worst_margin=margin,
+                                       worst_pred=np.where(fooled, (true + 1) % len(names), true),
+                                       first_fooling_bg=np.where(fooled, worst, -1),
+                                       n_fooling=np.where(fooled, 1 + rng.integers(0, n_bg, n_fg) // 2, 0),
+                                       n_evaluated=np.full(n_fg, n_bg), n_invalid=np.zeros(n_fg, np.int64)), outcome)
             w.finish(dict(advbg_version="0", classifier=cfg, store=str(path), store_digest=s.digest(),
                           criterion="any", mode="exhaustive", pruning=None, config={}, device="cpu",
                           started="2026-01-01T00:00:00+00:00", seconds=2.0, forwards=n_fg * n_bg))
+    if not complete:  # results files appear only once complete; an incomplete one is a damaged or foreign file
+        with h5py.File(sidecar_files(path, "results")[name], "r+") as f:
+            f.attrs["complete"] = False
 
 
 # --------------------------------------------------------------------------------------------- browser

@@ -18,6 +18,9 @@ from advbg.errors import AdvbgError, disk_error
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning every error into one line and a non-zero exit."""
+    # A CPU search in this process may keep freed memory for the next forward (advbg.search.engine.keep_freed_memory):
+    # a whole-process allocator setting, so the library leaves it off and the command turns it on.
+    os.environ.setdefault("ADVBG_KEEP_FREED_MEMORY", "1")
     try:
         code = app(args=argv, standalone_mode=False)  # non-standalone typer returns Exit codes (130 on Ctrl-C)
     except typer.Exit as e:

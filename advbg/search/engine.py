@@ -48,9 +48,11 @@ def keep_freed_memory() -> bool:
     free, so every forward page-faults and zero-fills all of them again (270,000 faults per forward of 32
     composites through advbg/lite0; measured in benchmarks/README.md). Raising the mmap and trim thresholds
     keeps that memory for reuse: the same arithmetic, no faults, at the price of the process holding its peak
-    heap until it exits. Once per process; ``ADVBG_KEEP_FREED_MEMORY=0`` turns it off. True when applied."""
+    heap until it exits. A process-wide setting, so it is opt-in: ``ADVBG_KEEP_FREED_MEMORY=1`` (the `advbg`
+    command sets it unless the environment says otherwise; a notebook using the API opts in itself). Once per
+    process. True when applied."""
     global _MALLOC_TUNED
-    if _MALLOC_TUNED or os.environ.get("ADVBG_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+    if _MALLOC_TUNED or os.environ.get("ADVBG_KEEP_FREED_MEMORY", "0") != "1" or not sys.platform.startswith("linux"):
         return _MALLOC_TUNED
     try:
         libc = ctypes.CDLL("libc.so.6")
