@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import json
 import os
 import re
@@ -34,8 +35,8 @@ from tqdm import tqdm
 
 from advbg.data import segment
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.data.store import DISK_HEADROOM, Store
+from advbg.errors import AdvbgError, disk_error
 from advbg.files import check_output
 
 _STR = h5py.string_dtype("utf-8")
@@ -629,6 +630,7 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
 
         def batches(name: str) -> Iterator[VariantBatch]:
             for b in iter_variant(store, name, block=block, rng_seed=seed, options=options):
+                _require_room(tmp, b.images.nbytes)
                 bar.update(len(b))
                 yield b
         try:
@@ -645,8 +647,11 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
                     for name in names:
                         counts[name] = _write_h5(store, f, name, batches(name), meta)
                     f.attrs["complete"] = True
-        except BaseException:
+        except BaseException as e:
             _remove(tmp)
+            err = disk_error(e, out)
+            if err is not None:
+                raise err from None
             raise
         finally:
             bar.close()
@@ -654,6 +659,13 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
         _remove(out)
     os.replace(tmp, out)
     return counts
+
+
+def _require_room(tmp: Path, nbytes: int) -> None:
+    """Stop cleanly while the disk still has room for the next block: HDF5 meeting a full disk can crash the
+    process (the same rule as the store writer's)."""
+    if shutil.disk_usage(tmp.parent).free < nbytes + DISK_HEADROOM:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
 
 
 def _remove(path: Path) -> None:
