@@ -47,3 +47,22 @@ def test_search_cli_hands_the_library_exactly_the_options_given(monkeypatch, tmp
     assert seen["prune"] == PruneSpec("score", k=5)
     assert seen["results_file"] == out and seen["grid"] == Path("-")
     assert seen["resume"] is True and seen["write"] is True and seen["progress"] is False
+
+
+def test_a_model_whose_named_classes_are_in_another_order_is_refused(tmp_path):
+    """An identity map with real class names must list the store's classes in the store's order (a reordered
+    checkpoint would otherwise be scored against the wrong classes without a word)."""
+    import pytest
+
+    from advbg.errors import AdvbgError
+    from advbg.models.classifier import identity_map
+
+    path = make_random_store(tmp_path / "s.h5", n_fg=3, n_bg=2)
+    clf = make_tiny_classifier()
+    with Store(path) as s:
+        names = list(s.class_names)
+        clf.label_map = identity_map(names[1:] + names[:1])                        # rotated by one
+        with pytest.raises(AdvbgError, match="differ from the store's"):
+            search(s, clf, SearchConfig(batch_size=4), write=False, progress=False)
+        clf.label_map = identity_map([str(i) for i in range(len(names))])         # placeholders: count only
+        search(s, clf, SearchConfig(batch_size=4), write=False, progress=False)

@@ -292,7 +292,7 @@ def check_label_spaces(store: Store, classifiers: Sequence[Classifier], baseline
             raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives {len(have)} classes, "
                              f"the store has {len(want)} ({', '.join(store.class_names)}); use a label map that "
                              f"fits (--label-map in9 for ImageNet-1k models on IN-9 stores)")
-        if have != want and clf.config.label_map != "identity":
+        if clf.label_map.differs_from(store.class_names):
             raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives the classes "
                              f"{', '.join(clf.label_map.class_names)}; the store's are {', '.join(store.class_names)}")
 

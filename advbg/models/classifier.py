@@ -119,6 +119,15 @@ class LabelMap:
         others = scores.scatter(1, true.view(-1, 1), float("-inf"))
         return true_score - others.max(1).values
 
+    def differs_from(self, class_names: Sequence[str]) -> bool:
+        """True when this map's classes are not ``class_names`` in the same order (case-insensitive). An identity
+        map whose names are placeholders ("0".."n-1": the model recorded none) can only be checked by count."""
+        have, want = [c.lower() for c in self.class_names], [c.lower() for c in class_names]
+        if len(have) != len(want):
+            return True
+        placeholders = self.name == "identity" and list(self.class_names) == [str(i) for i in range(len(have))]
+        return not placeholders and have != want
+
     def check_fits(self, num_outputs: int) -> None:
         if num_outputs != self.num_inputs:
             raise ModelError(f"label map {self.name!r} expects {self.num_inputs} model outputs, "

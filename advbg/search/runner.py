@@ -74,8 +74,9 @@ def _check_label_space(store: Store, classifier: Classifier) -> None:
         raise AdvbgError(f"the classifier's label map {classifier.config.label_map!r} gives {len(have)} classes "
                          f"but the store has {len(want)} ({', '.join(store.class_names)}); choose a label map "
                          f"that fits (--label-map in9 for ImageNet models on IN-9 stores)")
-    if have != want and classifier.config.label_map != "identity":
-        raise AdvbgError(f"label map classes {tuple(have)} differ from the store's {tuple(want)}")
+    if classifier.label_map.differs_from(store.class_names):
+        raise AdvbgError(f"label map classes {tuple(have)} differ from the store's {tuple(want)} (class k of the "
+                         f"model must be class k of the store)")
 
 
 class _StopRequest:
