@@ -152,3 +152,25 @@ def test_synth_out_through_a_symlink_is_refused(tmp_path, capsys):
     code, _, err = run_cli(["synth", "--out", str(tmp_path / "link.h5"), "--overwrite"], capsys)
     assert_one_line_error(code, err, "symbolic link")
     assert not (tmp_path / "target.h5").exists()
+
+
+def test_a_symlink_at_the_default_grid_path_is_refused_before_the_search(store, tmp_path, capsys):
+    """No --grid: the grid's default name (beside the store, from the results name) is checked before any work."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    default = tmp_path / f"{store.stem}.tinynet.seed0.any.exhaustive.worst.png"
+    default.symlink_to(target)
+    code, _, err = run_cli(["search", "--store", str(store), "--model", "test/tiny", "-q"], capsys)
+    assert_one_line_error(code, err, "symbolic link|symlink")
+    assert target.read_text() == "keep me" and default.is_symlink()
+    assert not (tmp_path / f"{store.name}.d" / "results").exists(), "the search ran before the refusal"
+
+
+def test_a_symlink_at_universals_default_png_is_refused_before_any_work(store, tmp_path, capsys):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / f"{store.stem}.universal.all.bg-class.hist.png").symlink_to(target)
+    code, _, err = run_cli(["universal", "--store", str(store), "--model", "test/tiny", "-q"], capsys)
+    assert_one_line_error(code, err, "symbolic link|symlink")
+    assert target.read_text() == "keep me"
+    assert not (tmp_path / f"{store.name}.d" / "results").exists(), "universal searched before the refusal"

@@ -1,6 +1,7 @@
 """`advbg search`: load the store and the classifier, search, write results, JSON and the grid, print the headline."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +13,7 @@ from advbg.models.classifier import Classifier, ModelSpec, as_classifier, resolv
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
 from advbg.search.results import SearchResult
-from advbg.search.runner import search
+from advbg.search.runner import default_results_name, search
 from advbg.search.strategies import Pruned, PruneSpec, prune_line, prune_summary
 
 
@@ -60,6 +61,9 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     with Store(store, mode="r+" if write and not d.active else "r") as s:
         s.require_nonempty()
         clf = as_classifier(model)
+        if d.main and grid is None:   # the default grid's name needs the model: checked now, before the search
+            grid = _default_grid(s, clf, config, prune, results_name if write else "search")
+            check_output(grid, (".png",), inputs=inputs + [results_file])
         result = search(s, clf, config, strategy=Pruned(prune) if prune else None, results_name=results_name,
                         write=write, resume=resume, progress=progress, journal_dir=journal_dir)
         if d.main:
@@ -67,6 +71,15 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     if d.main and result.results_name:
         echo(f"results: {sidecar_folder(store) / 'results' / (result.results_name + '.h5')}")
     return result
+
+
+def _default_grid(s: Store, clf: Classifier, config: SearchConfig, prune: PruneSpec | None,
+                  results_name: str | None) -> Path:
+    """``<store stem>.<results name>.worst.png`` beside the store, the name the search will give its results."""
+    if results_name is None:
+        n_pool = len(config.backgrounds) if config.backgrounds is not None else len(s.backgrounds)
+        results_name = default_results_name(clf, replace(config, prune=prune.describe(n_pool)) if prune else config)
+    return Path(s.path).with_name(f"{Path(s.path).stem}.{results_name}.worst.png")
 
 
 def _report(s: Store, result: SearchResult, results_file: Path | None, grid: Path | None, echo) -> None:

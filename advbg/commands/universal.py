@@ -44,6 +44,11 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
     # is also where `advbg search` left the outcome matrix to reuse.
 
     store = working_store(store, echo)
+    stem = Path(store).with_name(f"{Path(store).stem}.universal.{klass.strip().lower()}.{criterion}")
+    top_png = Path(top_png) if top_png else Path(f"{stem}.top.png")        # defaults checked before any work too
+    hist_png = Path(hist_png) if hist_png else Path(f"{stem}.hist.png")
+    check_output(top_png, (".png",), inputs=inputs + [results_file])
+    check_output(hist_png, (".png",), inputs=inputs + [results_file, top_png])
     with Store(store) as s:
         s.require_nonempty()
         names = s.class_names
