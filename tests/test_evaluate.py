@@ -286,7 +286,7 @@ def _one_line_error(code, err, pattern):
 @pytest.mark.parametrize("args, pattern", [
     (["-m", "test/eval9", "-V", "original,mixed_sam"], "unknown variant 'mixed_sam'; did you mean mixed_same"),
     (["-m", "test/eval9", "--label-map", "in9"], "label map 'in9' expects 1000 model outputs, the model has 9"),
-    (["-m", "test/eval1000", "--label-map", "identity"], "gives 1000 classes, the store has 9"),
+    (["-m", "test/eval1000", "--label-map", "identity"], "gives 1000 classes but the store has 9"),
     (["-m", "test/eval9", "--baseline", "test/eval5"], "baseline 'test/eval5' has another label space"),
     (["-m", "test/eval9", "--top-k", "1,five"], "--top-k takes comma-separated positive integers"),
     (["-m", "test/eval9", "--models-file", "nope.txt"], "models file nope.txt does not exist"),

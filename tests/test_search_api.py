@@ -62,7 +62,7 @@ def test_a_model_whose_named_classes_are_in_another_order_is_refused(tmp_path):
     with Store(path) as s:
         names = list(s.class_names)
         clf.label_map = identity_map(names[1:] + names[:1])                        # rotated by one
-        with pytest.raises(AdvbgError, match="differ from the store's"):
+        with pytest.raises(AdvbgError, match="class k of the model must be class k of the store"):
             search(s, clf, SearchConfig(batch_size=4), write=False, progress=False)
         clf.label_map = identity_map([str(i) for i in range(len(names))])         # placeholders: count only
         search(s, clf, SearchConfig(batch_size=4), write=False, progress=False)

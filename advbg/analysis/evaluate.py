@@ -274,7 +274,6 @@ def model_record(clf: Classifier) -> dict:
 
 def check_label_spaces(store: Store, classifiers: Sequence[Classifier], baseline: Classifier | None) -> None:
     """Every classifier must map to the store's classes; a baseline must share the models' label space."""
-    want = tuple(c.lower() for c in store.class_names)
     if baseline is not None:
         base = tuple(c.lower() for c in baseline.label_map.class_names)
         for clf in classifiers:
@@ -287,14 +286,7 @@ def check_label_spaces(store: Store, classifiers: Sequence[Classifier], baseline
                                  f"({len(have)} classes via {clf.config.label_map!r}); relative accuracy needs "
                                  f"the same classes")
     for clf in [*classifiers, *([baseline] if baseline is not None else [])]:
-        have = tuple(c.lower() for c in clf.label_map.class_names)
-        if len(have) != len(want):
-            raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives {len(have)} classes, "
-                             f"the store has {len(want)} ({', '.join(store.class_names)}); use a label map that "
-                             f"fits (--label-map in9 for ImageNet-1k models on IN-9 stores)")
-        if clf.label_map.differs_from(store.class_names):
-            raise AdvbgError(f"label map {clf.config.label_map!r} of {clf.config.name!r} gives the classes "
-                             f"{', '.join(clf.label_map.class_names)}; the store's are {', '.join(store.class_names)}")
+        clf.label_map.require_store_classes(store.class_names, clf.config.name)
 
 
 # --------------------------------------------------------------------------------------------- evaluation

@@ -128,6 +128,17 @@ class LabelMap:
         placeholders = self.name == "identity" and list(self.class_names) == [str(i) for i in range(len(have))]
         return not placeholders and have != want
 
+    def require_store_classes(self, class_names: Sequence[str], model: str) -> None:
+        """Raise ModelError unless this map gives exactly the store's classes, in the store's order."""
+        if len(self.class_names) != len(class_names):
+            raise ModelError(f"label map {self.name!r} gives {len(self.class_names)} classes but the store has "
+                             f"{len(class_names)} ({', '.join(class_names)}) for model {model!r}; use a label map "
+                             f"that fits (--label-map in9 for ImageNet-1k models on IN-9 stores)")
+        if self.differs_from(class_names):
+            raise ModelError(f"label map {self.name!r} of model {model!r} gives the classes "
+                             f"{', '.join(self.class_names)}; the store's are {', '.join(class_names)} (class k of "
+                             f"the model must be class k of the store)")
+
     def check_fits(self, num_outputs: int) -> None:
         if num_outputs != self.num_inputs:
             raise ModelError(f"label map {self.name!r} expects {self.num_inputs} model outputs, "

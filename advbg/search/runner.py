@@ -68,15 +68,7 @@ def default_results_name(classifier: Classifier, config: SearchConfig) -> str:
 
 
 def _check_label_space(store: Store, classifier: Classifier) -> None:
-    have = [c.lower() for c in classifier.label_map.class_names]
-    want = [c.lower() for c in store.class_names]
-    if len(have) != len(want):
-        raise AdvbgError(f"the classifier's label map {classifier.config.label_map!r} gives {len(have)} classes "
-                         f"but the store has {len(want)} ({', '.join(store.class_names)}); choose a label map "
-                         f"that fits (--label-map in9 for ImageNet models on IN-9 stores)")
-    if classifier.label_map.differs_from(store.class_names):
-        raise AdvbgError(f"label map classes {tuple(have)} differ from the store's {tuple(want)} (class k of the "
-                         f"model must be class k of the store)")
+    classifier.label_map.require_store_classes(store.class_names, classifier.config.name)
 
 
 class _StopRequest:
