@@ -11,6 +11,7 @@ from conftest import make_tiny_classifier
 
 from advbg.data.store import Store, write_store
 from advbg.errors import AdvbgError
+from advbg.models.classifier import identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 
@@ -38,8 +39,10 @@ def hostile(tmp_path):
                        fg_labels=[0] * 4, bg_images=rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8),
                        bg_labels=[0] * 5, fg_source_ids=[f"../../../fg{i}" for i in range(4)],
                        bg_source_ids=[f"/tmp/bg{j}" for j in range(5)])
+    clf = make_tiny_classifier()
+    clf.label_map = identity_map(list(Store(path).class_names))   # the model's classes are the store's, hostile names too
     with Store(path, "r+") as s:
-        search(s, make_tiny_classifier(), SearchConfig(), results_name="r", progress=False)
+        search(s, clf, SearchConfig(), results_name="r", progress=False)
     return tmp_path, path
 
 
