@@ -174,3 +174,16 @@ def test_a_symlink_at_universals_default_png_is_refused_before_any_work(store, t
     assert_one_line_error(code, err, "symbolic link|symlink")
     assert target.read_text() == "keep me"
     assert not (tmp_path / f"{store.name}.d" / "results").exists(), "universal searched before the refusal"
+
+
+def test_saliency_and_report_outputs_equal_to_their_inputs_are_refused(store, tmp_path, capsys):
+    """Every command that writes guards its inputs, saliency and report included: the store survives."""
+    before = digest(store)
+    code, _, err = run_cli(["saliency", "--store", str(store), "--model", "test/tiny", "--results-file", str(store),
+                            "-q"], capsys)
+    assert_one_line_error(code, err, "input")
+    evals = tmp_path / "eval.html"          # an eval file with the page's suffix: only the input check refuses it
+    evals.write_text("{}")
+    code, _, err = run_cli(["report", "--store", str(store), "--eval", str(evals), "--out", str(evals)], capsys)
+    assert_one_line_error(code, err, "input")
+    assert digest(store) == before and evals.read_text() == "{}"

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
-from advbg.commands.common import DEMO_STORE, WORKING_DEMO
+from advbg.commands.common import DEMO_STORE, WORKING_DEMO, store_inputs
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, check_output
 
@@ -20,7 +20,7 @@ def run_report(store: str | Path = DEMO_STORE, out: str | Path | None = None, *,
     ``out``: default ``<store stem>.report.html`` beside the store. The store is only read."""
     store = _results_store(Path(store))
     out = Path(out) if out is not None else store.with_name(f"{store.stem}.report.html")
-    check_output(out, (".html", ".htm"))
+    check_output(out, (".html", ".htm"), inputs=store_inputs(store) + [Path(f) for f in eval_files])
     if not os.access(out.parent, os.W_OK):
         raise AdvbgError(f"cannot write {out}: folder {out.parent} is not writable")
     report = build_report(store, eval_files, cap=cap, verify=verify, skip_incomplete=skip_incomplete,

@@ -15,7 +15,7 @@ from advbg.analysis.saliency import (
     save_maps,
     to_csv,
 )
-from advbg.commands.common import DEMO_STORE
+from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, check_output, write_json
@@ -37,9 +37,10 @@ def run_saliency(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier |
     png = None if png is not None and str(png) == "-" else png
     if grid_rows < 1:
         raise AdvbgError(f"--grid-rows must be at least 1 (got {grid_rows})")
-    check_output(results_file)
-    check_output(png, (".png",))
-    check_output(maps, (".npz",))
+    inputs = store_inputs(store) + model_inputs(model)
+    check_output(results_file, inputs=inputs)
+    check_output(png, (".png",), inputs=inputs + [results_file])
+    check_output(maps, (".npz",), inputs=inputs + [results_file, png])
     if not captum_available():
         raise AdvbgError("advbg saliency needs captum: pip install 'advbg[saliency]' (or pip install captum)")
     with Store(store) as s:
