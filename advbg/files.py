@@ -3,33 +3,103 @@
 A leaf module: every layer may import it, it imports nothing of advbg but the errors."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import math
 import os
-import tempfile
+import shutil
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from advbg.errors import AdvbgError
+from advbg.errors import AdvbgError, disk_error
+
+
+# --------------------------------------------------------------------------------------------- atomic outputs
+def partial_path(path: str | os.PathLike) -> Path:
+    """The one temporary name of an output while it is written: a hidden sibling ``.<name>.partial``.
+
+    Hidden, so that a listing of the folder never shows it as a result; beside the output, so that the final
+    rename stays on one file system (and so is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.partial")
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file, or a folder's entries (so that a rename in it survives a crash of the machine)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[Path]:
+    """The one way advbg writes an output: yields the temporary path (``partial_path(path)``; an empty folder
+    with ``folder=True``) to write into; only when the block ends without error is it fsync'ed and renamed to
+    ``path``, replacing an older output, and the parent folder fsync'ed. On any error nothing appears at ``path``
+    (an older output stays) and the temporary is removed; a kill leaves at most the hidden temporary, which the
+    next write of the same output removes. A full or read-only disk becomes one AdvbgError naming ``path``.
+
+    Callers whose library picks a format from the file name (matplotlib, OpenCV) pass the format explicitly."""
+    path = Path(path)
+    tmp = partial_path(path)
+    _remove(tmp)                     # left by a killed writer of this output
+    try:
+        if folder:
+            tmp.mkdir()
+        yield tmp
+        _commit(tmp, path, folder)
+    except BaseException as e:
+        _remove(tmp)
+        err = disk_error(e, path) if isinstance(e, (OSError, RuntimeError)) else None
+        if err is not None:
+            raise err from None
+        raise
+
+
+def _commit(tmp: Path, path: Path, folder: bool) -> None:
+    if not tmp.exists():
+        raise AdvbgError(f"internal error: nothing was written to {path}")
+    if folder:
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                fsync_path(f)
+        old = path.with_name(f".{path.name}.old")
+        if path.is_dir() and not path.is_symlink():   # a folder cannot be renamed over a non-empty folder
+            _remove(old)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.chmod(tmp, 0o666 & ~_umask())              # the usual permissions of a new file, whoever made tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    fsync_path(path.parent if str(path.parent) else ".")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (``atomic_output``)."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and rename it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` (UTF-8) to ``path`` atomically (``atomic_output``)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
@@ -92,15 +162,12 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
     """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial.png")
     try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def _umask() -> int:
