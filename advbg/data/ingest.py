@@ -7,8 +7,10 @@ Layout read (class folder names contain spaces; label = index in sorted folder o
     <root>/only_bg_t/val/<NN_class>/<stem>.JPEG     -> background (same source id = stem)
     <root>/<other variant>/val/<NN_class>/<file>    -> evaluation set /evalsets/<variant> (see docs/data.md)
 
-Every file is checked (readable, same size as the others, mask matches its image); each problem is reported
-with its file, then ingest fails, or with ``skip_bad`` leaves those items out and records how many.
+Every folder and file is read only if its real path (links followed) lies inside the release; every file is
+checked (readable, same size as the others, mask matches its image); every item (source id) that some variant has
+and original/ lacks, and every photo that an evaluation set read lacks, is named. Each problem is reported with
+its file, then ingest fails, or with ``skip_bad`` leaves those items out and records how many.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ FG_VARIANT, BG_VARIANT, MASK_DIR = "original", "only_bg_t", "fg_mask"
 # Released variants whose file stem is the photo's own source id: which side of the photo they show.
 _FG_FROM_STEM = {"only_fg"}
 _BG_FROM_STEM = {"no_fg", "only_bg_b"}
+# Released variants named fg_<source id>_bg_<source id>, in the foreground's class folder.
+_MIXED = {"mixed_same", "mixed_next", "mixed_rand"}
+_TIED = _FG_FROM_STEM | _BG_FROM_STEM | _MIXED   # evaluation sets whose files name their item
 _MIXED_NAME = re.compile(r"^fg_(?P<fg>.+?)_bg_(?P<bg>.+)$")
 # Median |difference| (0-255) above which a name-claimed fg/bg is judged not to be the one in the pixels;
 # JPEG re-encoding stays far below it, a different photo far above.
@@ -56,11 +61,17 @@ class IngestReport:
     skipped: int = 0
     problems: list[str] = field(default_factory=list)
     evalsets: dict[str, int] = field(default_factory=dict)
+    without_photo: int = 0                    # items some variant has and original/ lacks (part of ``skipped``)
+    missing_from_evalsets: int | None = None  # photos some evaluation set lacks (None: no evaluation set read)
 
     def summary(self) -> str:
         sets = ", ".join(f"{k} {v}" for k, v in sorted(self.evalsets.items())) or "none"
-        return (f"wrote {self.path}: {self.n_foregrounds} foregrounds, {self.n_backgrounds} backgrounds, "
-                f"{len(self.class_names)} classes; evaluation sets: {sets}; skipped {self.skipped} bad item(s)")
+        line = (f"wrote {self.path}: {self.n_foregrounds} foregrounds, {self.n_backgrounds} backgrounds, "
+                f"{len(self.class_names)} classes; evaluation sets: {sets}; skipped {self.skipped} bad item(s), "
+                f"{self.without_photo} of them without a photo in {FG_VARIANT}/")
+        if self.missing_from_evalsets is not None:
+            line += f"; {self.missing_from_evalsets} photo(s) missing from some evaluation set"
+        return line
 
 
 def find_release_root(path: str | os.PathLike) -> Path:
@@ -80,26 +91,122 @@ def class_names_for(folders: list[str]) -> tuple[str, ...]:
     return tuple(re.sub(r"^\d+_", "", f) for f in folders)
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    # Everything with an image name but folders: a FIFO, device or dangling link is reported as a bad item
-    # (file_problem), never dropped without a word.
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.is_dir()}
+def _outside(path: Path, real_root: Path) -> str | None:
+    """Why ``path`` is not read (None: its real path, every link on the way followed, lies inside ``real_root``)."""
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):   # a loop of links
+        return "a loop of symbolic links"
+    if target.is_relative_to(real_root):
+        return None
+    return f"a link leading out of the release folder (to {target})"
 
 
 def file_problem(path: Path, root: Path | None = None) -> str | None:
-    """Why ``path`` cannot be read as a data file (None: a regular file inside ``root``): a link leading out of
-    the data folder, a dangling link, or not a regular file (FIFO, device, socket; opening one can block)."""
+    """Why ``path`` cannot be read as a data file (None: a regular file inside ``root``): a link anywhere on the
+    way out of the release folder, a dangling link, or not a regular file (FIFO, device, socket; opening one can
+    block)."""
     try:
         st = path.stat()
     except OSError:
         return "a dangling link" if path.is_symlink() else "cannot be read"
-    if root is not None and path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-        return f"a link leading out of the data folder (to {path.resolve()}); copy the file in instead"
+    why = _outside(path, root.resolve()) if root is not None else None
+    if why:
+        return f"{why}; copy the file in instead"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file (a FIFO, device or socket, or a link to one)"
     return None
+
+
+def _files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    # Everything with such a name but folders: a FIFO, device or dangling link is reported as a bad item when
+    # read (file_problem), never dropped without a word.
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and not p.is_dir()]
+
+
+def _item(variant: str, stem: str) -> str | None:
+    """The source id of the item a released file of ``variant`` belongs to (None: a variant or name advbg cannot
+    tie to an item)."""
+    if variant in (FG_VARIANT, MASK_DIR, BG_VARIANT) or variant in _FG_FROM_STEM | _BG_FROM_STEM:
+        return stem
+    m = _MIXED_NAME.match(stem)
+    return m["fg"] if variant in _MIXED and m else None
+
+
+class _Release:
+    """The release's folders, each listed once. A folder whose real path lies outside the release is reported once
+    and never listed (its listing is None)."""
+
+    def __init__(self, root: Path, problem: Callable[[Path, str], None]):
+        self.root, self.real, self.problem = root, root.resolve(), problem
+        for folder in (root / FG_VARIANT, root / FG_VARIANT / "val"):
+            why = _outside(folder, self.real)
+            if why:
+                raise AdvbgError(f"{folder} is {why}; copy the release into one folder")
+        self.folders = sorted(p.name for p in (root / FG_VARIANT / "val").iterdir() if p.is_dir())
+        self._listings: dict[str, dict[str, list[Path] | None] | None] = {}
+
+    def listing(self, variant: str) -> dict[str, list[Path] | None] | None:
+        """Class folder -> the files of ``variant`` in it (None: not read); None when no folder of it is read."""
+        if variant not in self._listings:
+            self._listings[variant] = self._list(variant)
+        return self._listings[variant]
+
+    def _not_read(self, folder: Path) -> bool:
+        why = _outside(folder, self.real) if os.path.lexists(folder) else None
+        if why:
+            self.problem(folder, f"{why}; nothing in it is read")
+        return why is not None
+
+    def _list(self, variant: str) -> dict[str, list[Path] | None] | None:
+        val = self.root / variant / "val"
+        if self._not_read(val.parent) or self._not_read(val):
+            return None
+        suffixes = (".npy",) if variant == MASK_DIR else IMAGE_EXTS
+        listing = {f: None if self._not_read(val / f) else _files(val / f, suffixes) for f in self.folders}
+        for p in sorted(val.iterdir()) if val.is_dir() else []:
+            if p.name not in listing and p.is_dir():
+                self.problem(p, f"a class folder that {FG_VARIANT}/val lacks; nothing in it is read")
+        return listing
+
+    def by_item(self, variant: str, folder: str) -> dict[str, Path] | None:
+        """Item (source id) -> a file of ``variant`` in class ``folder``; None: that folder is not read."""
+        listing = self.listing(variant)
+        files = None if listing is None else listing[folder]
+        if files is None:
+            return None
+        return {item: p for p in files if (item := _item(variant, p.stem)) is not None}
+
+    def leads_out(self, variant: str, folder: str) -> str:
+        return f"{variant}/val/{folder} leads out of the release folder"
+
+    def without_photo(self, variants: list[str]) -> list[tuple[Path, str]]:
+        """(original/val/<folder>/<item>, why) for every item some of ``variants`` has and original/ lacks."""
+        found = []
+        for folder in self.folders:
+            photos = self.by_item(FG_VARIANT, folder)
+            having: dict[str, list[str]] = {}
+            for v in variants:
+                for item in self.by_item(v, folder) or {}:
+                    having.setdefault(item, []).append(v)
+            for item in sorted(set(having) - set(photos or {})):
+                why = "no photo" if photos is not None else f"no photo read ({self.leads_out(FG_VARIANT, folder)})"
+                found.append((self.root / FG_VARIANT / "val" / folder / item,
+                              f"{why}, but {', '.join(sorted(having[item]))} have this item; left out"))
+        return found
+
+    def missing_from(self, variants: list[str]) -> list[tuple[Path, str]]:
+        """(photo, why) for every photo of original/ that some of ``variants`` (read ones) lacks."""
+        found = []
+        for folder in self.folders:
+            have = {v: self.by_item(v, folder) for v in variants}
+            for item, photo in (self.by_item(FG_VARIANT, folder) or {}).items():
+                lacking = sorted(v for v, items in have.items() if items is not None and item not in items)
+                if lacking:
+                    found.append((photo, f"missing from {', '.join(lacking)}"))
+        return found
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
@@ -179,39 +286,76 @@ def _stderr_report(line: str) -> None:
 
 
 class _Ingest:
-    """One ingest run: holds the writer, the id tables and the problem list."""
+    """One ingest run: holds the release's listings, the writer, the id tables and the problem list."""
 
-    def __init__(self, root: Path, writer: StoreWriter, folders: list[str], size: tuple[int, int],
-                 report: IngestReport, on_problem: Callable[[str], None], progress: bool):
-        self.root, self.w, self.folders, self.size = root, writer, folders, size
-        self.report, self.on_problem, self.progress = report, on_problem, progress
+    def __init__(self, root: Path, report: IngestReport, on_problem: Callable[[str], None], progress: bool):
+        self.root, self.report, self.on_problem, self.progress = root, report, on_problem, progress
+        self.release = _Release(root, self.problem)
+        self.folders = self.release.folders
         self.fg_ids: dict[str, int] = {}
         self.bg_ids: dict[str, int] = {}
+
+    def start(self, writer: StoreWriter) -> None:
+        self.w, self.size = writer, writer.image_size
 
     def problem(self, path: Path, what: str) -> None:
         line = f"{path.relative_to(self.root)}: {what}"
         self.report.problems.append(line)
         self.on_problem(line)
 
+    def survey(self, evalsets: list[str]) -> list[tuple[int, str, Path]]:
+        """List every folder to be read (reporting those leading out of the release) and check the items
+        (``check_items``); return (label, class folder, photo) of every photo in original/ that is read."""
+        for variant in [MASK_DIR, BG_VARIANT] + evalsets:
+            self.release.listing(variant)
+        items = [(label, folder, p) for label, folder in enumerate(self.folders)
+                 for p in (self.release.by_item(FG_VARIANT, folder) or {}).values()]
+        if not items:
+            raise AdvbgError(f"{self.root}/original/val has class folders but no images ({', '.join(IMAGE_EXTS)})")
+        self.check_items(evalsets)
+        return items
+
+    def check_items(self, evalsets: list[str]) -> None:
+        """Report every item that some variant has and original/ lacks (left out), and every photo that an
+        evaluation set lacks."""
+        tied = [v for v in evalsets if v in _TIED]
+        for path, what in self.release.without_photo([MASK_DIR, BG_VARIANT] + tied):
+            self.problem(path, what)
+            self.report.skipped += 1
+            self.report.without_photo += 1
+        if evalsets:
+            gaps = self.release.missing_from(tied)
+            for path, what in gaps:
+                self.problem(path, what)
+            self.report.missing_from_evalsets = len(gaps)
+
+    def _companion(self, variant: str, folder: str, stem: str, what: str) -> tuple[Path | None, str | None]:
+        """The file of ``variant`` for item ``stem`` and None, or None and why there is none."""
+        files = self.release.by_item(variant, folder)
+        if files is None:
+            return None, f"{what} not read ({self.release.leads_out(variant, folder)})"
+        if stem not in files:
+            return None, f"missing {what}"
+        return files[stem], None
+
     def ingest_items(self, items: list[tuple[int, str, Path]]) -> None:
-        has_bg = (self.root / BG_VARIANT / "val").is_dir()
-        bg_files = {f: _images_by_stem(self.root / BG_VARIANT / "val" / f) for f in self.folders}
+        has_bg = self.release.listing(BG_VARIANT) is None or (self.root / BG_VARIANT / "val").is_dir()
         for label, folder, path in tqdm(items, desc="foregrounds", unit="img", disable=not self.progress):
             image, why = read_rgb(path, self.size, self.root)
             bad = [(path, why)] if why else []
-            mask_path = self.root / MASK_DIR / "val" / folder / f"{path.stem}.npy"
-            mask, why = read_mask(mask_path, self.size, self.root)
+            mask_path, why = self._companion(MASK_DIR, folder, path.stem, f"mask {path.stem}.npy")
+            mask = None
+            if mask_path is not None:
+                mask, why = read_mask(mask_path, self.size, self.root)
             if why:
-                bad.append((path if not os.path.lexists(mask_path) else mask_path, why))
+                bad.append((mask_path or path, why))
             bg = None
             if has_bg:
-                bg_path = bg_files[folder].get(path.stem)
-                if bg_path is None:
-                    bad.append((path, f"missing {BG_VARIANT} image for {path.stem}"))
-                else:
+                bg_path, why = self._companion(BG_VARIANT, folder, path.stem, f"{BG_VARIANT} image for {path.stem}")
+                if bg_path is not None:
                     bg, why = read_rgb(bg_path, self.size, self.root)
-                    if why:
-                        bad.append((bg_path, why))
+                if why:
+                    bad.append((bg_path or path, why))
             for p, what in bad:
                 self.problem(p, what)
             if bad:
@@ -221,10 +365,12 @@ class _Ingest:
             if bg is not None:
                 self.bg_ids[path.stem] = self.w.add_background(bg, label, path.stem)
 
-    def ingest_evalset(self, variant: str) -> int:
-        base = self.root / variant / "val"
-        files = [(label, p) for label, folder in enumerate(self.folders)
-                 for p in _images_by_stem(base / folder).values()]
+    def ingest_evalset(self, variant: str) -> int | None:
+        """Store ``variant`` as /evalsets/<variant>; its number of images, None when no folder of it is read."""
+        listing = self.release.listing(variant)
+        if listing is None:
+            return None
+        files = [(label, p) for label, folder in enumerate(self.folders) for p in listing[folder] or []]
         ew = EvalsetWriter(self.w.file, variant, self.size, attrs=dict(
             origin="released", provenance="fg_id/bg_id from file names, checked against the pixels; "
                                           "-1 where the name is absent or the pixels disagree"))
@@ -278,27 +424,32 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
     other variant folders (about 0.5 GB of pixels each for the full release).
     """
     root = find_release_root(path)
-    check_output(out, inputs=[root])
-    folders = sorted(p.name for p in (root / FG_VARIANT / "val").iterdir() if p.is_dir())
-    if not folders:
+    _refuse_output_in_release(out, root)
+    check_output(out, (".h5",), inputs=[root])
+    report = IngestReport(path=Path(out), class_names=())
+    run = _Ingest(root, report, on_problem or _stderr_report, progress)
+    if not run.folders:
         raise AdvbgError(f"{root}/original/val has no class folders")
-    items = _items_of(root, folders)
-    if not items:
-        raise AdvbgError(f"{root}/original/val has class folders but no images ({', '.join(IMAGE_EXTS)})")
-    report = IngestReport(path=Path(out), class_names=class_names_for(folders))
+    report.class_names = class_names_for(run.folders)
+    variants = _evalset_variants(root) if evalsets else []
+    items = run.survey(variants)
     writer = StoreWriter(out, class_names=report.class_names, overwrite=overwrite,
                          image_size=_reference_size([p for *_, p in items if file_problem(p, root) is None]),
                          attrs=dict(source="ImageNet-9 release (bg_challenge)", release_root=str(root.resolve())))
-    run = _Ingest(root, writer, folders, writer.image_size, report, on_problem or _stderr_report, progress)
+    run.start(writer)
     try:
         run.ingest_items(items)
-        for variant in _evalset_variants(root) if evalsets else []:
-            report.evalsets[variant] = run.ingest_evalset(variant)
+        for variant in variants:
+            n = run.ingest_evalset(variant)
+            if n is not None:
+                report.evalsets[variant] = n
         if report.problems and not skip_bad:
             raise AdvbgError(f"{len(report.problems)} problem(s) in {root} (listed above; first: "
                              f"{report.problems[0]}); fix them or pass --skip-bad to leave those items out")
         report.n_foregrounds, report.n_backgrounds = len(run.fg_ids), len(run.bg_ids)
-        writer.file.attrs.update(skipped_items=report.skipped, skipped_report=json.dumps(report.problems))
+        writer.file.attrs.update(skipped_items=report.skipped, skipped_report=json.dumps(report.problems),
+                                 items_without_photo=report.without_photo,
+                                 missing_from_evalsets=report.missing_from_evalsets or 0)
     except BaseException:
         writer.close(success=False)
         writer.partial.unlink(missing_ok=True)
@@ -307,9 +458,15 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
     return report
 
 
-def _items_of(root: Path, folders: list[str]) -> list[tuple[int, str, Path]]:
-    return [(label, folder, p) for label, folder in enumerate(folders)
-            for p in _images_by_stem(root / FG_VARIANT / "val" / folder).values()]
+def _refuse_output_in_release(out: str | os.PathLike, root: Path) -> None:
+    """Refuse an output inside the release folder (links followed): writing there could replace a release file."""
+    try:
+        real = Path(out).resolve()
+    except (OSError, RuntimeError):   # a loop of links: check_output says what is wrong with the path
+        return
+    if real.is_relative_to(root.resolve()):
+        raise AdvbgError(f"output {out} is inside the release folder {root}, the input of this command; writing "
+                         f"there could replace a release file: choose an output outside it")
 
 
 def _evalset_variants(root: Path) -> list[str]:
