@@ -140,11 +140,6 @@ def variant_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def describe_variant(name: str) -> str:
-    """One line: how the variant is made."""
-    return _spec(name).description
-
-
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
 
