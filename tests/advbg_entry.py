@@ -8,10 +8,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conftest import TinyNet  # noqa: E402
-
-from advbg.data.labels import IN9_CLASSES  # noqa: E402
-from advbg.models.classifier import register  # noqa: E402
+from conftest import TinyNet, register_tiny  # noqa: E402
 
 
 class SlowTinyNet(TinyNet):
@@ -20,11 +17,7 @@ class SlowTinyNet(TinyNet):
         return super().forward(x)
 
 
-@register("test/tiny-entry")
-def _tiny():
-    return SlowTinyNet(9), dict(architecture="tinynet", weight_tag="seed0", source="test", weights_file=None,
-                                weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
-                                class_names=IN9_CLASSES)
+register_tiny("test/tiny-entry", lambda: SlowTinyNet(9))
 
 
 if __name__ == "__main__":

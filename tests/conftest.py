@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -14,7 +15,7 @@ from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map, register
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,6 +46,21 @@ class TinyNet(nn.Module):
         h = torch.relu(self.conv(x))
         h = nn.functional.adaptive_avg_pool2d(h, 2).flatten(1)
         return self.fc(h) * 4.0
+
+
+# What a registered test model says about itself: the pretrained-config overrides of make_tiny_classifier().
+TINY_INFO = dict(architecture="tinynet", weight_tag="seed0", source="test", weights_file=None, weights_sha256=None,
+                 mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32), class_names=IN9_CLASSES)
+
+
+def register_tiny(name: str, net: Callable[[], nn.Module] = lambda: TinyNet(9), **info) -> None:
+    """Make ``--model name`` load ``net()`` with TINY_INFO updated by ``info`` (the one way tests register models).
+
+    The default, TinyNet(9), has the weights of make_tiny_classifier()."""
+    register(name)(lambda: (net(), dict(TINY_INFO, **info)))
+
+
+register_tiny("test/tiny")   # the model of every in-process CLI test
 
 
 def make_tiny_classifier(num_outputs: int = 9, label_map: str = "identity", seed: int = 0, size: int = 32) -> Classifier:

@@ -19,14 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from conftest import TinyNet, make_random_store, make_tiny_classifier
+from conftest import make_random_store, make_tiny_classifier, register_tiny
 from fixtures_data import draw_object, make_released, save_png, write_csv
 
 from advbg.cli.app import app
 from advbg.cli import main
 from advbg.commands.common import DEMO_STORE as DEFAULT_STORE
 from advbg.data.store import Store
-from advbg.models.classifier import register
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 
@@ -41,12 +40,7 @@ OUT_OPTS = {"--out", "-o", "--results-file", "--grid", "--top-png", "--hist-png"
 IN_OPTS = {"--store", "-s", "--weights", "--models-file", "--boxes", "--archive", "--backgrounds"}
 
 
-@register("test/tiny-fuzz")
-def _tiny():
-    return TinyNet(9), dict(architecture="tinynet", weight_tag="fuzz", source="test", weights_file=None,
-                            weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
-                            class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
-                                         "primate", "fish"))
+register_tiny("test/tiny-fuzz", weight_tag="fuzz")
 
 
 class Evil:

@@ -5,20 +5,11 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-from conftest import TinyNet, make_random_store
 from conftest import assert_one_line_error as one_line_error
+from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.data.store import Store
-from advbg.models.classifier import register
-
-
-@register("test/tiny")
-def _tiny():
-    return TinyNet(9), dict(architecture="tinynet", weight_tag="seed0", source="test", weights_file=None,
-                            weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
-                            class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
-                                         "primate", "fish"))
 
 
 def test_search_writes_results_json_and_grid(tmp_path, capsys):

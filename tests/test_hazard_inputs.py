@@ -11,8 +11,6 @@ from conftest import assert_one_line_error, make_random_store, run_cli
 
 from advbg.data.store import sidecar_files
 
-pytest.importorskip("test_cli_search")   # registers test/tiny for the in-process CLI
-
 
 def digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()

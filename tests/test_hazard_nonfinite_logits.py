@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet
+from conftest import TinyNet, register_tiny
 from conftest import run_cli as run
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store, write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, register
+from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 
@@ -39,13 +39,8 @@ class OverflowNet(nn.Module):
         return out
 
 
-def _info():
-    return dict(architecture="overflownet", weight_tag="seed0", source="test", weights_file=None,
-                weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32), class_names=IN9_CLASSES)
-
-
-register("test/overflow-inf")(lambda: (OverflowNet("inf"), _info()))
-register("test/overflow-nan")(lambda: (OverflowNet("nan"), _info()))
+register_tiny("test/overflow-inf", lambda: OverflowNet("inf"), architecture="overflownet")
+register_tiny("test/overflow-nan", lambda: OverflowNet("nan"), architecture="overflownet")
 
 
 def classifier(kind: str) -> Classifier:

@@ -14,9 +14,6 @@ from conftest import assert_one_line_error, make_random_store, run_cli
 from advbg.errors import AdvbgError
 from advbg.files import check_output
 
-# the in-process CLI tests below use the test model test_cli_search registers
-pytest.importorskip("test_cli_search")
-
 
 def digest(path) -> str:
     return hashlib.sha256(open(path, "rb").read()).hexdigest()

@@ -14,8 +14,6 @@ from advbg.search.config import SearchConfig
 from advbg.search.results import load_search
 from advbg.search.runner import search
 
-pytest.importorskip("test_cli_search")   # registers test/tiny for the in-process CLI
-
 
 def _checkpoint(path, seed: int):
     import torch

@@ -8,24 +8,15 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import TinyNet, make_random_store
 from conftest import assert_one_line_error as one_line_error
+from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.data.store import Store, sidecar_folder
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError, StoreError
-from advbg.models.classifier import register
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
-
-
-@register("test/tiny-hazard")
-def _tiny():
-    return TinyNet(9), dict(architecture="tinynet", weight_tag="seed0", source="test", weights_file=None,
-                            weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32),
-                            class_names=("dog", "bird", "vehicle", "reptile", "carnivore", "insect", "instrument",
-                                         "primate", "fish"))
 
 
 @pytest.fixture
@@ -76,7 +67,7 @@ def test_truncated_store_fails_to_open_with_one_line_for_verify_and_search(store
     with pytest.raises(StoreError, match="not a readable advbg store"):
         Store(store)
     for args in (["verify", str(store), "-q"],
-                 ["search", "--store", str(store), "--model", "test/tiny-hazard", "--grid", "-", "-q"]):
+                 ["search", "--store", str(store), "--model", "test/tiny", "--grid", "-", "-q"]):
         code, out, err = run(args, capsys)
         one_line_error(code, err, r"not a readable advbg store.*truncated")
 

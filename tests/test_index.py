@@ -4,14 +4,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, make_tiny_classifier
+from conftest import TinyNet, make_tiny_classifier, register_tiny
 from conftest import run_cli as run
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.models.classifier import Classifier, register
+from advbg.models.classifier import Classifier
 from advbg.search.index import (
     FLAT_MAX,
     build_index,
@@ -61,14 +61,9 @@ def timm_like_classifier(seed: int = 0) -> Classifier:
     return Classifier(TimmLike(seed), tiny.config, tiny.label_map)
 
 
-def _info(seed):
-    return dict(architecture="tinynet", weight_tag=f"seed{seed}", source="test", weights_file=None,
-                weights_sha256=None, mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(3, 32, 32), class_names=IN9_CLASSES)
-
-
 # Two registered models for the CLI: same architecture and tag, different weights.
-register("test/index-a")(lambda: (TinyNet(9, seed=0), _info(0)))
-register("test/index-b")(lambda: (TinyNet(9, seed=5), _info(0)))
+register_tiny("test/index-a", lambda: TinyNet(9, seed=0))
+register_tiny("test/index-b", lambda: TinyNet(9, seed=5))
 
 
 # --------------------------------------------------------------------------------------------- FAISS

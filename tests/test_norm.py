@@ -7,24 +7,21 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet, make_random_store
+from conftest import TinyNet, make_random_store, register_tiny
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store
 from advbg.errors import ModelError
-from advbg.models.classifier import NORMS, load_classifier, register
+from advbg.models.classifier import NORMS, load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 
 BUFFER_MEAN, BUFFER_STD = (0.1, 0.2, 0.3), (0.3, 0.2, 0.4)   # neither ImageNet's nor IN-9's
 
 
-@register("test/tiny1000-own-norm")
-def _tiny1000():
-    """A 1000-class model whose own pretrained statistics (0.5, 0.5) differ from ImageNet's, as lite0's do."""
-    return TinyNet(1000, seed=2), dict(architecture="tinynet", weight_tag="seed2", source="test", weights_file=None,
-                                       weights_sha256=None, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                       input_size=(3, 32, 32))
+# A 1000-class model whose own pretrained statistics (0.5, 0.5) differ from ImageNet's, as lite0's do.
+register_tiny("test/tiny1000-own-norm", lambda: TinyNet(1000, seed=2), weight_tag="seed2", std=(0.5,) * 3,
+              class_names=None)
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TinyNet, assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
+from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, register_tiny, run_cli
 from torch import nn
 
 from advbg.analysis.saliency import bootstrap_mean, foreground_share, grad_cam, target_layer
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store, write_store
 from advbg.errors import ModelError
-from advbg.models.classifier import register
 
 captum = pytest.importorskip("captum", reason="the [saliency] extra (captum) is not installed: Grad-CAM NOT checked")
-
-TEST_INFO = dict(weight_tag="seed0", source="test", weights_file=None, weights_sha256=None, mean=(0.5,) * 3,
-                 std=(0.25,) * 3, input_size=(3, 32, 32), class_names=IN9_CLASSES)
 
 
 class TokenNet(nn.Module):
@@ -35,14 +31,7 @@ class TokenNet(nn.Module):
         return self.head(self.mix(t).mean(1))
 
 
-@register("test/tiny-saliency")
-def _tiny():
-    return TinyNet(9), dict(TEST_INFO, architecture="tinynet")
-
-
-@register("test/tokens")
-def _tokens():
-    return TokenNet(), dict(TEST_INFO, architecture="tokennet")
+register_tiny("test/tokens", TokenNet, architecture="tokennet")
 
 
 # --------------------------------------------------------------------------------------------- foreground share
@@ -138,7 +127,7 @@ def test_target_layer_rule_on_timm_models():
 def test_cli_writes_results_that_match_the_maps(tmp_path, capsys):
     store = make_random_store(tmp_path / "s.h5", n_fg=7, n_bg=11, seed=1)
     out = tmp_path / "sal.json"
-    code, text, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny-saliency", "-V",
+    code, text, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "-V",
                                "original,bg_white", "--results-file", str(out), "--maps", str(tmp_path / "m.npz"),
                                "-b", "3", "-q"], capsys)
     assert code == 0, err
@@ -155,7 +144,7 @@ def test_cli_writes_results_that_match_the_maps(tmp_path, capsys):
         got = [d["share"] for d in v["images_detail"]]
         assert np.allclose(got, ref, atol=2e-3)
         assert v["overall"]["share"]["mean"] == pytest.approx(np.mean(got))
-    code, text, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny-saliency", "-V", "mixed_rand",
+    code, text, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "-V", "mixed_rand",
                                "--results-file", str(tmp_path / "sal.csv"), "--grid", "-", "-q"], capsys)
     assert code == 0, err
     rows = (tmp_path / "sal.csv").read_text().splitlines()
@@ -164,7 +153,7 @@ def test_cli_writes_results_that_match_the_maps(tmp_path, capsys):
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):
     store = make_random_store(tmp_path / "s.h5")
-    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny-saliency", "-V", "mixed_rnd"], capsys)
+    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "-V", "mixed_rnd"], capsys)
     assert_one_line_error(code, err, "unknown variant 'mixed_rnd'; did you mean mixed_rand")
     code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tokens", "-q"], capsys)
     assert_one_line_error(code, err, "Grad-CAM is not supported for TokenNet")
@@ -175,11 +164,11 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
                        bg_images=rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), bg_labels=np.array([0, 1]),
                        fg_source_ids=["a", "b", "c"], bg_source_ids=["d", "e"])
     out = tmp_path / "never.json"
-    code, _, err = run_cli(["saliency", "-s", str(bare), "-m", "test/tiny-saliency", "--results-file", str(out),
+    code, _, err = run_cli(["saliency", "-s", str(bare), "-m", "test/tiny", "--results-file", str(out),
                             "-q"], capsys)
     assert_one_line_error(code, err, "no foreground masks")
     assert not out.exists()
-    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny-saliency", "--target", "both"], capsys)
+    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "--target", "both"], capsys)
     assert_one_line_error(code, err, "target must be one of true, pred")
-    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny-saliency", "--seed", "-1"], capsys)
+    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "--seed", "-1"], capsys)
     assert_one_line_error(code, err, "seed must be a non-negative integer")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from advbg.data.composite import composite
 from advbg.data.store import Store
 from advbg.files import save_figure
 
@@ -112,15 +113,15 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
     for row, k in enumerate(order):
         fg_id, bg_id = int(result.fg_id[k]), int(result.worst_bg[k])
         img = store.foregrounds.read([fg_id])[0]
-        mask = store.foregrounds.read_masks([fg_id])[0][..., None].astype(bool)
+        mask = store.foregrounds.read_masks([fg_id])[0]
         bg = store.backgrounds.read([bg_id])[0]
-        comp = np.where(mask, img, bg)
+        comp = composite(img, mask, bg)
         fooled = result.first_fooling_bg[k] >= 0
         titles = (f"fg {fg_id}: {label(int(result.true_class[k]))}",
                   f"bg {bg_id}: {label(int(store.backgrounds.labels[bg_id]))}",
                   f"pred {label(int(result.worst_pred[k]))}, margin {result.worst_margin[k]:+.2f}"
                   + (" FOOLED" if fooled else ""))
-        for ax, im, t in zip(axes[row], (np.where(mask, img, 0), bg, comp), titles):
+        for ax, im, t in zip(axes[row], (composite(img, mask, 0), bg, comp), titles):
             ax.imshow(im)
             ax.set_title(t, fontsize=8, color="crimson" if (fooled and ax is axes[row][2]) else "black")
             ax.axis("off")

@@ -33,6 +33,7 @@ from advbg.analysis.evalreport import load_results
 from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.outcomes import stored_outcome
 from advbg.analysis.universal import ClassUniversal, analyse
+from advbg.data.composite import composite
 from advbg.data.store import Store
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError
@@ -231,8 +232,7 @@ def _gallery_images(s: Store, r: SearchResult, imaged: np.ndarray, size: int, th
         fg_ids, bg_ids = r.fg_id[rows], r.worst_bg[rows]
         fg, masks, bg = s.foregrounds.read(fg_ids), s.foregrounds.read_masks(fg_ids), s.backgrounds.read(bg_ids)
         for k, f, m, b, bid in zip(rows, fg, masks, bg, bg_ids):
-            m3 = m[..., None].astype(bool)                                # (H, W, 1)
-            out[int(k)] = (thumb_uri(np.where(m3, f, 0), size), thumb_uri(np.where(m3, f, b), size))
+            out[int(k)] = (thumb_uri(composite(f, m, 0), size), thumb_uri(composite(f, m, b), size))
             if int(bid) not in thumbs:
                 thumbs[int(bid)] = thumb_uri(b, size)
         bar.update(len(rows))

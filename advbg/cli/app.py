@@ -1,10 +1,26 @@
-"""The typer application every command module registers on, and the one-line error it prints."""
+"""The typer application every command module registers on, and the help panels it lists them in."""
 from __future__ import annotations
 
 import typer
+from typer.core import TyperGroup
+
+# `advbg --help` lists the commands in panels, in the order data flows through them; each command names its panel
+# (rich_help_panel=...), and a panel lists its commands alphabetically.
+DATA_IN, SEARCH, ANALYSE, TRAIN, REPORT = "Data in", "Search", "Analyse", "Train", "Report"
+PANELS = (DATA_IN, SEARCH, ANALYSE, TRAIN, REPORT)
+
+
+class _ByPanel(TyperGroup):
+    def list_commands(self, ctx) -> list[str]:
+        def rank(name: str) -> tuple[int, str]:
+            panel = getattr(self.commands[name], "rich_help_panel", None)
+            return (PANELS.index(panel) if panel in PANELS else len(PANELS)), name
+        return sorted(super().list_commands(ctx), key=rank)
+
 
 app = typer.Typer(
     name="advbg",
+    cls=_ByPanel,
     help="Adversarial background search for image classifiers (ImageNet-9 protocol).",
     no_args_is_help=True,
     add_completion=False,
@@ -12,8 +28,3 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-
-def fail(message: str, code: int = 1) -> "typer.Exit":
-    """Print ``advbg: error: message`` (one line) and return the Exit to raise."""
-    typer.echo(f"advbg: error: {' '.join(str(message).split())}", err=True)
-    return typer.Exit(code)

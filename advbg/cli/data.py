@@ -7,17 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import DATA_IN, app
+from advbg.commands.data import run_extract, run_fetch, run_ingest, run_variants
 from advbg.data.extract import ExtractConfig
-from advbg.data.extract import extract as extract_store
-from advbg.data.fetch import fetch_in9 as fetch_in9_release
-from advbg.data.ingest import ingest_in9 as ingest_released_in9
-from advbg.data.variants import VariantOptions, write_variants
+from advbg.data.variants import VariantOptions
 
 fetch_app = typer.Typer(help="Download a released dataset.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Turn a released dataset into an advbg store.", no_args_is_help=True)
-app.add_typer(fetch_app, name="fetch")
-app.add_typer(ingest_app, name="ingest")
+app.add_typer(fetch_app, name="fetch", rich_help_panel=DATA_IN)
+app.add_typer(ingest_app, name="ingest", rich_help_panel=DATA_IN)
 
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
@@ -34,8 +32,7 @@ def fetch_in9(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Download the released ImageNet-9 test data (4,050 images x 8 variants + masks), verify and unpack it."""
-    root = fetch_in9_release(dest, archive=archive, sha256=sha256, timeout=timeout, progress=not quiet)
-    typer.echo(f"IN-9 release ready at {root}; next: advbg ingest in9 {root} --out in9.h5")
+    run_fetch(dest, archive=archive, sha256=sha256, timeout=timeout, progress=not quiet, echo=typer.echo)
 
 
 @ingest_app.command("in9")
@@ -51,11 +48,11 @@ def ingest_in9(
 ) -> None:
     """Ingest the released IN-9 layout: foregrounds (original + fg_mask), backgrounds (only_bg_t), other
     variants as evaluation sets."""
-    typer.echo(ingest_released_in9(path, out, skip_bad=skip_bad, overwrite=overwrite, evalsets=evalsets,
-                   progress=not quiet).summary())
+    run_ingest(path, out, skip_bad=skip_bad, evalsets=evalsets, overwrite=overwrite, progress=not quiet,
+               echo=typer.echo)
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_IN)
 def extract(
     images: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Store to write (HDF5).")],
@@ -87,11 +84,11 @@ def extract(
 ) -> None:
     """Build a store from photos + bounding boxes and/or masks (GrabCut or given masks, Only-BG-T backgrounds)."""
     cfg = ExtractConfig(resize=resize, crop=crop, iterations=iterations, filter=filter, seed=seed)
-    typer.echo(extract_store(images, boxes, out, masks=masks, classes=classes, config=cfg, workers=workers,
-                             resume=resume, overwrite=overwrite, progress=not quiet).format())
+    run_extract(images, out, boxes=boxes, masks=masks, classes=classes, config=cfg, workers=workers, resume=resume,
+                overwrite=overwrite, progress=not quiet, echo=typer.echo)
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_IN)
 def variants(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (released layout) or .h5 file.")],
     store: o.StoreOpt = o.DEFAULT_STORE,
@@ -113,7 +110,5 @@ def variants(
     """Write IN-9 variant sets, background probes and background factors of a store, with fg_id/bg_id provenance."""
     opts = VariantOptions(blur_kernel=blur_kernel, recolor=recolor, hue_shift=hue_shift,
                           reduced_margin=reduced_margin, reduced_fill=reduced_fill, texture=texture)
-    counts = write_variants(store, out, fmt=format, names=[n.strip() for n in names.split(",")] if names else None,
-                            seed=seed, options=opts, overwrite=overwrite, progress=not quiet,
-                            on_skip=lambda n, why: typer.echo(f"skipped {n}: {why}", err=True))
-    typer.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    run_variants(store, out, fmt=format, variants=names, seed=seed, options=opts, overwrite=overwrite,
+                 progress=not quiet, echo=typer.echo, warn=lambda line: typer.echo(line, err=True))

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import ANALYSE, app
 from advbg.commands.evaluate import run_eval, run_plot
 from advbg.commands.models import run_models
 
@@ -16,7 +16,7 @@ ModelsOpt = Annotated[Optional[list[str]], typer.Option(
                            "option or separate names with commas (advbg/lite0,advbg/lite1,advbg/lite2).")]
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=ANALYSE)
 def eval_(
     store: o.StoreOpt = o.DEFAULT_STORE,
     model: ModelsOpt = None,
@@ -67,7 +67,7 @@ def eval_(
              echo=typer.echo)
 
 
-@app.command("models")
+@app.command("models", rich_help_panel=ANALYSE)
 def models(
     dir: Annotated[Optional[Path], typer.Option(
         "--dir", help="Folder of checkpoints (default: $ADVBG_CHECKPOINTS, else ~/.cache/advbg/checkpoints).")] = None,
@@ -78,7 +78,7 @@ def models(
     run_models(folder=dir, pattern=filter, echo=typer.echo)
 
 
-@app.command("plot")
+@app.command("plot", rich_help_panel=ANALYSE)
 def plot(
     results: Annotated[list[Path], typer.Argument(help="JSON results files of `advbg eval --results-file`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("accuracy_scatter.png"),

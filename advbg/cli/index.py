@@ -6,11 +6,11 @@ from typing import Annotated
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import SEARCH, app
 from advbg.commands.index import run_index
 
 
-@app.command()
+@app.command(rich_help_panel=SEARCH)
 def index(
     store: o.StoreOpt = o.DEFAULT_STORE,
     model: o.ModelOpt = "advbg/lite0",

@@ -8,13 +8,13 @@ import typer
 
 from advbg.analysis.report import GalleryCap
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import REPORT, app
 from advbg.commands.report import run_report
 
 _CAP = GalleryCap()
 
 
-@app.command()
+@app.command(rich_help_panel=REPORT)
 def report(
     store: o.StoreOpt = o.DEFAULT_STORE,
     out: Annotated[Optional[Path], typer.Option(

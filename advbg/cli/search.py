@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import SEARCH, app
 from advbg.commands.search import run_search
 from advbg.search.config import SearchConfig
 from advbg.search.strategies import prune_spec
 
 
-@app.command()
+@app.command(rich_help_panel=SEARCH)
 def search(
     store: o.StoreOpt = o.DEFAULT_STORE,
     model: o.ModelOpt = "advbg/lite0",

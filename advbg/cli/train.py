@@ -7,16 +7,14 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
-from advbg.commands.common import working_store
-from advbg.data.synth import SynthConfig, make_synthetic
+from advbg.cli.app import DATA_IN, TRAIN, app
+from advbg.commands.train import run_export, run_finetune, run_synth
+from advbg.data.synth import SynthConfig
 from advbg.train.export import ExportConfig
-from advbg.train.export import export as run_export
 from advbg.train.finetune import FinetuneConfig
-from advbg.train.finetune import finetune as run_finetune
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (must be empty or absent).")],
     store: o.StoreOpt = o.DEFAULT_STORE,
@@ -35,12 +33,12 @@ def export(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
 ) -> None:
     """Export fooling backgrounds and worst composites of a search, with a manifest, for training."""
-    run_export(working_store(store, typer.echo), out, results=results, overwrite=overwrite, echo=typer.echo,
+    run_export(store, out, results=results, overwrite=overwrite, echo=typer.echo,
                config=ExportConfig(what=what, fmt=fmt, top=top, per_class=per_class, rank=rank,
                                    include_unfooled=include_unfooled))
 
 
-@app.command()
+@app.command(rich_help_panel=TRAIN)
 def finetune(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint path; writes OUT.safetensors and OUT.json.")],
     model: o.ModelOpt = "advbg/lite0",
@@ -68,14 +66,14 @@ def finetune(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Fine-tune a model on a store with a background policy; the checkpoint works with `advbg search --model`."""
-    run_finetune(model, working_store(store, typer.echo), out, FinetuneConfig(
+    run_finetune(model, store, out, FinetuneConfig(
         policy=policy, ratio=ratio, epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, seed=seed, amp=amp, num_workers=workers or 0,
         refresh_every=refresh_every, probe_per_class=probe_per_class, pretrained=pretrained),
         backgrounds=backgrounds, device=device, overwrite=overwrite, progress=not quiet, echo=typer.echo)
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_IN)
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Store file to write (.h5).")],
     classes: Annotated[int, typer.Option(help="Number of shape classes (2..9: circle, square, triangle, cross, "
@@ -88,5 +86,5 @@ def synth(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
 ) -> None:
     """Write a synthetic store: shapes with exact masks on class-correlated backgrounds."""
-    make_synthetic(out, SynthConfig(n_classes=classes, n_per_class=per_class, image_size=size,
-                                    correlation=correlation, seed=seed), overwrite=overwrite, echo=typer.echo)
+    run_synth(out, SynthConfig(n_classes=classes, n_per_class=per_class, image_size=size, correlation=correlation,
+                               seed=seed), overwrite=overwrite, echo=typer.echo)

@@ -7,11 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import ANALYSE, app
 from advbg.commands.universal import run_universal
 
 
-@app.command()
+@app.command(rich_help_panel=ANALYSE)
 def universal(
     store: o.StoreOpt = o.DEFAULT_STORE,
     model: o.ModelOpt = "advbg/lite0",

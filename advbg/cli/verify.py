@@ -7,11 +7,11 @@ from typing import Annotated
 import typer
 
 from advbg.cli import options as o
-from advbg.cli.app import app
+from advbg.cli.app import DATA_IN, app
 from advbg.commands.verify import run_verify
 
 
-@app.command()
+@app.command(rich_help_panel=DATA_IN)
 def verify(
     store: Annotated[Path, typer.Argument(help="The store (HDF5) to check.")],
     quiet: o.QuietOpt = False,

@@ -26,6 +26,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from advbg.data.composite import composite
 from advbg.data.segment import only_bg_t
 from advbg.data.store import StoreWriter
 from advbg.errors import AdvbgError
@@ -205,7 +206,7 @@ def render_photo(config: SynthConfig, label: int, rng: np.random.Generator) -> P
     if not mask.any():  # cannot happen with scale >= 0.05 and size >= 16; guards a future change
         raise AdvbgError(f"empty shape mask for {config.class_names[label]}")
     colour = _shape_colour(clean, rng)
-    image = np.where(mask[..., None].astype(bool), colour, clean)
+    image = composite(colour, mask, clean)
     return Photo(image, mask, clean, colour, _box(mask), label, style)
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from advbg.data import segment
+from advbg.data.composite import composite
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import DISK_HEADROOM, Store
 from advbg.errors import AdvbgError, disk_error
@@ -139,11 +140,6 @@ def variant_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def describe_variant(name: str) -> str:
-    """One line: how the variant is made."""
-    return _spec(name).description
-
-
 def _spec(name: str) -> _Spec:
     if name not in _REGISTRY:
 
@@ -154,11 +150,6 @@ def _spec(name: str) -> _Spec:
 
 
 # --------------------------------------------------------------------------------------------- pixel helpers
-def _composite(fg: np.ndarray, mask: np.ndarray, bg: np.ndarray | int) -> np.ndarray:
-    """mask * fg + (1 - mask) * bg for uint8 images and 0/1 masks; fg (n,H,W,3), mask (n,H,W)."""
-    return np.where(mask[..., None].astype(bool), fg, np.asarray(bg, np.uint8))
-
-
 def _mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
@@ -211,12 +202,12 @@ def _only_bg_t(b: _Block):
 
 @_variant("no_fg", "the photo with the GrabCut mask filled black")
 def _no_fg(b: _Block):
-    return _composite(np.zeros_like(b.images), b.masks, b.images), _ids(len(b)), b.own_bg.copy()
+    return composite(np.zeros_like(b.images), b.masks, b.images), _ids(len(b)), b.own_bg.copy()
 
 
 @_variant("only_fg", "the object on black")
 def _only_fg(b: _Block):
-    return _composite(b.images, b.masks, 0), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, 0), b.index.copy(), _ids(len(b))
 
 
 def _mixed(b: _Block, candidates: Callable[[int, np.random.Generator], np.ndarray], what: str):
@@ -233,7 +224,7 @@ def _mixed(b: _Block, candidates: Callable[[int, np.random.Generator], np.ndarra
                              f"{sorted(set(b.store.backgrounds.labels.tolist()))})")
         choice[i] = cand[rng.integers(len(cand))]
     bgs = b.store.backgrounds.read(choice)
-    return _composite(b.images, b.masks, bgs), b.index.copy(), choice
+    return composite(b.images, b.masks, bgs), b.index.copy(), choice
 
 
 def _of_class(b: _Block, c: int) -> np.ndarray:
@@ -265,12 +256,12 @@ def _mixed_next(b: _Block):
 # --------------------------------------------------------------------------------------------- probes (Sehwag et al.)
 @_variant("fg_white", "the photo with the object mask filled white (background influence probe)")
 def _fg_white(b: _Block):
-    return _composite(np.full_like(b.images, 255), b.masks, b.images), _ids(len(b)), b.own_bg.copy()
+    return composite(np.full_like(b.images, 255), b.masks, b.images), _ids(len(b)), b.own_bg.copy()
 
 
 @_variant("bg_white", "the object on white")
 def _bg_white(b: _Block):
-    return _composite(b.images, b.masks, 255), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, 255), b.index.copy(), _ids(len(b))
 
 
 @_variant("bg_texture", "the object on a random texture: an unlabelled store background if the store has any "
@@ -282,27 +273,27 @@ def _bg_texture(b: _Block):
         raise AdvbgError("texture 'store' needs unlabelled backgrounds (label -1) in the store; it has none")
     if use_store:
         choice = np.array([pool[rng.integers(len(pool))] for rng in b.rngs], np.int64)
-        return _composite(b.images, b.masks, b.store.backgrounds.read(choice)), b.index.copy(), choice
+        return composite(b.images, b.masks, b.store.backgrounds.read(choice)), b.index.copy(), choice
     tex = np.stack([procedural_texture(rng, b.images.shape[1:3]) for rng in b.rngs])
-    return _composite(b.images, b.masks, tex), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, tex), b.index.copy(), _ids(len(b))
 
 
 @_variant("bg_gauss", "the object on Gaussian noise (mean 127.5, sd 64, clipped to 0-255)")
 def _bg_gauss(b: _Block):
     noise = np.stack([np.clip(rng.normal(127.5, 64.0, b.images.shape[1:]), 0, 255).round() for rng in b.rngs])
-    return _composite(b.images, b.masks, noise.astype(np.uint8)), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, noise.astype(np.uint8)), b.index.copy(), _ids(len(b))
 
 
 @_variant("bg_uniform", "the object on uniform noise (each channel 0-255)")
 def _bg_uniform(b: _Block):
     noise = np.stack([rng.integers(0, 256, b.images.shape[1:], dtype=np.uint8) for rng in b.rngs])
-    return _composite(b.images, b.masks, noise), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, noise), b.index.copy(), _ids(len(b))
 
 
 @_variant("bg_color", "the object on one random flat colour per image")
 def _bg_color(b: _Block):
     colours = np.stack([rng.integers(0, 256, 3, dtype=np.uint8) for rng in b.rngs])[:, None, None, :]
-    return _composite(b.images, b.masks, colours), b.index.copy(), _ids(len(b))
+    return composite(b.images, b.masks, colours), b.index.copy(), _ids(len(b))
 
 
 # --------------------------------------------------------------------------------------------- background factors
@@ -310,7 +301,7 @@ def _bg_color(b: _Block):
 def _bg_blur(b: _Block):
     k = b.options.blur_kernel
     blurred = np.stack([cv2.GaussianBlur(im, (k, k), 0) for im in b.images])
-    return _composite(b.images, b.masks, blurred), b.index.copy(), b.own_bg.copy()
+    return composite(b.images, b.masks, blurred), b.index.copy(), b.own_bg.copy()
 
 
 @_variant("bg_recolor", "the object on its own background with the hue rotated by hue_shift degrees, or grayscale")
@@ -324,7 +315,7 @@ def _bg_recolor(b: _Block):
             hsv = cv2.cvtColor(im, cv2.COLOR_RGB2HSV)
             hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + o.hue_shift // 2) % 180).astype(np.uint8)
             out.append(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB))
-    return _composite(b.images, b.masks, np.stack(out)), b.index.copy(), b.own_bg.copy()
+    return composite(b.images, b.masks, np.stack(out)), b.index.copy(), b.own_bg.copy()
 
 
 @_variant("bg_reduced", "background kept only inside the object box grown by reduced_margin pixels on every side; "
@@ -335,7 +326,7 @@ def _bg_reduced(b: _Block):
     for i, (x0, y0, x1, y1) in enumerate(b.boxes):
         ya, yb, xa, xb = max(0, y0 - m), min(h, y1 + m), max(0, x0 - m), min(w, x1 + m)
         out[i, ya:yb, xa:xb] = b.images[i, ya:yb, xa:xb]
-    return _composite(b.images, b.masks, out), b.index.copy(), b.own_bg.copy()
+    return composite(b.images, b.masks, out), b.index.copy(), b.own_bg.copy()
 
 
 # --------------------------------------------------------------------------------------------- making blocks

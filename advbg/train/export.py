@@ -33,6 +33,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from advbg.data.composite import composite
 from advbg.data.store import Store, StoreWriter
 from advbg.data.variants import class_folders
 from advbg.errors import AdvbgError
@@ -190,7 +191,7 @@ def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]
 
 def _composite(store: Store, f: int, b: int) -> tuple[np.ndarray, np.ndarray]:
     fg, mask = store.foregrounds.read([f])[0], store.foregrounds.read_masks([f])[0]
-    return np.where(mask[..., None].astype(bool), fg, store.backgrounds.read([b])[0]), mask
+    return composite(fg, mask, store.backgrounds.read([b])[0]), mask
 
 
 def _png(path: Path, rgb: np.ndarray) -> None:
