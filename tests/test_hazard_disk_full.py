@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
-import tempfile
+from pathlib import Path
 
 import advbg_entry  # noqa: F401  (registers test/tiny-entry)
 import h5py
@@ -180,12 +180,18 @@ def test_new_store_on_a_full_or_read_only_disk_is_one_line_and_leaves_nothing(tm
 
 
 def test_any_other_output_on_a_full_disk_is_one_line_naming_it(store, monkeypatch, capsys):
-    def mkstemp(*args, dir=None, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dir))
+    real = Path.write_bytes
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    rc, _, err = run(search_args(store, "--results-file", str(store.parent / "summary.json")), capsys)
-    one_line_error(rc, err, rf"cannot write {store.parent}: no space left on device")
+    def write_bytes(self, data):       # the JSON summary's temporary file meets a full disk
+        if self.name.startswith(".summary.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+    out = store.parent / "summary.json"
+    rc, _, err = run(search_args(store, "--results-file", str(out)), capsys)
+    one_line_error(rc, err, rf"cannot write {out}: no space left on device")   # names the output (#24 item 9)
+    assert not out.exists() and not list(store.parent.glob(".summary.json*"))
 
 
 def test_new_store_stops_cleanly_while_the_disk_still_has_room_for_hdf5(tmp_path, monkeypatch):
