@@ -19,6 +19,7 @@ from advbg.analysis.evaluate import (
 )
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, save_figure, write_json
+from advbg.stats import GAP_LEGEND, RATE_LEGEND, Gap, Rate, format_gap, format_rate, rate_or_none
 
 RESULTS_FORMATS = ("json", "csv")
 
@@ -77,6 +78,7 @@ def format_report(report: EvalReport) -> str:
     lines.append(f"store {s['path']} (digest {s['digest']}, {s['foregrounds']} foregrounds, "
                  f"{len(s['class_names'])} classes); images: {_sources(report)}")
     lines.append(f"accuracy = {report.label_rule}")
+    lines.append(f"{RATE_LEGEND}; {GAP_LEGEND}")
     for v, why in report.skipped.items():
         lines.append(f"skipped {v}: {why}")
     lines.append("")
@@ -103,21 +105,34 @@ def detail_table(m: ModelResult, report: EvalReport) -> str:
     headers = ["variant", "source", "n", *(f"top-{k}" for k in ks), "none"]
     rows = []
     for v, sc in m.scores.items():
-        rows.append([v, plans[v].label, str(sc.n), *(_num(sc.topk.get(k)) for k in ks), _num(sc.none_rate)])
+        rows.append([v, plans[v].label, str(sc.n), *(format_rate(sc.rate(k)) for k in ks),
+                     format_rate(_none_rate(sc))])
     text = _table(headers, rows)
     same, rand = m.scores.get("mixed_same"), m.scores.get("mixed_rand")
     if m.bg_gap is not None:
         text += (f"\nBG-Gap = mixed_same - mixed_rand = {_num(same.top1)} - {_num(rand.top1)} = "
-                 f"{m.bg_gap:.1f} points")
+                 f"{_gap_text(m)} points")
     else:
         text += "\nBG-Gap: needs both mixed_same and mixed_rand"
     return text
 
 
+def _none_rate(sc) -> Rate | None:
+    """The share of top-1 predictions in no class, as a Rate (none_rate is k/n in percent)."""
+    return None if sc.none_rate is None else rate_or_none(round(sc.none_rate * sc.n / 100), sc.n)
+
+
+def _gap_text(m: ModelResult) -> str:
+    """BG-Gap with its paired interval, or bare with the reason there is none."""
+    if m.bg_gap_interval is not None:
+        return format_gap(m.bg_gap_interval)
+    return "-" if m.bg_gap is None else f"{m.bg_gap:.1f} (no interval: mixed_same and mixed_rand are not paired)"
+
+
 def per_class_table(m: ModelResult, report: EvalReport) -> str:
     """Top-1 accuracy per class (columns: classes with images), a row per variant."""
     names = [c for c in report.store["class_names"] if any(sc.class_counts[c] for sc in m.scores.values())]
-    rows = [[v, *(_num(sc.per_class[c]) for c in names)] for v, sc in m.scores.items()]
+    rows = [[v, *(format_rate(sc.class_rate(c)) for c in names)] for v, sc in m.scores.items()]
     return "per-class top-1 accuracy (%):\n" + _table(["variant", *names], rows)
 
 
@@ -129,9 +144,9 @@ def model_table(report: EvalReport, k: int = 1, gap: bool = True) -> str:
     headers = ["model", *paper, *(["BG-Gap"] if gap else []), *rest]
     rows = []
     for m in report.models:
-        cell = lambda v: _num(m.scores[v].topk.get(k)) if v in m.scores else "-"  # noqa: E731
+        cell = lambda v: format_rate(m.scores[v].rate(k)) if v in m.scores else "-"  # noqa: E731
         rows.append([m.name + (" (baseline)" if m.baseline else ""), *(cell(v) for v in paper),
-                     *([_num(m.bg_gap)] if gap else []), *(cell(v) for v in rest)])
+                     *([_gap_text(m)] if gap else []), *(cell(v) for v in rest)])
     return _table(headers, rows)
 
 
@@ -158,6 +173,9 @@ def to_csv(report: EvalReport) -> str:
             *(f"{v}_top{k}" for v in variants for k in ks), "bg_gap"]
     if report.baseline:
         cols += [f"{v}_rel_top1" for v in variants]
+    # intervals after the point estimates, so the timm-style leading columns stay as they were
+    cols += [*(f"{v}_n" for v in variants), *(f"{v}_top{k}_{b}" for v in variants for k in ks for b in ("low", "high")),
+             "bg_gap_low", "bg_gap_high", "bg_gap_n"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -169,8 +187,18 @@ def to_csv(report: EvalReport) -> str:
                _num(m.bg_gap, 4)]
         if report.baseline:
             row += [_num((m.relative or {}).get(v, {}).get(1), 6) for v in variants]
+        row += _csv_intervals(m, variants, ks)
         w.writerow(["" if c == "-" else c for c in row])
     return buf.getvalue()
+
+
+def _csv_intervals(m: ModelResult, variants: Sequence[str], ks: Sequence[int]) -> list[str]:
+    rates = {(v, k): m.scores[v].rate(k) if v in m.scores else None for v in variants for k in ks}
+    g = m.bg_gap_interval
+    return [*(str(m.scores[v].n) if v in m.scores else "" for v in variants),
+            *(_num(getattr(rates[v, k], b), 4) if rates[v, k] else "" for v in variants for k in ks
+              for b in ("low", "high")),
+            *((_num(g.low, 4), _num(g.high, 4), str(g.n)) if g is not None else ("", "", ""))]
 
 
 def write_results(path: str | os.PathLike, report: EvalReport, fmt: str = "json") -> Path:
