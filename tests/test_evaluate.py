@@ -413,3 +413,23 @@ def test_bg_gap_has_no_paired_interval_when_the_sets_hold_other_images(tmp_path)
         report = evaluate(s, [scripted(_one_hot_table(A_ROWS), "A")], EvalConfig(variants="mixed_same,mixed_rand"))
     assert report.models[0].bg_gap is not None and report.models[0].bg_gap_interval is None
     assert "not paired" in format_report(report)
+
+
+def test_every_bar_of_the_bar_chart_has_its_error_bar(tmp_path, monkeypatch):
+    from advbg.analysis import evalreport
+
+    drawn = []
+    monkeypatch.setattr(evalreport, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    a, b = scripted(_one_hot_table(A_ROWS), "A"), scripted(_one_hot_table(B_ROWS), "B")
+    with Store(_mixed_store(tmp_path)) as s:
+        report = evaluate(s, [a, b], EvalConfig(variants="mixed_same,mixed_rand"))
+    evalreport.bar_chart(report, tmp_path / "bars.png")
+    ax = drawn[0].axes[0]
+    bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
+    assert len(bars) == 2 and all(c.errorbar is not None for c in bars)
+    segs = bars[0].errorbar.lines[2][0].get_segments()     # model A: one vertical segment per variant
+    lows_highs = sorted((round(min(s[:, 1]), 6), round(max(s[:, 1]), 6)) for s in segs)
+    want = sorted((round(100 * lo, 6), round(100 * hi, 6)) for lo, hi in (reference.clopper_pearson(3, 4),
+                                                                            reference.clopper_pearson(1, 4)))
+    assert lows_highs == pytest.approx(want, abs=1e-6)
+    assert "paired bootstrap" in ax.get_title()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from advbg.errors import AdvbgError
-from advbg.stats import Rate, format_gap, format_rate, paired_gap, rate
+from advbg.stats import format_gap, format_rate, paired_gap, rate
 from reference import clopper_pearson
 
 CASES = [(6, 11), (5, 11), (0, 11), (11, 11), (0, 1), (1, 1), (1, 2), (3, 40), (37, 40), (1234, 4050), (0, 4050)]

@@ -77,7 +77,8 @@ def to_markdown(board: Board) -> str:
     """The board as a Markdown table with the data, criterion and interval kind said once above it."""
     lines = [f"# Leaderboard: {board.data_name} (store digest {board.store_digest}), criterion {board.criterion}",
              "", f"Ranked by challenge accuracy (100 - fooling rate); {RATE_LEGEND}.", "",
-             "| rank | model | weights sha256 | label map | norm | mode | challenge accuracy | fooling rate | versions |",
+             "| rank | model | weights sha256 | label map | norm | mode | challenge accuracy | fooling rate "
+             "| versions |",
              "|---:|---|---|---|---|---|---|---|---|"]
     for e in board.entries:
         cells = [str(e.rank), e.model, e.weights, e.label_map, e.norm, e.mode, format_rate(e.accuracy),

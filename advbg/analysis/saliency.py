@@ -39,6 +39,7 @@ from torch import nn
 from tqdm import tqdm
 
 from advbg.analysis.evaluate import VARIANT_GROUPS, model_record
+from advbg.analysis.plots import subplots
 from advbg.data.store import Store
 from advbg.data.variants import make_variant, variant_names
 from advbg.errors import AdvbgError, ModelError, StoreError
@@ -416,16 +417,10 @@ def save_maps(path, report: SaliencyReport) -> None:
 def overlay_grid(report: SaliencyReport, store: Store, path, rows: int = 8):
     """PNG: a row per foreground (the first ``rows``), a column per variant: the image with its Grad-CAM map
     (scaled to its own maximum) over it, the mask outline, and the foreground share in the title."""
-    import matplotlib  # deferred: matplotlib is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
-
-
     names = report.store["class_names"]
     n = min(rows, min(len(v.labels) for v in report.variants))
     cols = len(report.variants)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.5 * n), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(2.3 * cols, 2.5 * n), squeeze=False)
     for j, v in enumerate(report.variants):
         b = make_variant(store, v.variant, v.fg_index[:n], rng_seed=report.config.seed)
         masks = store.foregrounds.read_masks(v.fg_index[:n])
