@@ -45,6 +45,7 @@ from advbg.data.variants import make_variant, variant_names
 from advbg.errors import AdvbgError, ModelError, StoreError
 from advbg.files import now, save_figure
 from advbg.models.classifier import Classifier
+from advbg.stats import format_interval
 
 TARGETS = ("true", "pred")
 RULE = ("last module whose output is a 4-D (N,C,H,W) map with H*W > 1 and after which only pooled (1x1) or <= 2-D "
@@ -77,9 +78,8 @@ class Interval:
     n: int
 
     def text(self, digits: int = 3) -> str:
-        if self.mean is None:
-            return "-"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        """``0.620 [0.550, 0.700]`` (advbg.stats' interval format); '-' when there is no value."""
+        return "-" if self.mean is None else format_interval(self.mean, self.low, self.high, digits=digits)
 
 
 def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000, level: float = 0.95) -> Interval:
