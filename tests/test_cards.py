@@ -235,6 +235,11 @@ def test_compare_cli_formats_and_bad_input(tmp_path, capsys):
     assert json.loads((tmp_path / "t.json").read_text())["rows"][0]["model"] == "m1"
     code, out, err = run(["compare", "--eval", str(e)], capsys)
     assert code == 0 and "| m1 |" in out
+    e2 = tmp_path / "e2.json"
+    e2.write_text(e.read_text().replace('"m1"', '"m2"'))
+    code, out, err = run(["compare", "--eval", str(e), str(e2), "--format", "csv"], capsys)   # as the issue spells it
+    assert code == 0, err
+    assert [line.split(",")[0] for line in out.splitlines()[1:]] == ["m1", "m2"]
     code, _, err = run(["compare"], capsys)
     assert_one_line_error(code, err, "nothing to compare")
     code, _, err = run(["compare", "--eval", str(tmp_path / "no.json")], capsys)
