@@ -14,7 +14,7 @@ import reference
 from conftest import assert_one_line_error, make_random_store, make_tiny_classifier
 from conftest import run_cli as run
 
-from advbg.analysis.card import check_card, make_card
+from advbg.analysis.card import check_card, make_card, reproduce_command
 from advbg.analysis.compare import Table, eval_table, recall, search_table
 from advbg.analysis.leaderboard import build_board, to_html, to_markdown
 from advbg.data.store import Store
@@ -62,6 +62,15 @@ def test_card_counts_equal_the_results_file_and_the_interval_its_definition(sear
     assert card["criterion"] == "any" and card["mode"] == "exhaustive" and card["model"]["name"] == "tiny9"
     assert card["command"].startswith("advbg search --store store.h5 --model tiny9 --criterion any")
     assert json.loads(json.dumps(card)) == card
+
+
+def test_reproduce_command_names_the_options_that_change_the_result(searched):
+    with Store(searched) as s:
+        r = load_search(s, next(n for n in _names(searched) if n.endswith("exhaustive")))
+    clf = dict(r.run.classifier, norm_source="option", mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    pruned = replace(r, run=replace(r.run, pruning="mix-k40", classifier=clf))
+    cmd = reproduce_command(pruned, "s.h5")
+    assert "--prune 40 --prune-rule mix" in cmd and "--norm 0.5,0.5,0.5,0.25,0.25,0.25" in cmd
 
 
 def test_card_cli_by_name_and_by_results_file_and_refusals(searched, tmp_path, capsys):

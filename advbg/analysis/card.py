@@ -51,10 +51,15 @@ def reproduce_command(result: SearchResult, store: str) -> str:
     words = ["advbg", "search", "--store", store, "--model", c["name"], "--criterion", criterion_name(r.criterion)]
     if c.get("label_map"):
         words += ["--label-map", c["label_map"]]
+    if c.get("norm_source") == "reference":
+        words += ["--norm", "reference"]
+    elif c.get("norm_source") == "option":
+        words += ["--norm", ",".join(f"{v:g}" for v in [*c["mean"], *c["std"]])]
     if r.mode == "early-exit":
         words.append("--early-exit")
-    if r.pruning:
-        words += ["--prune", str(r.pruning)]
+    pruned = re.fullmatch(r"(.+)-k(\d+)", str(r.pruning or ""))    # PruneSpec.describe: "<rule>-k<K>"
+    if pruned:
+        words += ["--prune", pruned.group(2), "--prune-rule", pruned.group(1)]
     return shlex.join(words)
 
 
