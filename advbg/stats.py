@@ -7,8 +7,8 @@ small n (the demo store has 11 foregrounds), where Clopper-Pearson is the interv
 k = 0 and k = n; Clopper-Pearson's bound there is the one-sided 97.5% bound (e.g. 0/11 -> [0, 28.5]).
 
 BG-Gap, a difference of two accuracies over the same images (mixed_same vs mixed_rand of the same foregrounds),
-gets a paired percentile bootstrap (``scipy.stats.bootstrap(paired=True)``) with a fixed seed, so the same inputs
-give the same interval.
+gets a paired percentile bootstrap (``scipy.stats.bootstrap`` over the items' differences a - b, which is what
+resampling the pairs does) with a fixed seed, so the same inputs give the same interval.
 """
 from __future__ import annotations
 
@@ -102,7 +102,9 @@ def paired_gap(a: np.ndarray, b: np.ndarray, *, seed: int = GAP_SEED, resamples:
         return Gap(diff, diff, diff, int(a.size), seed=seed, resamples=resamples)
     from scipy.stats import bootstrap  # deferred: scipy is heavy, loaded only when a gap is computed
 
-    res = bootstrap((a, b), lambda x, y, axis: x.mean(axis) - y.mean(axis), paired=True, vectorized=True,
+    # Resampling items with both outcomes (a paired bootstrap) is resampling their differences d = a - b: one
+    # small-integer sample, in batches, keeps 4,050 pairs x 9,999 resamples at well under a second and 200 MB.
+    res = bootstrap((d.astype(np.int8),), lambda x, axis: x.mean(axis), vectorized=True, batch=500,
                     n_resamples=resamples, confidence_level=CONFIDENCE, method="percentile",
                     rng=np.random.default_rng(seed))
     ci = res.confidence_interval

@@ -99,3 +99,14 @@ def test_paired_gap_covers_the_true_difference_at_about_the_nominal_rate():
         g = paired_gap(a, b, seed=int(rng.integers(1 << 31)), resamples=999)
         hits += g.low <= true_diff <= g.high
     assert 0.90 <= hits / sims <= 0.99, hits / sims
+
+
+def test_paired_gap_agrees_with_a_plain_bootstrap_of_the_pairs():
+    """Reference: resample foreground indices with numpy and take the 2.5/97.5 percentiles of mean(a) - mean(b)."""
+    rng = np.random.default_rng(11)
+    a, b = rng.random(300) < 0.8, rng.random(300) < 0.7
+    idx = rng.integers(0, 300, (20000, 300))
+    diffs = 100 * (a[idx].mean(1) - b[idx].mean(1))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    g = paired_gap(a, b)
+    assert g.low == pytest.approx(low, abs=0.7) and g.high == pytest.approx(high, abs=0.7)
