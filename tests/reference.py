@@ -131,3 +131,27 @@ def naive_search(store, clf, criterion: str, early_exit: bool, orders=None) -> l
         out.append({"worst_margin": float(worst_m), "worst_bg": worst_bg, "worst_pred": worst_pred,
                     "first_fooling_bg": first, "n_fooling": n_fool, "n_evaluated": len(preds), "preds": preds})
     return out
+
+
+# --------------------------------------------------------------------------------------------- intervals
+def binom_tail_ge(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed term by term."""
+    from math import exp, lgamma, log
+    if p <= 0.0 or p >= 1.0:
+        return float(p >= 1.0 or k == 0)
+    return sum(exp(lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) + i * log(p) + (n - i) * log(1 - p))
+               for i in range(k, n + 1))
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """The exact interval by its definition, found by bisection on the binomial tails (no beta function):
+    low = the p with P(X >= k | p) = alpha/2 (0 if k = 0), high = the p with P(X <= k | p) = alpha/2 (1 if k = n)."""
+    def solve(f, target: float) -> float:     # f increasing in p on [0, 1]: the p with f(p) = target
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) < target else (lo, mid)
+        return (lo + hi) / 2
+    low = 0.0 if k == 0 else solve(lambda p: binom_tail_ge(k, n, p), alpha / 2)
+    high = 1.0 if k == n else solve(lambda p: binom_tail_ge(k + 1, n, p), 1 - alpha / 2)   # P(X <= k) = alpha/2
+    return low, high

@@ -10,6 +10,7 @@ from conftest import TinyNet
 from conftest import run_cli as run
 from torch import nn
 
+from advbg.analysis.evalreport import format_report, to_csv
 from advbg.analysis.evaluate import (
     EvalConfig,
     bg_gap,
@@ -363,9 +364,72 @@ def test_demo_store_with_the_embedded_model_prints_the_table_and_pins_identity(t
     code, out, err = run(["eval", "--store", str(demo), "-V", "original", "--results-file", str(tmp_path / "d.json"),
                           "--plot", "-", "-q"], capsys)                  # one variant: the model load dominates
     assert code == 0, err
-    assert any(line.split()[:4] == ["original", "generated", "11", "100.0"] for line in out.splitlines()), out
+    # every accuracy with its exact interval and k/n: 11/11 -> [71.5, 100.0] (hand-checked: 0.025 ** (1/11) = 0.715)
+    assert any(line.split()[:4] == ["original", "generated", "11", "100.0%"] and "[71.5, 100.0] (11/11)" in line
+               for line in out.splitlines()), out
     data = json.loads((tmp_path / "d.json").read_text())
     ident = data["models"][0]["model"]
     assert ident["name"] == "advbg/lite0" and ident["tag"] == "tf_efficientnet_lite0.embedded"
     assert ident["weights_sha256"].startswith("5793442") and ident["label_map"] == "in9"
     assert ident["timm_version"] and ident["torch_version"]
+
+
+# --------------------------------------------------------------------------------------------- intervals
+def test_every_accuracy_carries_n_and_its_exact_interval_and_bg_gap_a_paired_one(tmp_path):
+    a = scripted(_one_hot_table(A_ROWS), "A")
+    with Store(_mixed_store(tmp_path)) as s:
+        report = evaluate(s, [a], EvalConfig(variants="mixed_same,mixed_rand"))
+    m = report.models[0]
+    d = m.to_dict()
+    for v, k in (("mixed_same", 3), ("mixed_rand", 1)):       # A: 3 of 4 right on mixed_same, 1 of 4 on mixed_rand
+        got = d["accuracy"][v]["interval"]["top1"]
+        low, high = reference.clopper_pearson(k, 4)
+        assert (got["k"], got["n"]) == (k, 4)
+        assert (got["low"], got["high"]) == pytest.approx((100 * low, 100 * high), abs=1e-6)
+    # per class: one image each; class 3 is wrong on mixed_same -> 0/1
+    pc = d["accuracy"]["mixed_same"]["per_class_interval"]
+    assert (pc["reptile"]["k"], pc["reptile"]["n"]) == (0, 1) and pc["dog"]["k"] == 1
+    gap = d["bg_gap_interval"]
+    # paired over the same four foregrounds: right on same [1,1,1,0], on rand [1,0,0,0]
+    assert gap["diff"] == pytest.approx(50.0) and gap["n"] == 4 and gap["low"] <= 50.0 <= gap["high"]
+    assert gap["low"] >= 0.0          # every pair differs in the same direction: no resample goes below 0
+    text = format_report(report)
+    assert "75.0% [19.4, 99.4] (3/4)" in text and "BG-Gap = mixed_same - mixed_rand = 75.0 - 25.0 = 50.0 [" in text
+    csv_text = to_csv(report)
+    head, row = csv_text.splitlines()[:2]
+    cells = dict(zip(head.split(","), row.split(",")))
+    assert float(cells["mixed_same_top1_low"]) == pytest.approx(100 * reference.clopper_pearson(3, 4)[0], abs=1e-3)
+    assert cells["mixed_same_n"] == "4" and cells["bg_gap_n"] == "4"
+
+
+def test_bg_gap_has_no_paired_interval_when_the_sets_hold_other_images(tmp_path):
+    path = _mixed_store(tmp_path)
+    with h5py.File(path, "r+") as f:            # mixed_rand's images in another order: not the same foregrounds
+        del f["evalsets/mixed_rand"]
+        w = EvalsetWriter(f, "mixed_rand", (SIZE, SIZE), attrs=dict(origin="released"))
+        w.append_many(coded(range(4, 8)), [3, 2, 1, 0], [f"x{r}" for r in range(4)], [-1] * 4, [-1] * 4)
+        w.close()
+    with Store(path) as s:
+        report = evaluate(s, [scripted(_one_hot_table(A_ROWS), "A")], EvalConfig(variants="mixed_same,mixed_rand"))
+    assert report.models[0].bg_gap is not None and report.models[0].bg_gap_interval is None
+    assert "not paired" in format_report(report)
+
+
+def test_every_bar_of_the_bar_chart_has_its_error_bar(tmp_path, monkeypatch):
+    from advbg.analysis import evalreport
+
+    drawn = []
+    monkeypatch.setattr(evalreport, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    a, b = scripted(_one_hot_table(A_ROWS), "A"), scripted(_one_hot_table(B_ROWS), "B")
+    with Store(_mixed_store(tmp_path)) as s:
+        report = evaluate(s, [a, b], EvalConfig(variants="mixed_same,mixed_rand"))
+    evalreport.bar_chart(report, tmp_path / "bars.png")
+    ax = drawn[0].axes[0]
+    bars = [c for c in ax.containers if type(c).__name__ == "BarContainer"]
+    assert len(bars) == 2 and all(c.errorbar is not None for c in bars)
+    segs = bars[0].errorbar.lines[2][0].get_segments()     # model A: one vertical segment per variant
+    lows_highs = sorted((round(min(s[:, 1]), 6), round(max(s[:, 1]), 6)) for s in segs)
+    want = sorted((round(100 * lo, 6), round(100 * hi, 6)) for lo, hi in (reference.clopper_pearson(3, 4),
+                                                                            reference.clopper_pearson(1, 4)))
+    assert lows_highs == pytest.approx(want, abs=1e-6)
+    assert "paired bootstrap" in ax.get_title()

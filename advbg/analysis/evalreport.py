@@ -17,8 +17,10 @@ from advbg.analysis.evaluate import (
     ModelResult,
     ordered_variants,
 )
+from advbg.analysis.plots import pyplot, rate_yerr, subplots
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, save_figure, write_json
+from advbg.stats import GAP_LEGEND, RATE_LEGEND, Gap, Rate, format_gap, format_rate, rate_or_none
 
 RESULTS_FORMATS = ("json", "csv")
 
@@ -77,6 +79,7 @@ def format_report(report: EvalReport) -> str:
     lines.append(f"store {s['path']} (digest {s['digest']}, {s['foregrounds']} foregrounds, "
                  f"{len(s['class_names'])} classes); images: {_sources(report)}")
     lines.append(f"accuracy = {report.label_rule}")
+    lines.append(f"{RATE_LEGEND}; {GAP_LEGEND}")
     for v, why in report.skipped.items():
         lines.append(f"skipped {v}: {why}")
     lines.append("")
@@ -103,21 +106,34 @@ def detail_table(m: ModelResult, report: EvalReport) -> str:
     headers = ["variant", "source", "n", *(f"top-{k}" for k in ks), "none"]
     rows = []
     for v, sc in m.scores.items():
-        rows.append([v, plans[v].label, str(sc.n), *(_num(sc.topk.get(k)) for k in ks), _num(sc.none_rate)])
+        rows.append([v, plans[v].label, str(sc.n), *(format_rate(sc.rate(k)) for k in ks),
+                     format_rate(_none_rate(sc))])
     text = _table(headers, rows)
     same, rand = m.scores.get("mixed_same"), m.scores.get("mixed_rand")
     if m.bg_gap is not None:
         text += (f"\nBG-Gap = mixed_same - mixed_rand = {_num(same.top1)} - {_num(rand.top1)} = "
-                 f"{m.bg_gap:.1f} points")
+                 f"{_gap_text(m)} points")
     else:
         text += "\nBG-Gap: needs both mixed_same and mixed_rand"
     return text
 
 
+def _none_rate(sc) -> Rate | None:
+    """The share of top-1 predictions in no class, as a Rate (none_rate is k/n in percent)."""
+    return None if sc.none_rate is None else rate_or_none(round(sc.none_rate * sc.n / 100), sc.n)
+
+
+def _gap_text(m: ModelResult) -> str:
+    """BG-Gap with its paired interval, or bare with the reason there is none."""
+    if m.bg_gap_interval is not None:
+        return format_gap(m.bg_gap_interval)
+    return "-" if m.bg_gap is None else f"{m.bg_gap:.1f} (no interval: mixed_same and mixed_rand are not paired)"
+
+
 def per_class_table(m: ModelResult, report: EvalReport) -> str:
     """Top-1 accuracy per class (columns: classes with images), a row per variant."""
     names = [c for c in report.store["class_names"] if any(sc.class_counts[c] for sc in m.scores.values())]
-    rows = [[v, *(_num(sc.per_class[c]) for c in names)] for v, sc in m.scores.items()]
+    rows = [[v, *(format_rate(sc.class_rate(c)) for c in names)] for v, sc in m.scores.items()]
     return "per-class top-1 accuracy (%):\n" + _table(["variant", *names], rows)
 
 
@@ -129,9 +145,9 @@ def model_table(report: EvalReport, k: int = 1, gap: bool = True) -> str:
     headers = ["model", *paper, *(["BG-Gap"] if gap else []), *rest]
     rows = []
     for m in report.models:
-        cell = lambda v: _num(m.scores[v].topk.get(k)) if v in m.scores else "-"  # noqa: E731
+        cell = lambda v: format_rate(m.scores[v].rate(k)) if v in m.scores else "-"  # noqa: E731
         rows.append([m.name + (" (baseline)" if m.baseline else ""), *(cell(v) for v in paper),
-                     *([_num(m.bg_gap)] if gap else []), *(cell(v) for v in rest)])
+                     *([_gap_text(m)] if gap else []), *(cell(v) for v in rest)])
     return _table(headers, rows)
 
 
@@ -158,6 +174,9 @@ def to_csv(report: EvalReport) -> str:
             *(f"{v}_top{k}" for v in variants for k in ks), "bg_gap"]
     if report.baseline:
         cols += [f"{v}_rel_top1" for v in variants]
+    # intervals after the point estimates, so the timm-style leading columns stay as they were
+    cols += [*(f"{v}_n" for v in variants), *(f"{v}_top{k}_{b}" for v in variants for k in ks for b in ("low", "high")),
+             "bg_gap_low", "bg_gap_high", "bg_gap_n"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -169,8 +188,18 @@ def to_csv(report: EvalReport) -> str:
                _num(m.bg_gap, 4)]
         if report.baseline:
             row += [_num((m.relative or {}).get(v, {}).get(1), 6) for v in variants]
+        row += _csv_intervals(m, variants, ks)
         w.writerow(["" if c == "-" else c for c in row])
     return buf.getvalue()
+
+
+def _csv_intervals(m: ModelResult, variants: Sequence[str], ks: Sequence[int]) -> list[str]:
+    rates = {(v, k): m.scores[v].rate(k) if v in m.scores else None for v in variants for k in ks}
+    g = m.bg_gap_interval
+    return [*(str(m.scores[v].n) if v in m.scores else "" for v in variants),
+            *(_num(getattr(rates[v, k], b), 4) if rates[v, k] else "" for v in variants for k in ks
+              for b in ("low", "high")),
+            *((_num(g.low, 4), _num(g.high, 4), str(g.n)) if g is not None else ("", "", ""))]
 
 
 def write_results(path: str | os.PathLike, report: EvalReport, fmt: str = "json") -> Path:
@@ -180,35 +209,28 @@ def write_results(path: str | os.PathLike, report: EvalReport, fmt: str = "json"
     return write_json(path, report.to_dict())
 
 
-def _plt():
-    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
-
-    return plt
-
-
 def bar_chart(report: EvalReport, path: str | os.PathLike) -> Path:
-    """PNG: top-1 accuracy per variant, one bar per model, BG-Gap in the legend."""
+    """PNG: top-1 accuracy per variant, one bar per model with its 95% interval, BG-Gap (and its interval) in the
+    legend."""
 
-    plt = _plt()
     variants, models = report.variants, report.models
     x = np.arange(len(variants))
     width = 0.8 / max(1, len(models))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(variants) * max(1, len(models)) ** 0.5 + 2), 4.2))
+    fig, ax = subplots(figsize=(max(6.0, 0.55 * len(variants) * max(1, len(models)) ** 0.5 + 2), 4.2))
     for j, m in enumerate(models):
         vals = [m.scores[v].top1 if v in m.scores and m.scores[v].top1 is not None else np.nan for v in variants]
-        label = f"{m.name}{' (baseline)' if m.baseline else ''}, BG-Gap {_num(m.bg_gap)}"
+        label = f"{m.name}{' (baseline)' if m.baseline else ''}, BG-Gap {_gap_text(m)}"
+        rates = [m.scores[v].rate(1) if v in m.scores else None for v in variants]
         bars = ax.bar(x + (j - (len(models) - 1) / 2) * width, vals, width, label=label,
-                      hatch="//" if m.baseline else None)
+                      hatch="//" if m.baseline else None, yerr=rate_yerr(rates), capsize=2, error_kw=dict(lw=0.8))
         if len(models) == 1:
             ax.bar_label(bars, fmt="%.0f", fontsize=7)
     ax.set_xticks(x, variants, rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 100 + 12 * ((len(models) + 2) // 3))   # headroom for the legend above the bars
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Accuracy per variant: {Path(report.store['path']).name}", fontsize=9)
+    ax.set_title(f"Accuracy per variant: {Path(report.store['path']).name} (error bars: 95% Clopper-Pearson; "
+                 f"BG-Gap: 95% paired bootstrap)", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", ncol=min(3, len(models)), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -236,16 +258,26 @@ def scatter_points(files: Sequence[str | os.PathLike]) -> list[dict]:
     for f in files:
         for m in load_results(f)["models"]:
             acc = {v: (s.get("topk") or {}).get("top1") for v, s in (m.get("accuracy") or {}).items()}
+            rates = {v: _top1_rate(s) for v, s in (m.get("accuracy") or {}).items()}
             points.append(dict(name=m["model"]["name"], tag=m["model"].get("tag"), file=str(f), top1=acc,
-                               bg_gap=m.get("bg_gap")))
+                               bg_gap=m.get("bg_gap"), rates=rates, gap=m.get("bg_gap_interval")))
     if not points:
         raise AdvbgError("the results files hold no models")
     return points
 
 
+def _top1_rate(score: dict) -> Rate | None:
+    k, n = (score.get("correct") or {}).get("top1"), score.get("n")
+    return rate_or_none(int(k), int(n)) if k is not None and n and (score.get("topk") or {}).get("top1") is not None \
+        else None
+
+
+def _err(r: Rate | None) -> np.ndarray | None:
+    return None if r is None else rate_yerr([r])
+
+
 def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, variants: str = "paper") -> Path:
     """PNG: accuracy on original (x) vs each variant (y), a point per model, plus BG-Gap vs original."""
-    plt = _plt()
     points = scatter_points(files)
     have = ordered_variants(list(dict.fromkeys(v for p in points for v in p["top1"])))
     if "original" not in have:
@@ -266,13 +298,18 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
         raise AdvbgError("nothing to plot besides 'original'; evaluate more variants")
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
     for ax, v in zip(axes.flat, panels + (["BG-Gap"] if with_gap else [])):
         for p in points:
             x, y = p["top1"].get("original"), (p["bg_gap"] if v == "BG-Gap" else p["top1"].get(v))
             if x is None or y is None:
                 continue
-            ax.scatter([x], [y], s=24)
+            g = p["gap"] if v == "BG-Gap" else None
+            if v == "BG-Gap":
+                yerr = np.array([[y - g["low"]], [g["high"] - y]]) if g else None
+            else:
+                yerr = _err(p["rates"].get(v))
+            ax.errorbar([x], [y], xerr=_err(p["rates"].get("original")), yerr=yerr, fmt="o", ms=4, capsize=2, lw=0.8)
             ax.annotate(p["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if v != "BG-Gap":
             ax.plot([0, 100], [0, 100], ls="--", lw=0.8, color="gray")
@@ -283,7 +320,8 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle("Accuracy on original vs each variant (one point per model)", fontsize=9)
+    fig.suptitle("Accuracy on original vs each variant (one point per model; error bars: 95% Clopper-Pearson, "
+                 "BG-Gap: 95% paired bootstrap)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -298,7 +336,7 @@ def imagenet_points(report: EvalReport) -> tuple[list[ModelResult], list[str]]:
 
 def imagenet_plot(report: EvalReport, path: str | os.PathLike) -> Path:
     """PNG: top-1 on each evaluated variant (a line each) against the models' ImageNet top-1, and BG-Gap."""
-    plt = _plt()
+    plt = pyplot()
     known, _ = imagenet_points(report)
     if len(known) < 2:
         raise AdvbgError("the accuracy-vs-ImageNet plot needs at least two models with a known ImageNet top-1 "
@@ -309,8 +347,9 @@ def imagenet_plot(report: EvalReport, path: str | os.PathLike) -> Path:
     for j, v in enumerate(report.variants):
         y = [m.scores[v].top1 if v in m.scores and m.scores[v].top1 is not None else float("nan") for m in known]
         style = "-" if v in PAPER_COLUMNS else "--"
-        ax.plot(x, y, style, marker="os^Dv<>p"[j % 8], ms=4, lw=1.2 if v in PAPER_COLUMNS else 0.9, label=v,
-                color=colors[j % len(colors)])
+        yerr = rate_yerr([m.scores[v].rate(1) if v in m.scores else None for m in known])
+        ax.errorbar(x, y, yerr=yerr, fmt=style, marker="os^Dv<>p"[j % 8], ms=4, lw=1.2 if v in PAPER_COLUMNS else 0.9,
+                    label=v, color=colors[j % len(colors)], capsize=2, elinewidth=0.6)
     for xi, m in zip(x, known):
         ax.axvline(xi, color="gray", lw=0.5, alpha=0.4)
         ax.annotate(m.name, (xi, 1), fontsize=7, rotation=90, va="bottom", ha="right", color="gray")
@@ -320,11 +359,13 @@ def imagenet_plot(report: EvalReport, path: str | os.PathLike) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     gaps = [m.bg_gap if m.bg_gap is not None else float("nan") for m in known]
-    gap.plot(x, gaps, marker="o", color="black")
+    ci = [m.bg_gap_interval for m in known]
+    gerr = np.array([[g.diff - g.low if g else np.nan for g in ci], [g.high - g.diff if g else np.nan for g in ci]])
+    gap.errorbar(x, gaps, yerr=gerr, marker="o", color="black", capsize=2, elinewidth=0.6)
     gap.set_xlabel("ImageNet-1k top-1 (%)", fontsize=7)
     gap.set_ylabel("BG-Gap = mixed_same - mixed_rand (points)", fontsize=8)
     gap.grid(alpha=0.3)
     fig.suptitle(f"Accuracy per variant vs ImageNet accuracy ({Path(report.store['path']).name}, "
-                 f"{report.store['foregrounds']} foregrounds)", fontsize=9)
+                 f"{report.store['foregrounds']} foregrounds; error bars: 95% intervals)", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)

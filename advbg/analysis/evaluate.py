@@ -13,13 +13,15 @@ Metrics (percent of the variant's images):
     Top-k is reported only when k is smaller than the number of classes (else it would say nothing).
   - per-class top-1 accuracy; "none rate" = share of images whose top-1 maps to no class.
   - BG-Gap = top-1(mixed_same) - top-1(mixed_rand), in points.
+  Every accuracy carries n and its exact 95% interval (``advbg.stats.rate``); BG-Gap carries a paired bootstrap
+  interval when both variants hold the same images in the same order (the same foregrounds), ``advbg.stats``.
   - relative accuracy (Sehwag et al.) = accuracy(model) / accuracy(baseline), per variant and k.
 """
 from __future__ import annotations
 
 import difflib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -43,6 +45,7 @@ from advbg.models.classifier import Classifier
 from advbg.models.precision import autocast, check_amp
 from advbg.models.zoo import cached_weights_file
 from advbg.search.compositor import to_device_u8
+from advbg.stats import Gap, Rate, paired_gap, rate_or_none
 
 PAPER_COLUMNS = ("original", "only_bg_t", "mixed_same", "mixed_rand")
 IN9_VARIANTS = ("original", "only_bg_b", "only_bg_t", "no_fg", "only_fg", "mixed_same", "mixed_rand", "mixed_next")
@@ -124,15 +127,28 @@ class VariantScore:
     per_class: dict[str, float | None]
     class_counts: dict[str, int]
     none_rate: float | None          # % of top-1 predictions in no class (None for maps without a none group)
+    class_correct: dict[str, int] = field(default_factory=dict)
+    # per image, for the paired BG-Gap: top-1 right (0/1) and the true class, in the variant's image order
+    hits: np.ndarray | None = field(default=None, repr=False, compare=False)
+    labels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def top1(self) -> float | None:
         return self.topk[1]
 
+    def rate(self, k: int = 1) -> Rate | None:
+        """Top-k accuracy as k/n with its 95% interval (None where undefined)."""
+        return rate_or_none(self.correct[k], self.n) if self.topk.get(k) is not None else None
+
+    def class_rate(self, name: str) -> Rate | None:
+        return rate_or_none(self.class_correct.get(name, 0), self.class_counts[name])
+
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hits", "labels")}
         d["topk"] = {f"top{k}": v for k, v in self.topk.items()}
         d["correct"] = {f"top{k}": v for k, v in self.correct.items()}
+        d["interval"] = {f"top{k}": (r.to_dict() if (r := self.rate(k)) else None) for k in self.topk}
+        d["per_class_interval"] = {c: (r.to_dict() if (r := self.class_rate(c)) else None) for c in self.class_counts}
         return d
 
 
@@ -150,19 +166,31 @@ def variant_score(variant: str, ranks: np.ndarray, preds: np.ndarray, labels: np
         usable = k == 1 or k < len(class_names)
         topk[k], correct[k] = (_pct(c, n) if usable else None), c
     hit = ranks == 0
-    per_class, counts = {}, {}
+    per_class, counts, class_correct = {}, {}, {}
     for c, name in enumerate(class_names):
         sel = labels == c
-        counts[name] = int(sel.sum())
-        per_class[name] = _pct(int(hit[sel].sum()), counts[name])
+        counts[name], class_correct[name] = int(sel.sum()), int(hit[sel].sum())
+        per_class[name] = _pct(class_correct[name], counts[name])
     none = _pct(int((preds < 0).sum()), n) if has_none else None
-    return VariantScore(variant, n, topk, correct, per_class, counts, none)
+    return VariantScore(variant, n, topk, correct, per_class, counts, none, class_correct,
+                        hit.astype(np.uint8), np.asarray(labels))
 
 
 def bg_gap(top1: Mapping[str, float | None]) -> float | None:
     """top-1(mixed_same) - top-1(mixed_rand) in points; None unless both were evaluated."""
     same, rand = top1.get("mixed_same"), top1.get("mixed_rand")
     return None if same is None or rand is None else same - rand
+
+
+def bg_gap_interval(scores: Mapping[str, VariantScore]) -> Gap | None:
+    """BG-Gap with its paired 95% interval, when mixed_same and mixed_rand hold the same images in the same order
+    (same n and the same true class image by image; else None: the difference is not a paired one)."""
+    same, rand = scores.get("mixed_same"), scores.get("mixed_rand")
+    if same is None or rand is None or same.hits is None or rand.hits is None or same.n == 0:
+        return None
+    if same.n != rand.n or not np.array_equal(same.labels, rand.labels):
+        return None
+    return paired_gap(same.hits, rand.hits)
 
 
 def relative_accuracy(model: Mapping[str, VariantScore], baseline: Mapping[str, VariantScore]
@@ -299,6 +327,7 @@ class ModelResult:
     bg_gap: float | None
     relative: dict[str, dict[int, float | None]] | None = None
     baseline: bool = False
+    bg_gap_interval: Gap | None = None
 
     @property
     def name(self) -> str:
@@ -310,7 +339,8 @@ class ModelResult:
     def to_dict(self) -> dict:
         rel = None if self.relative is None else {v: {f"top{k}": r for k, r in d.items()}
                                                    for v, d in self.relative.items()}
-        return dict(model=self.identity, baseline=self.baseline, bg_gap=self.bg_gap,
+        gap = self.bg_gap_interval.to_dict() if self.bg_gap_interval is not None else None
+        return dict(model=self.identity, baseline=self.baseline, bg_gap=self.bg_gap, bg_gap_interval=gap,
                     accuracy={v: s.to_dict() for v, s in self.scores.items()}, relative=rel)
 
 
@@ -449,7 +479,7 @@ def _model_results(everyone: list[Classifier], scores: list[dict[str, VariantSco
         ordered = {v: sc[v] for v in ordered_variants(list(sc))}
         rel = relative_accuracy(ordered, base_scores) if base_scores is not None else None
         out.append(ModelResult(model_record(clf), ordered, bg_gap({v: s.top1 for v, s in sc.items()}), rel,
-                               baseline=clf is baseline))
+                               baseline=clf is baseline, bg_gap_interval=bg_gap_interval(sc)))
     return out
 
 

@@ -11,15 +11,31 @@ import numpy as np
 from advbg.data.composite import composite
 from advbg.data.store import Store
 from advbg.files import save_figure
+from advbg.stats import Rate
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot drawing to files only (the Agg backend, no display): the one set-up of every advbg
+    figure; matplotlib is imported on first use because it is slow to import."""
     import matplotlib  # deferred: heavy or optional dependency, loaded only when used
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     return plt
+
+
+def subplots(*args, **kwargs):
+    """``plt.subplots`` on the Agg backend: (figure, axes)."""
+    return pyplot().subplots(*args, **kwargs)
+
+
+def rate_yerr(rates: "list[Rate | None]") -> np.ndarray:
+    """(2, N) distances from each rate down to its interval's low and up to its high (NaN for no rate): the
+    ``yerr`` of an error bar."""
+    return np.array([[r.rate - r.low if r else np.nan for r in rates],
+                     [r.high - r.rate if r else np.nan for r in rates]], dtype=float).reshape(2, len(rates))
+
 
 
 def _save(fig, path: str | os.PathLike, tight: bool = True) -> Path:
@@ -39,11 +55,10 @@ def _short(c) -> str:
 
 def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
     """One row per class: its top backgrounds (highest ASR first) titled with bg_id and ASR."""
-    plt = _plt()
     classes = result.classes
     k = max([len(c.top_bg) for c in classes] + [1])
     w, h = max(1.9 * k + 0.7, 4.5), 2.1 * len(classes) + 0.9
-    fig, axes = plt.subplots(len(classes), k, figsize=(w, h), squeeze=False)
+    fig, axes = subplots(len(classes), k, figsize=(w, h), squeeze=False)
     for row, c in zip(axes, classes):
         for ax in row:
             ax.set_xticks([]), ax.set_yticks([])
@@ -66,13 +81,12 @@ def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
 
 def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
     """One histogram per class of the ASR over all its backgrounds (0-100 %, 5 % bins)."""
-    plt = _plt()
     from matplotlib.ticker import MaxNLocator  # deferred: heavy or optional dependency, loaded only when used
 
     classes = result.classes
     ncol = min(3, len(classes))
     nrow = math.ceil(len(classes) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(max(3.4 * ncol, 5.0), 2.5 * nrow + 0.5), squeeze=False)
+    fig, axes = subplots(nrow, ncol, figsize=(max(3.4 * ncol, 5.0), 2.5 * nrow + 0.5), squeeze=False)
     bins = np.linspace(0, 100, 21)
     for ax, c in zip(axes.flat, classes):
         ax.set_title(f"{c.class_name}: {c.n_backgrounds} backgrounds", fontsize=9)
@@ -101,15 +115,10 @@ def _pct(v: float) -> str:
 
 def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Path:
     """PNG: for the n foregrounds with the lowest worst margin, foreground | worst background | composite."""
-    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
-
     order = [k for k in np.argsort(result.worst_margin, kind="stable") if result.worst_bg[k] >= 0][:n]
     names = list(store.class_names)
     label = lambda c: names[c] if 0 <= c < len(names) else "none"  # noqa: E731
-    fig, axes = plt.subplots(max(1, len(order)), 3, figsize=(7.5, 2.6 * max(1, len(order))), squeeze=False)
+    fig, axes = subplots(max(1, len(order)), 3, figsize=(7.5, 2.6 * max(1, len(order))), squeeze=False)
     for row, k in enumerate(order):
         fg_id, bg_id = int(result.fg_id[k]), int(result.worst_bg[k])
         img = store.foregrounds.read([fg_id])[0]

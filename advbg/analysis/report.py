@@ -32,6 +32,7 @@ from advbg._version import __version__
 from advbg.analysis.evalreport import load_results
 from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.outcomes import stored_outcome
+from advbg.analysis.plots import pyplot, rate_yerr, subplots
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.composite import composite
 from advbg.data.store import Store
@@ -40,6 +41,7 @@ from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import identity_of
 from advbg.search.results import SearchResult, load_search, result_names
+from advbg.stats import Rate, rate_or_none
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
 TOP_K, GREEDY_K = 5, 20
@@ -251,13 +253,11 @@ def thumb_uri(img: np.ndarray, size: int, quality: int = 85) -> str:
 
 def png_uri(fig) -> str:
     """A PNG data URI of a matplotlib figure (closed afterwards)."""
-    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
-
     buf = io.BytesIO()
     try:
         fig.savefig(buf, format="png", dpi=90)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -357,21 +357,11 @@ def _class_view(c: ClassUniversal) -> ClassView:
                      None if c.message else _class_plot(c), c.message)
 
 
-def _plt():
-    import matplotlib  # deferred: matplotlib is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
-
-    return plt
-
-
 def _class_plot(c: ClassUniversal) -> str:
     """ASR histogram over the class's backgrounds | greedy cover curve with the union as its ceiling."""
-    plt = _plt()
+    fig, (ha, ga) = subplots(1, 2, figsize=(6.2, 2.1))
     from matplotlib.ticker import MaxNLocator  # deferred: matplotlib is slow to import
 
-    fig, (ha, ga) = plt.subplots(1, 2, figsize=(6.2, 2.1))
     a = c.asr[np.isfinite(c.asr)]
     ha.hist(a, bins=np.linspace(0, 100, 21), color="#4c78a8", edgecolor="white")
     ha.set(xlim=(0, 100), xlabel="ASR (%)", ylabel="backgrounds")
@@ -403,7 +393,8 @@ def _eval_section(path: str, d: dict, i: int, digest: str) -> EvalSection:
         top1 = {v: ((m.get("accuracy") or {}).get(v, {}).get("topk") or {}).get("top1") for v in variants}
         rows.append(dict(name=ident.get("name", "?") + (" (baseline)" if m.get("baseline") else ""),
                          tag=ident.get("tag", ""), sha=(ident.get("weights_sha256") or "")[:16],
-                         top1=[top1[v] for v in variants], bg_gap=m.get("bg_gap")))
+                         top1=[top1[v] for v in variants], bg_gap=m.get("bg_gap"),
+                         rates=[_rate_of((m.get("accuracy") or {}).get(v)) for v in variants]))
     st = d.get("store") or {}
     note = (f"store {st.get('path', '?')} (digest {st.get('digest', '?')}"
             + (", the same content as this store)" if st.get("digest") == digest else ", NOT this store's content)"))
@@ -413,14 +404,14 @@ def _eval_section(path: str, d: dict, i: int, digest: str) -> EvalSection:
 def _eval_plot(variants: list[str], rows: list[dict]) -> str | None:
     if not variants or not rows:
         return None
-    plt = _plt()
     x = np.arange(len(variants))
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(variants) + 2.5), 3.0))
+    fig, ax = subplots(figsize=(max(5.0, 0.9 * len(variants) + 2.5), 3.0))
     for j, r in enumerate(rows):
         vals = [np.nan if v is None else v for v in r["top1"]]
         bg = "-" if r["bg_gap"] is None else f"{r['bg_gap']:.1f}"
-        ax.bar(x + (j - (len(rows) - 1) / 2) * width, vals, width, label=f"{r['name']} (BG-Gap {bg})")
+        ax.bar(x + (j - (len(rows) - 1) / 2) * width, vals, width, label=f"{r['name']} (BG-Gap {bg})",
+               yerr=rate_yerr(r["rates"]), capsize=2, error_kw=dict(lw=0.8))
     ax.set_xticks(x, variants, rotation=30, ha="right", fontsize=8)
     ax.set(ylim=(0, 100), ylabel="top-1 accuracy (%)")
     ax.spines[["top", "right"]].set_visible(False)
@@ -428,6 +419,12 @@ def _eval_plot(variants: list[str], rows: list[dict]) -> str | None:
     ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 1.22), ncol=min(3, len(rows)))
     fig.tight_layout()
     return png_uri(fig)
+
+
+def _rate_of(score: dict | None) -> Rate | None:
+    """Top-1 accuracy of an eval JSON entry as k/n with its interval (None where the file has no count)."""
+    k, n = ((score or {}).get("correct") or {}).get("top1"), (score or {}).get("n")
+    return rate_or_none(int(k), int(n)) if k is not None and n else None
 
 
 def _other_groups(s: Store) -> list[dict]:

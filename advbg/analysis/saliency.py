@@ -39,11 +39,13 @@ from torch import nn
 from tqdm import tqdm
 
 from advbg.analysis.evaluate import VARIANT_GROUPS, model_record
+from advbg.analysis.plots import subplots
 from advbg.data.store import Store
 from advbg.data.variants import make_variant, variant_names
 from advbg.errors import AdvbgError, ModelError, StoreError
 from advbg.files import now, save_figure
 from advbg.models.classifier import Classifier
+from advbg.stats import format_interval
 
 TARGETS = ("true", "pred")
 RULE = ("last module whose output is a 4-D (N,C,H,W) map with H*W > 1 and after which only pooled (1x1) or <= 2-D "
@@ -76,9 +78,8 @@ class Interval:
     n: int
 
     def text(self, digits: int = 3) -> str:
-        if self.mean is None:
-            return "-"
-        return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+        """``0.620 [0.550, 0.700]`` (advbg.stats' interval format); '-' when there is no value."""
+        return "-" if self.mean is None else format_interval(self.mean, self.low, self.high, digits=digits)
 
 
 def bootstrap_mean(values: Sequence[float], seed: int = 0, resamples: int = 2000, level: float = 0.95) -> Interval:
@@ -416,16 +417,10 @@ def save_maps(path, report: SaliencyReport) -> None:
 def overlay_grid(report: SaliencyReport, store: Store, path, rows: int = 8):
     """PNG: a row per foreground (the first ``rows``), a column per variant: the image with its Grad-CAM map
     (scaled to its own maximum) over it, the mask outline, and the foreground share in the title."""
-    import matplotlib  # deferred: matplotlib is slow to import
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: matplotlib is slow to import
-
-
     names = report.store["class_names"]
     n = min(rows, min(len(v.labels) for v in report.variants))
     cols = len(report.variants)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.5 * n), squeeze=False)
+    fig, axes = subplots(n, cols, figsize=(2.3 * cols, 2.5 * n), squeeze=False)
     for j, v in enumerate(report.variants):
         b = make_variant(store, v.variant, v.fg_index[:n], rng_seed=report.config.seed)
         masks = store.foregrounds.read_masks(v.fg_index[:n])
