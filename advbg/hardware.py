@@ -81,7 +81,7 @@ def _clock(text: str, model: str, max_mhz: float | None) -> tuple[float | None, 
     nominal = re.search(r"@\s*([\d.]+)\s*GHz", model)
     if nominal:
         return float(nominal.group(1)) * 1000, "nominal, from the model name"
-    current = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)]
+    current = [float(m) for m in re.findall(r"^cpu MHz\s*:\s*([\d.]+)", text, re.MULTILINE)]
     if current:
         return max(current), "cpu MHz: current clock, in a VM the nominal one"
     return None, "no clock reported"
