@@ -228,7 +228,7 @@ def test_the_calibration_decides_where_the_cpu_has_native_bf16(slow, amp):
     assert choice.amp == amp and len(choice.timings["fp32"]) == len(choice.timings["bf16"]) == 3
     assert (choice.speedup < 1) == (slow == "bf16")
     assert choice.reason.startswith("fp32: the CPU has native bf16" if amp == "off" else "bf16: the CPU has native")
-    assert "batch 6 at 32x32" in choice.reason and f"{choice.speedup:.2f}x the speed of fp32" in choice.reason
+    assert "batch 6 at 32x32" in choice.reason and f"{choice.speedup:.3f}x the speed of fp32" in choice.reason
     if amp == "off":
         assert choice.tolerance == 0.0 and "below the 1.05x it needs" in choice.reason
     else:

@@ -26,7 +26,8 @@ def check_amp(amp: str) -> str:
 
 
 def resolve_amp(device: torch.device, amp: str) -> str:
-    """'auto' -> 'bf16' on CUDA, 'off' elsewhere (CPU bf16 convolutions are slower and less exact); else as given."""
+    """'auto' -> 'bf16' on CUDA, 'off' elsewhere; else as given. The static answer: on a CPU, ``choose_precision``
+    decides 'auto' by measuring (bf16 is faster on some CPUs, slower on others)."""
     check_amp(amp)
     if amp == "auto":
         return "bf16" if torch.device(device).type == "cuda" else "off"
@@ -184,7 +185,7 @@ def choose_precision(classifier: Classifier, example: torch.Tensor, *, channels_
     choice = PrecisionChoice("bf16", "", tol, bound, timings, support)
     speed = choice.speedup
     med = {k: statistics.median(v) for k, v in timings.items()}
-    measured = (f"calibration on this model, {shape}, measured bf16 {speed:.2f}x the speed of fp32 (median of "
+    measured = (f"calibration on this model, {shape}, measured bf16 {speed:.3f}x the speed of fp32 (median of "
                 f"{rounds}: fp32 {med['fp32']:.3g} s, bf16 {med['bf16']:.3g} s)")
     if force is not None:
         faster = force == "bf16-faster"
