@@ -114,7 +114,8 @@ def probe_classifier(size: int):
     import torch
     from torch import nn
 
-    from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+    from advbg.models.classifier import Classifier, ClassifierConfig
+    from advbg.models.label_map import identity_map
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(3 * 64, 9))
@@ -126,7 +127,7 @@ def probe_classifier(size: int):
 
 
 def make_classifier(name: str, size: int, device: str):
-    from advbg.models.classifier import load_classifier
+    from advbg.models.loading import load_classifier
 
     if name == "probe":
         return probe_classifier(size).to(device)

@@ -59,7 +59,7 @@ import advbg  # noqa: E402,F401  (first, so that search_memory's own path settin
 from search_memory import build_store  # noqa: E402
 
 from advbg.data.store import Store  # noqa: E402
-from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.models.loading import load_classifier  # noqa: E402
 from advbg.search.config import SearchConfig  # noqa: E402
 from advbg.search.runner import search  # noqa: E402
 

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conftest import TinyNet  # noqa: E402
 
 from advbg.data.labels import IN9_CLASSES  # noqa: E402
-from advbg.models.classifier import register  # noqa: E402
+from advbg.models.weights import register  # noqa: E402
 
 
 class SlowTinyNet(TinyNet):

@@ -14,7 +14,8 @@ from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map, in9_map
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -22,7 +22,7 @@ def _restore(*_):
 
 
 # (what the mutation breaks, file, the line as it is, the line mutated)
-C, L, K = "advbg/models/classifier.py", "advbg/data/labels.py", "advbg/search/criteria.py"
+C, L, K = "advbg/models/label_map.py", "advbg/data/labels.py", "advbg/search/criteria.py"
 M = [
  ("label map: none group merged into class 0 (_index)", C, "torch.where(t < 0, torch.full_like(t, self.num_classes), t)", "torch.where(t < 0, torch.full_like(t, 0), t)"),
  ("label map: none group column dropped (reduce)", C, "return out if self.has_none else out[:, : self.num_classes]", "return out[:, : self.num_classes]"),

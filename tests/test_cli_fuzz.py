@@ -26,7 +26,7 @@ from advbg.cli.app import app
 from advbg.cli import main
 from advbg.commands.common import DEMO_STORE as DEFAULT_STORE
 from advbg.data.store import Store
-from advbg.models.classifier import register
+from advbg.models.weights import register
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

@@ -10,7 +10,7 @@ from conftest import assert_one_line_error as one_line_error
 from conftest import run_cli as run
 
 from advbg.data.store import Store
-from advbg.models.classifier import register
+from advbg.models.weights import register
 
 
 @register("test/tiny")

@@ -52,7 +52,7 @@ def test_integer_or_bool_weights_are_refused(tmp_path, dtype):
     from safetensors.torch import save_file
 
     from advbg._compat import import_timm
-    from advbg.models.classifier import load_classifier
+    from advbg.models.loading import load_classifier
 
     net = import_timm().create_model("test_resnet", pretrained=False, num_classes=9)
     sd = {k: (v.to(getattr(torch, dtype)) if v.is_floating_point() else v).contiguous()

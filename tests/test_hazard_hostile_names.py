@@ -11,7 +11,7 @@ from conftest import make_tiny_classifier
 
 from advbg.data.store import Store, write_store
 from advbg.errors import AdvbgError
-from advbg.models.classifier import identity_map
+from advbg.models.label_map import identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

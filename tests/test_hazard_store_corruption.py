@@ -15,7 +15,7 @@ from conftest import run_cli as run
 from advbg.data.store import Store, sidecar_folder
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError, StoreError
-from advbg.models.classifier import register
+from advbg.models.weights import register
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

@@ -11,7 +11,8 @@ from torch import nn
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.models.classifier import Classifier, register
+from advbg.models.classifier import Classifier
+from advbg.models.weights import register
 from advbg.search.index import (
     FLAT_MAX,
     build_index,

@@ -12,7 +12,7 @@ from advbg.analysis.saliency import bootstrap_mean, foreground_share, grad_cam, 
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store, write_store
 from advbg.errors import ModelError
-from advbg.models.classifier import register
+from advbg.models.weights import register
 
 captum = pytest.importorskip("captum", reason="the [saliency] extra (captum) is not installed: Grad-CAM NOT checked")
 

@@ -8,7 +8,8 @@ from typing import Callable
 
 import h5py
 
-from advbg.models.classifier import Classifier, ModelSpec
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec
 
 # The demo store ships inside the package (advbg/data/demo.h5), so a wheel install runs `advbg search` with no
 # options. It is never written: commands that write work on a copy in the current folder (WORKING_DEMO).

@@ -34,7 +34,7 @@ from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, sha256_file, write_json
-from advbg.models.classifier import load_classifier, resolve_device
+from advbg.models.loading import load_classifier, resolve_device
 from advbg.models.precision import AMPS, resolve_amp
 from advbg.search.compositor import to_device_u8
 from advbg.train.augment import (
