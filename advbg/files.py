@@ -70,6 +70,14 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
         raise
 
 
+def commit_partial(path: str | os.PathLike) -> Path:
+    """Move a finished ``partial_path(path)`` into place as ``atomic_output`` does (fsync, rename over ``path``,
+    fsync of the folder), for writers that keep their temporary across runs to resume it (a new store)."""
+    path = Path(path)
+    _commit(partial_path(path), path, folder=False)
+    return path
+
+
 def _commit(tmp: Path, path: Path, folder: bool) -> None:
     if not tmp.exists():
         raise AdvbgError(f"internal error: nothing was written to {path}")

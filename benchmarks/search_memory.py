@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advbg.data.labels import IN9_CLASSES  # noqa: E402
-from advbg.data.store import _STR, SCHEMA_VERSION, item_checksum  # noqa: E402
+from advbg.data.store import SCHEMA_VERSION, item_checksum  # noqa: E402
+from advbg.data.writer import _STR  # noqa: E402
 from advbg.files import now as _now  # noqa: E402
 
 

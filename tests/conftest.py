@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import write_store
+from advbg.data.writer import write_store
 from advbg.models.classifier import Classifier, ClassifierConfig
 from advbg.models.label_map import identity_map, in9_map
 

@@ -20,8 +20,9 @@ from advbg.analysis.evaluate import (
     variant_score,
 )
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
 from advbg.data.variants import EvalsetWriter, variant_names
+from advbg.data.writer import write_store
 from advbg.errors import AdvbgError
 from advbg.models import weights as model_weights
 from advbg.models.classifier import Classifier, ClassifierConfig

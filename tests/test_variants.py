@@ -14,7 +14,8 @@ from PIL import Image
 import advbg.data.variants as V
 from advbg.data import segment
 from advbg.data.labels import IN9_FOLDERS
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.data.variants import (
     VariantOptions,
     make_variant,

@@ -36,7 +36,7 @@ from tqdm import tqdm
 from advbg.data import segment
 from advbg.data.imageio import DEFAULT_MAX_PIXELS, read_image
 from advbg.data.labels import IN9_CLASSES, class_index, imagenet_to_in9
-from advbg.data.store import StoreWriter
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
 

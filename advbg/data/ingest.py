@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from advbg.data.imageio import check_mask, read_image
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import StoreWriter
 from advbg.data.variants import EvalsetWriter
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
 

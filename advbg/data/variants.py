@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from advbg.data import segment
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import DISK_HEADROOM, Store
+from advbg.data.store import Store
+from advbg.data.writer import DISK_HEADROOM
 from advbg.errors import AdvbgError, disk_error
 from advbg.files import check_output
 

@@ -22,16 +22,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from advbg.data.store import (
-    OUTCOME_INVALID,
-    OUTCOME_MISSING,
-    OUTCOME_NONE,
-    ItemSet,
-    Store,
-    item_checksum,
-    sidecar_files,
-    sidecar_folder,
-)
+from advbg.data.sidecar import sidecar_files, sidecar_folder
+from advbg.data.store import ItemSet, OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, Store, item_checksum
 
 # Problems of one kind listed one per line up to this many; the rest are counted (a store with every item
 # corrupted should not print 8,000 lines).

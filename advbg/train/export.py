@@ -33,8 +33,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from advbg.data.store import Store, StoreWriter
+from advbg.data.store import Store
 from advbg.data.variants import class_folders
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, write_json
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
