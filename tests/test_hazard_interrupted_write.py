@@ -41,7 +41,7 @@ def test_exception_mid_write_leaves_no_store_and_an_incomplete_partial(tmp_path)
             add(w, 0)
             raise RuntimeError("boom")
     assert not path.exists() and not (tmp_path / "s.h5.lock").exists()
-    with pytest.raises(StoreError, match="does not exist .an interrupted write left a .partial"):
+    with pytest.raises(StoreError, match=r"does not exist \(an interrupted write left its temporary \.s\.h5\.partial"):
         Store(path)
     with pytest.raises(StoreError, match="is incomplete"):
         Store(tmp_path / ".s.h5.partial")  # even opened (or renamed) by hand it never reads as complete

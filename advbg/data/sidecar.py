@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 
 from advbg.errors import StoreError, disk_error
+from advbg.files import leftover_partials
 
 
 class StoreLock:
@@ -119,6 +120,6 @@ def check_derived_name(name: str) -> None:
 
 def remove_leftovers(folder: Path) -> None:
     """Temporary files of writers killed before their rename (the caller holds the lock: none is running)."""
-    for p in folder.glob(".*.partial"):
+    for p in leftover_partials(folder):
         with contextlib.suppress(OSError):
             p.unlink()

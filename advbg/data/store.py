@@ -23,13 +23,13 @@ it later (search results, embeddings) lives in a sidecar folder ``<store>.d/``, 
     <store>.d/results/<name>.h5      a search's results (advbg.search.results), attrs + datasets at the root
     <store>.d/embeddings/<name>.h5   one classifier's embeddings (advbg.search.index)
 
-Each sidecar is written under a temporary name (``.<name>.h5.partial``, advbg.files.atomic_output) in its folder
+Each sidecar is written under a temporary name (advbg.files.atomic_output) in its folder
 and renamed into place only when complete, so a reader sees the old file or the new one, never a torn one; its root
 attrs record ``store_digest``, and a sidecar made from other store content is not listed (``Store.results``). Plain h5py reads
 every file as before. Stores written by earlier advbg builds keep their ``/results`` and ``/embeddings`` groups inside
 the store file; they are still read (a sidecar of the same name takes precedence).
 
-New stores are written by ``advbg.data.writer.StoreWriter`` under ``.<name>.partial`` and renamed when complete, so
+New stores are written by ``advbg.data.writer.StoreWriter`` under a hidden temporary and renamed when complete, so
 a file at ``path`` is never a half-written store. A writer (``StoreWriter``, or ``Store`` in mode 'r+') holds
 ``<path>.lock`` (advbg.data.sidecar) so that two processes never write one store (or its sidecars) at once.
 """
@@ -157,7 +157,8 @@ class Store:
         self._retired: list[h5py.File] = []
         self._digest: str | None = None
         if not self.path.exists():
-            hint = " (an interrupted write left a .partial file beside it)" if partial_path(path).exists() else ""
+            tmp = partial_path(path)
+            hint = f" (an interrupted write left its temporary {tmp.name} beside it)" if tmp.exists() else ""
             raise StoreError(f"store {self.path} does not exist{hint}")
         if not self.path.is_file():
             raise StoreError(f"store {self.path} is not a file")

@@ -1,4 +1,4 @@
-"""Writing a new store: item by item under the hidden temporary ``.<name>.partial`` (kept for ``resume`` when a
+"""Writing a new store: item by item under its hidden temporary (``partial_path``, kept for ``resume`` when a
 run is interrupted), renamed into place when complete, so a file at the store's path is never a half-written store.
 The writer holds the store's lock (``<path>.lock``) so that two processes never write one store at once."""
 from __future__ import annotations
@@ -62,10 +62,10 @@ class _Appendable:
 
 
 class StoreWriter:
-    """Writes a new store item by item under ``.<name>.partial`` and renames it to ``path`` on success.
+    """Writes a new store item by item under its temporary ``self.temporary`` and renames it to ``path`` on success.
 
-    ``resume=True`` reopens an existing ``.partial`` left by an interrupted run; ``done_source_ids`` then tells
-    which photos are already in it. On an exception the ``.partial`` file is kept (for resume) and ``path`` is
+    ``resume=True`` reopens an existing temporary left by an interrupted run; ``done_source_ids`` then tells
+    which photos are already in it. On an exception the temporary is kept (for resume) and ``path`` is
     never created.
     """
 
@@ -73,7 +73,7 @@ class StoreWriter:
                  overwrite: bool = False, resume: bool = False, command: str | None = None,
                  attrs: dict | None = None):
         self.path = Path(path)
-        self.partial = partial_path(self.path)
+        self.temporary = partial_path(self.path)
         if self.path.exists() and not overwrite:
             raise StoreError(f"{self.path} already exists; pass overwrite=True (--overwrite) to replace it")
         if self.path.exists() and self.path.is_dir():
@@ -89,20 +89,20 @@ class StoreWriter:
         self._lock.acquire()
         try:
             self._require_room(0)
-            if resume and self.partial.exists():
+            if resume and self.temporary.exists():
                 self.file = self._reopen_partial()
                 if tuple(int(v) for v in self.file.attrs["image_size"]) != self.image_size:
-                    raise StoreError(f"{self.partial} was started with image size "
+                    raise StoreError(f"{self.temporary} was started with image size "
                                      f"{tuple(self.file.attrs['image_size'])}, not {self.image_size}")
             else:
-                self.partial.unlink(missing_ok=True)
+                self.temporary.unlink(missing_ok=True)
                 self.file = self._create(class_names, command, attrs or {})
         except BaseException as e:
             self._lock.release()
-            err = disk_error(e, self.partial, StoreError)
+            err = disk_error(e, self.temporary, StoreError)
             if err is not None:
                 with contextlib.suppress(OSError):
-                    self.partial.unlink(missing_ok=True)
+                    self.temporary.unlink(missing_ok=True)
                 raise err from None
             raise
         self._fg = {k: _Appendable(self.file[f"foregrounds/{k}"])
@@ -111,14 +111,14 @@ class StoreWriter:
                     for k in ("image", "label", "source_id", "checksum")}
 
     def _reopen_partial(self) -> h5py.File:
-        """Reopen an interrupted ``.partial``, cutting every item list back to the last complete item.
+        """Reopen an interrupted temporary, cutting every item list back to the last complete item.
 
         An item is complete once its checksum is written (always last), so a process killed half-way through an
         item leaves longer image/label/... lists that would misalign everything appended after a resume.
         """
         f = None
         try:
-            f = h5py.File(self.partial, "r+")
+            f = h5py.File(self.temporary, "r+")
             for grp in ("foregrounds", "backgrounds"):
                 g = f[grp]
                 n = g["checksum"].shape[0]
@@ -129,14 +129,14 @@ class StoreWriter:
         except (OSError, KeyError, ValueError) as e:
             if f is not None:
                 f.close()
-            raise StoreError(f"cannot resume from {self.partial}: it is unreadable ({e}); delete it and start "
+            raise StoreError(f"cannot resume from {self.temporary}: it is unreadable ({e}); delete it and start "
                              f"again without resume") from None
 
     def _create(self, class_names: Sequence[str], command: str | None, attrs: dict) -> h5py.File:
 
         h, w = self.image_size
         names = [_check_text(c, "class name") for c in class_names]
-        f = h5py.File(self.partial, "w")
+        f = h5py.File(self.temporary, "w")
         f.attrs.update(advbg_schema=SCHEMA_VERSION, advbg_version=__version__, created=now(),
                        command=command or _command(), image_size=np.array([h, w], np.int64), complete=False)
         for k, v in attrs.items():
@@ -209,14 +209,14 @@ class StoreWriter:
     def _require_room(self, nbytes: int) -> None:
         """Stop cleanly while the disk still has room: HDF5 meeting a full disk can leave its file unusable and
         crash the process when its objects are freed."""
-        if shutil.disk_usage(self.partial.parent).free < nbytes + DISK_HEADROOM:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.partial))
+        if shutil.disk_usage(self.temporary.parent).free < nbytes + DISK_HEADROOM:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.temporary))
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def close(self, success: bool = True) -> None:
-        """Finish: mark complete and rename into place (success), or keep the .partial for resume.
+        """Finish: mark complete and rename into place (success), or keep the temporary for resume.
 
-        A full or read-only disk removes the .partial (its last writes failed, so it is not a sound base to
+        A full or read-only disk removes the temporary (its last writes failed, so it is not a sound base to
         resume from) and raises a one-line StoreError."""
         try:
             if not self.file.id.valid:
@@ -239,12 +239,12 @@ class StoreWriter:
             self._lock.release()
 
     def _fail(self, e: BaseException) -> None:
-        """On a disk error (full, read-only): drop the .partial and raise it as one line; else do nothing."""
+        """On a disk error (full, read-only): drop the temporary and raise it as one line; else do nothing."""
         close_quietly(self.file)
-        err = disk_error(e, self.partial, StoreError)
+        err = disk_error(e, self.temporary, StoreError)
         if err is not None:
             with contextlib.suppress(OSError):
-                self.partial.unlink(missing_ok=True)
+                self.temporary.unlink(missing_ok=True)
             raise err from None
 
     def __enter__(self) -> "StoreWriter":
