@@ -23,9 +23,9 @@ it later (search results, embeddings) lives in a sidecar folder ``<store>.d/``, 
     <store>.d/results/<name>.h5      a search's results (advbg.search.results), attrs + datasets at the root
     <store>.d/embeddings/<name>.h5   one classifier's embeddings (advbg.search.index)
 
-Each sidecar is written under a temporary name (advbg.files.atomic_output) in its folder
-and renamed into place only when complete, so a reader sees the old file or the new one, never a torn one; its root
-attrs record ``store_digest``, and a sidecar made from other store content is not listed (``Store.results``). Plain h5py reads
+Each sidecar is written under a temporary name (advbg.files.atomic_output) in its folder and renamed into place
+only when complete, so a reader sees the old file or the new one, never a torn one; its root attrs record
+``store_digest``, and a sidecar made from other store content is not listed (``Store.results``). Plain h5py reads
 every file as before. Stores written by earlier advbg builds keep their ``/results`` and ``/embeddings`` groups inside
 the store file; they are still read (a sidecar of the same name takes precedence).
 

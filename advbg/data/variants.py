@@ -592,10 +592,10 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
                    on_skip: Callable[[str, str], None] | None = None) -> dict[str, int]:
     """Write variant sets of a store to ``out`` (a folder in the released layout, or a new .h5 file).
 
-    Returns the number of images per variant. ``out`` appears only when everything was written (built under
-    a hidden temporary and renamed: ``atomic_output``). A variant the store cannot make (``why_not``) fails the call when it was
-    named in ``names``; with ``names=None`` (all) it is skipped, reported to ``on_skip(name, reason)`` and listed
-    under ``skipped`` in the output's metadata.
+    Returns the number of images per variant. ``out`` appears only when everything was written (built under a
+    hidden temporary and renamed: ``atomic_output``). A variant the store cannot make (``why_not``) fails the call
+    when it was named in ``names``; with ``names=None`` (all) it is skipped, reported to ``on_skip(name, reason)``
+    and listed under ``skipped`` in the output's metadata.
     """
     out = Path(out)
     fmt = fmt or ("h5" if out.suffix.lower() in (".h5", ".hdf5") else "folder")
