@@ -70,7 +70,7 @@ from search_memory import build_store  # noqa: E402
 
 from advbg import hardware  # noqa: E402
 from advbg.data.store import Store  # noqa: E402
-from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.models.loading import load_classifier  # noqa: E402
 from advbg.models.precision import choose_precision, margin_error_bound, tolerance_from_bound  # noqa: E402
 from advbg.search.config import SearchConfig  # noqa: E402
 from advbg.search.runner import search  # noqa: E402

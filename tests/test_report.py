@@ -19,7 +19,8 @@ from conftest import assert_one_line_error, make_random_store, make_tiny_classif
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
 from advbg.commands.report import run_report
-from advbg.data.store import Store, sidecar_files
+from advbg.data.sidecar import sidecar_files
+from advbg.data.store import Store
 from advbg.search.config import SearchConfig
 from advbg.search.results import SearchWriter, load_search
 from advbg.search.runner import search
