@@ -54,11 +54,6 @@ from advbg.errors import StoreError, disk_error
 from advbg.files import now
 
 SCHEMA_VERSION = 1
-# Codes of a results outcome matrix (F, B) uint8 besides mapped class indices (read by advbg.search.criteria and
-# checked by verify): one definition, in the schema.
-OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
-OUTCOME_NONE = 254          # mapped prediction "none" (unmapped top-1)
-OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 _STR = h5py.string_dtype("utf-8")
 _COMPRESSION = dict(compression="gzip", compression_opts=4)
 DISK_HEADROOM = 4 << 20    # bytes a store writer leaves free for HDF5's metadata, which it writes when flushing

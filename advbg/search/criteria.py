@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from advbg.data.store import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE  # noqa: F401 (the codes' home is the schema)
 from advbg.errors import AdvbgError
+from advbg.search.results.schema import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE
 
 _MEANING = {
     "any": "mapped prediction != the foreground's class (the reference challenge)",
