@@ -21,7 +21,7 @@ from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.data.store import Store, write_store
-from advbg.data.verify import verify_store
+from advbg.search.results import verify_all
 from advbg.errors import StoreError
 from advbg.search.journal import journal_folder
 from advbg.search.results import load_search
@@ -59,7 +59,7 @@ def assert_clean(store: pathlib.Path) -> None:
     folder = store.parent
     assert not (folder / "s.h5.lock").exists()
     assert not [f for f in files_under(folder) if f.endswith((".partial", ".tmp")) or "/." in f or f.startswith(".")]
-    assert verify_store(store).ok
+    assert verify_all(store).ok
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])

@@ -258,11 +258,13 @@ def pending_fingerprint(store_path, name: str) -> str | None:
     return Journal(journal_folder(store_path, name)).fingerprint()
 
 
-def write_result(store: Store, name: str, run_id: RunId, result: SearchResult) -> SearchResult:
-    """Store a result computed in memory (e.g. merged stages of a pruned search) as results ``name``, in one go."""
+def write_result(store: Store, name: str, run_id: RunId, result: SearchResult,
+                 outcome: np.ndarray | None = None) -> SearchResult:
+    """Store a result computed in memory (e.g. merged stages of a pruned search) as results ``name``, in one go;
+    ``outcome``: its (F, B) matrix when ``run_id.record_outcomes``."""
     check_name(name)
     with store.write_derived("results", name) as f:
         w = _FileWriter(f, name, run_id)
-        w.write_rows(0, len(result), {k: getattr(result, k) for k in FIELDS}, None)
+        w.write_rows(0, len(result), {k: getattr(result, k) for k in FIELDS}, outcome)
         w.finish(asdict(result.run))
     return replace(result, results_name=name)
