@@ -60,7 +60,7 @@ M = [
  ("fooled_targets: missing-target check disabled", K, "    if missing:\n        raise AdvbgError(f\"{missing} target pairs", "    if False:\n        raise AdvbgError(f\"{missing} target pairs"),
  ("fooled_targets: non-target pairs not neutralised", K, "only_targets = np.where(target, outcome, OUTCOME_NONE)", "only_targets = outcome"),
  ("asr: divided by all foregrounds, not targets", K, "out = 100.0 * ((fooled & target).sum(0) / n)", "out = 100.0 * ((fooled & target).sum(0) / len(fooled))"),
- ("asr (universal's too): targets counted where none", K, "return np.where(n > 0, out, np.nan)", "return np.where(n >= 0, out, np.nan)"),
+ ("asr (universal's too): a background without targets gets 0 instead of NaN", K, "return np.where(n > 0, out, np.nan)", "return np.where(n > 0, out, 0.0)"),
  ("universal: per-class ASR over the wrong targets (all rows)", U, "a = asr_of(fooled[:, cols], target_mask(fg_class, bg_class[cols]))", "a = asr_of(fooled[:, cols], np.ones((len(fg_class), len(cols)), bool))"),
  ("engine reduce: worst = highest margin (argmin -> argmax)", E, "wpos = Mc.argmin(1)", "wpos = Mc.argmax(1)"),
  ("engine reduce: early exit stops counting before the first fooling pair", E, "(trial <= first[:, None])", "(trial < first[:, None])"),
@@ -75,7 +75,8 @@ TESTS = ["tests/test_criteria.py",
          "tests/test_models.py::test_in9_table_equals_the_reference_table_typed_in_from_the_protocol",
          "tests/test_models.py::test_label_map_prediction_and_margin_equal_the_plain_reference",
          "tests/test_search.py::test_search_equals_naive_loop", "tests/test_search.py::test_the_parity_store_covers_every_clause",
-         "tests/test_search.py::test_results_are_stored_and_read_back", "tests/test_compositor.py",
+         "tests/test_search.py::test_results_are_stored_and_read_back",
+         "tests/test_search.py::test_nan_logits_are_counted_invalid_not_fooled", "tests/test_compositor.py",
          "tests/test_universal.py::test_asr_on_hand_made_matrix_both_criteria",
          "tests/test_universal.py::test_matches_slow_reference_on_random_matrices"]
 
