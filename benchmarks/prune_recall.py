@@ -48,7 +48,7 @@ from advbg.models.loading import load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.index import build_index
 from advbg.search.runner import search
-from advbg.search.strategies import RULES, Pruned, PruneSpec
+from advbg.search.strategies import RULES, PruneSpec, pruned_search
 
 REPO = Path(__file__).resolve().parents[1]
 PALETTE = np.array([[220, 40, 40], [230, 120, 30], [220, 210, 40], [60, 180, 60], [40, 170, 170], [40, 80, 220],
@@ -182,7 +182,7 @@ def measure(name: str, path: Path, clf: Classifier, ks: list[int], rules, batch_
         for rule in rules:
             for k in ks:
                 t = time.perf_counter()
-                r = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=k)), write=False, progress=False)
+                r = pruned_search(s, clf, cfg, PruneSpec(rule, k=k), write=False, progress=False)
                 secs = time.perf_counter() - t
                 gap = r.worst_margin - full.worst_margin
                 row = dict(store=name, rule=rule, k=k, share=r.run.forwards / full.run.forwards,

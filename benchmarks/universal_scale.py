@@ -1,7 +1,7 @@
 """Scale of `advbg universal` at IN-9 test size: 4,050 foregrounds x 4,050 backgrounds.
 
 Writes a synthetic store (tiny 8x8 images: only the outcome matrix matters here) and a results file holding a
-random 4,050 x 4,050 uint8 outcome matrix the way `advbg search` merges one (SearchWriter, 32-row units, gzip),
+random 4,050 x 4,050 uint8 outcome matrix the way `advbg search` writes one (the results owner: 32-row chunks, gzip),
 then reports the matrix's size on disk and the time of `universal` over all classes on CPU, which must reuse the
 stored matrix with zero forward passes.
 
@@ -17,7 +17,6 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +33,15 @@ from advbg.data.writer import write_store
 from advbg.models.classifier import Classifier, ClassifierConfig
 from advbg.models.label_map import identity_map
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_NONE
 from advbg.search.results import (
-    FIELDS,
+    OUTCOME_NONE,
+    RunId,
     RunRecord,
-    SearchWriter,
+    SearchResult,
+    empty_columns,
     fingerprint,
     group_attrs,
+    write_result,
 )
 
 
@@ -70,17 +71,14 @@ def build(path: Path, n: int, rng: np.random.Generator) -> float:
     clf, cfg = synthetic_classifier(), SearchConfig(criterion="bg-class", mode="exhaustive")
     t0 = time.perf_counter()
     name = "synthetic.bench.bg-class.exhaustive"
-    with Store(path, "r+") as s, s.write_derived("results", name) as out:
+    with Store(path, "r+") as s:
         ids = np.arange(n, dtype=np.int64)
         fp = fingerprint(s, ids, ids, clf, cfg, "off")
-        w = SearchWriter(out, name, ids, ids, s.foregrounds.labels, fp, group_attrs(clf, cfg), record_outcomes=True,
-                         fg_block=cfg.fg_block)
-        for start in range(0, n, cfg.fg_block):          # one unit at a time, as a search's merge does
-            stop = min(start + cfg.fg_block, n)
-            vals = {f: np.full(stop - start, np.nan if f == "worst_margin" else -1) for f in FIELDS}
-            w.write_rows(start, stop, vals, outcome[start:stop])
-        w.finish(asdict(RunRecord("bench", clf.config.to_dict(), str(path), s.digest(), "bg-class", "exhaustive",
-                                  None, cfg.to_dict(), "cpu", "", 0.0, 0)))
+        run = RunRecord("bench", clf.config.to_dict(), str(path), s.digest(), "bg-class", "exhaustive", None,
+                        cfg.to_dict(), "cpu", "", 0.0, 0)
+        result = SearchResult(run, ids, s.foregrounds.labels, class_names=tuple(s.class_names), **empty_columns(n))
+        write_result(s, name, RunId(fp, ids, ids, s.foregrounds.labels, group_attrs(clf, cfg), True, cfg.fg_block),
+                     result, outcome)
     return time.perf_counter() - t0
 
 

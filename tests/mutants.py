@@ -23,6 +23,8 @@ def _restore(*_):
 
 # (what the mutation breaks, file, the line as it is, the line mutated)
 C, L, K = "advbg/models/label_map.py", "advbg/data/labels.py", "advbg/search/criteria.py"
+E, P, S, U = ("advbg/search/engine.py", "advbg/search/compositor.py", "advbg/search/results/sink.py",
+              "advbg/analysis/universal.py")
 M = [
  ("label map: none group merged into class 0 (_index)", C, "torch.where(t < 0, torch.full_like(t, self.num_classes), t)", "torch.where(t < 0, torch.full_like(t, 0), t)"),
  ("label map: none group column dropped (reduce)", C, "return out if self.has_none else out[:, : self.num_classes]", "return out[:, : self.num_classes]"),
@@ -50,19 +52,33 @@ M = [
  ("bg-class: pred == bg_label -> pred != true", K, "return (pred == bg_label) & (bg_label >= 0) & (bg_label != true)", "return (pred != true) & (bg_label >= 0) & (bg_label != true)"),
  ("outcome: 255 check disabled", K, "        if missing:\n            raise AdvbgError(f\"{missing} pairs of", "        if False:\n            raise AdvbgError(f\"{missing} pairs of"),
  ("outcome: NONE(254) not decoded (MISSING decoded instead)", K, "np.where(outcome == OUTCOME_NONE, -1,", "np.where(outcome == OUTCOME_MISSING, -1,"),
- ("outcome: criterion ignored (always any)", K, "return self.fooled(pred, np.asarray(true", "return Criterion(\"any\").fooled(pred, np.asarray(true"),
+ ("outcome: criterion ignored (always any)", K, "fooled = self.fooled(pred, np.asarray(true", "fooled = Criterion(\"any\").fooled(pred, np.asarray(true"),
  ("target_mask: drop t >= 0", K, "return (t >= 0) & (c >= 0) & (t != c)", "return (c >= 0) & (t != c)"),
  ("target_mask: drop c >= 0", K, "return (t >= 0) & (c >= 0) & (t != c)", "return (t >= 0) & (t != c)"),
  ("target_mask: drop t != c", K, "return (t >= 0) & (c >= 0) & (t != c)", "return (t >= 0) & (c >= 0)"),
  ("fooled_targets: non-targets not masked out (& target dropped)", K, "fooled_outcome(only_targets, fg_class, bg_class) & target", "fooled_outcome(only_targets, fg_class, bg_class)"),
  ("fooled_targets: missing-target check disabled", K, "    if missing:\n        raise AdvbgError(f\"{missing} target pairs", "    if False:\n        raise AdvbgError(f\"{missing} target pairs"),
  ("fooled_targets: non-target pairs not neutralised", K, "only_targets = np.where(target, outcome, OUTCOME_NONE)", "only_targets = outcome"),
- ("asr: divided by all foregrounds, not targets", K, "out = 100.0 * fooled.sum(0) / n", "out = 100.0 * fooled.sum(0) / len(fg_class)"),
+ ("asr: divided by all foregrounds, not targets", K, "out = 100.0 * ((fooled & target).sum(0) / n)", "out = 100.0 * ((fooled & target).sum(0) / len(fooled))"),
+ ("asr (universal's too): a background without targets gets 0 instead of NaN", K, "return np.where(n > 0, out, np.nan)", "return np.where(n > 0, out, 0.0)"),
+ ("universal: per-class ASR over the wrong targets (all rows)", U, "a = asr_of(fooled[:, cols], target_mask(fg_class, bg_class[cols]))", "a = asr_of(fooled[:, cols], np.ones((len(fg_class), len(cols)), bool))"),
+ ("engine reduce: worst = highest margin (argmin -> argmax)", E, "wpos = Mc.argmin(1)", "wpos = Mc.argmax(1)"),
+ ("engine reduce: early exit stops counting before the first fooling pair", E, "(trial <= first[:, None])", "(trial < first[:, None])"),
+ ("engine reduce: NaN/inf composites counted as valid", E, "valid = E & finite", "valid = E"),
+ ("engine reduce: outcome of a pair not evaluated kept", E, "outcome = torch.where(counted, mapped, torch.full_like(mapped, OUTCOME_MISSING))", "outcome = mapped"),
+ ("compositor: mask inverted", P, "fw.bitwise_xor_(bw).bitwise_and_(sw)", "fw.bitwise_xor_(bw).bitwise_and_(sw.bitwise_not())"),
+ ("compositor: scaled by 256, not 255", P, "return (nchw.to(dtype) if x is None else x.copy_(nchw)).div_(255.0)", "return (nchw.to(dtype) if x is None else x.copy_(nchw)).div_(256.0)"),
+ ("journal merge: a unit's outcome rows dropped", S, "w.write_rows(int(rec[\"start\"]), int(rec[\"stop\"]), rec, out if out is not None and out.size else None)", "w.write_rows(int(rec[\"start\"]), int(rec[\"stop\"]), rec, None)"),
+ ("journal merge: rows of a unit written one row down", S, "            g[k][start:stop] = rows[k]", "            g[k][start + 1:stop + 1][:len(rows[k][1:])] = rows[k][1:]"),
 ]
 TESTS = ["tests/test_criteria.py",
          "tests/test_models.py::test_in9_table_equals_the_reference_table_typed_in_from_the_protocol",
          "tests/test_models.py::test_label_map_prediction_and_margin_equal_the_plain_reference",
-         "tests/test_search.py::test_search_equals_naive_loop", "tests/test_search.py::test_the_parity_store_covers_every_clause"]
+         "tests/test_search.py::test_search_equals_naive_loop", "tests/test_search.py::test_the_parity_store_covers_every_clause",
+         "tests/test_search.py::test_results_are_stored_and_read_back",
+         "tests/test_search.py::test_nan_logits_are_counted_invalid_not_fooled", "tests/test_compositor.py",
+         "tests/test_universal.py::test_asr_on_hand_made_matrix_both_criteria",
+         "tests/test_universal.py::test_matches_slow_reference_on_random_matrices"]
 
 
 def main() -> None:

@@ -3,7 +3,18 @@ import numpy as np
 import pytest
 import torch
 
-from advbg.search.compositor import composite_grid, composite_pairs, grid_pairs
+from advbg.search.compositor import CompositeBuffers, composite_pairs
+
+
+def grid_pairs(F: int, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground-major (fi, bj) index pairs of the F x B grid."""
+    return torch.arange(F).repeat_interleave(B), torch.arange(B).repeat(F)
+
+
+def composite_grid(fg, mask, bg, dtype=torch.float32, buffers=None):
+    """All F x B composites, foreground-major, through the one composite function."""
+    fi, bj = grid_pairs(fg.shape[0], bg.shape[0])
+    return composite_pairs(fg, mask, bg, fi, bj, dtype, buffers)
 
 
 def naive(fg, mask, bg):
@@ -33,7 +44,7 @@ def test_pairs_equal_loop_with_odd_blocks_and_partial_last_block():
     fg = torch.from_numpy(rng.integers(0, 256, (F, H, W, 3), dtype=np.uint8))
     bg = torch.from_numpy(rng.integers(0, 256, (B, H, W, 3), dtype=np.uint8))
     mask = torch.from_numpy(rng.integers(0, 2, (F, H, W), dtype=np.uint8))
-    fi, bj = grid_pairs(torch.arange(F), torch.arange(B))
+    fi, bj = grid_pairs(F, B)
     block = 10  # 91 pairs: nine full blocks and a partial last one
     parts = [composite_pairs(fg, mask, bg, fi[s:s + block], bj[s:s + block]) for s in range(0, len(fi), block)]
     out = torch.cat(parts)
@@ -64,3 +75,17 @@ def test_bf16_output_is_the_rounded_fp32_composite():
     hi = composite_grid(fg, mask, bg)
     assert lo.dtype == torch.bfloat16
     assert torch.allclose(lo.float(), hi, atol=1 / 255)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_reused_buffers_give_the_fresh_composites_batch_after_batch(channels_last):
+    rng = np.random.default_rng(4)
+    fg = torch.from_numpy(rng.integers(0, 256, (5, 6, 4, 3), dtype=np.uint8))
+    bg = torch.from_numpy(rng.integers(0, 256, (7, 6, 4, 3), dtype=np.uint8))
+    mask = torch.from_numpy(rng.integers(0, 2, (5, 6, 4), dtype=np.uint8))
+    buffers = CompositeBuffers(channels_last)
+    for n in (9, 3, 12):                        # shorter and longer batches than the buffers hold
+        fi, bj = torch.from_numpy(rng.integers(0, 5, n)), torch.from_numpy(rng.integers(0, 7, n))
+        got = composite_pairs(fg, mask, bg, fi, bj, buffers=buffers)
+        for k in range(n):
+            assert torch.equal(got[k], naive(fg[fi[k]].numpy(), mask[fi[k]].numpy(), bg[bj[k]].numpy()))

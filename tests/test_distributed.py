@@ -12,7 +12,7 @@ from conftest import make_random_store, make_tiny_classifier
 
 from advbg.data.store import Store
 from advbg.search.config import SearchConfig
-from advbg.search.distributed import Dist, shard
+from advbg.search.distributed import Ranks
 from advbg.search.journal import journal_folder
 from advbg.search.results import FIELDS, load_outcome, load_search
 from advbg.search.runner import search
@@ -24,7 +24,7 @@ ENTRY = Path(__file__).with_name("advbg_entry.py")
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_shards_cover_every_unit_exactly_once_and_balance(n_units, world):
     units = [(s, s + 1) for s in range(n_units)]
-    parts = [shard(units, Dist(rank, world)) for rank in range(world)]
+    parts = [Ranks(rank, world).shard(units) for rank in range(world)]
     flat = [u for p in parts for u in p]
     assert sorted(flat) == units                       # each unit once: no padding, no duplicates
     sizes = [len(p) for p in parts]

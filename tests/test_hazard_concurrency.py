@@ -17,8 +17,8 @@ from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
 from advbg.data.writer import StoreWriter, write_store
+from advbg.search.results import verify_all
 from advbg.errors import StoreError
 
 HOLDER = textwrap.dedent("""
@@ -63,7 +63,7 @@ def test_second_writer_is_refused_and_readers_share_while_a_writer_holds_the_sto
         code, out, err = run(["verify", str(store), "-q"], capsys)
         assert code == 0, err
     assert not (tmp_path / "s.h5.lock").exists()  # the holder released it; the refused ones never took it
-    assert verify_store(store).ok
+    assert verify_all(store).ok
 
 
 def test_a_writer_may_start_while_another_process_reads(store, tmp_path):

@@ -23,7 +23,7 @@ from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
+from advbg.search.results import verify_all
 from advbg.search.results import load_search
 
 pytestmark = pytest.mark.slow      # dozens of killed runs; still run in CI
@@ -82,7 +82,7 @@ def same(a: dict, b: dict) -> bool:
 
 def assert_store_works(path: Path, want: dict, capsys, searches=(["--resume"], [], ["--criterion", "bg-class"])) -> None:
     """verify intact; --resume, a fresh search and another criterion complete; results as the reference's."""
-    report = verify_store(path)
+    report = verify_all(path)
     assert report.ok, report.problems
     cwd = os.getcwd()
     os.chdir(path.parent)
@@ -93,7 +93,7 @@ def assert_store_works(path: Path, want: dict, capsys, searches=(["--resume"], [
         assert same(stored(path), want)
     finally:
         os.chdir(cwd)
-    assert verify_store(path).ok
+    assert verify_all(path).ok
     assert not Path(str(path) + ".lock").exists()
 
 
@@ -130,7 +130,7 @@ def test_sigkill_at_each_write_of_index_leaves_a_working_store(server, base, tmp
         path = fresh_copy(base, tmp_path / f"kill{n}")
         rc, ev, out = killed_run(server, path.parent, args, n)
         assert rc == -9 and len(ev) == n, (n, rc, out)
-        assert verify_store(path).ok
+        assert verify_all(path).ok
         code, _, err = run(["index", "--store", str(path), *MODEL, "-q"], capsys)   # the killed command, again
         assert code == 0, err
         code, _, err = run(SEARCH[:2] + [str(path)] + SEARCH[3:] + ["--prune", "3"], capsys)  # uses the embeddings
@@ -154,7 +154,7 @@ def test_sigkill_at_each_of_the_last_writes_of_universal_leaves_a_working_store(
         path = fresh_copy(base, tmp_path / f"kill{n}")
         rc, ev, out = killed_run(server, path.parent, args, n)
         assert rc == -9 and len(ev) == n, (n, rc, out)
-        assert verify_store(path).ok
+        assert verify_all(path).ok
         code, _, err = run(["universal", "--store", str(path), *MODEL, "--top-png", "-", "--hist-png", "-", "-q",
                             "--results-file", str(path.parent / "u2.json")], capsys)
         assert code == 0, err

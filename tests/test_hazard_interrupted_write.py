@@ -14,8 +14,8 @@ import pytest
 from conftest import make_random_store
 
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
 from advbg.data.writer import StoreWriter
+from advbg.search.results import verify_all
 from advbg.errors import StoreError
 
 SIZE = (8, 8)
@@ -54,7 +54,7 @@ def test_interrupted_overwrite_keeps_the_old_store_intact(tmp_path):
         with StoreWriter(path, class_names=["a"], image_size=SIZE, overwrite=True) as w:
             add(w, 0)
             raise KeyboardInterrupt
-    assert path.read_bytes() == before and verify_store(path).ok
+    assert path.read_bytes() == before and verify_all(path).ok
 
 
 def test_a_bad_item_is_refused_before_anything_is_appended(tmp_path):
@@ -69,7 +69,7 @@ def test_a_bad_item_is_refused_before_anything_is_appended(tmp_path):
                 w.add_foreground(**args)
         add(w, 2)
     with Store(path) as s:
-        assert s.foregrounds.source_ids == ["photo0", "photo2"] and verify_store(path).ok
+        assert s.foregrounds.source_ids == ["photo0", "photo2"] and verify_all(path).ok
 
 
 def test_class_names_hdf5_cannot_hold_are_refused_with_a_reason(tmp_path):
@@ -120,7 +120,7 @@ def test_sigkill_mid_write_then_resume_gives_a_consistent_store(tmp_path):
         assert n >= 3
         for k in range(n, n + 2):
             add(w, k)
-    report = verify_store(path)
+    report = verify_all(path)
     assert report.ok, report.problems
     with Store(path) as s:
         ids = s.foregrounds.source_ids
@@ -142,6 +142,6 @@ def test_resume_cuts_a_half_written_item_so_items_stay_aligned(tmp_path):
     with StoreWriter(path, class_names=["a", "b", "c"], image_size=SIZE, resume=True) as w:
         assert w.done_source_ids == {"photo0", "photo1"}
         add(w, 2)
-    assert verify_store(path).ok
+    assert verify_all(path).ok
     with Store(path) as s:
         assert np.array_equal(s.foregrounds.read([2])[0], item(2)[0])

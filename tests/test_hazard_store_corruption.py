@@ -14,7 +14,7 @@ from conftest import run_cli as run
 
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
+from advbg.search.results import verify_all
 from advbg.errors import AdvbgError, StoreError
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
@@ -55,7 +55,7 @@ def test_bit_rot_inside_a_compressed_chunk_is_detected(store):
         chunk = bytearray(fh.read(8))
         fh.seek(info.byte_offset + info.size // 2)
         fh.write(bytes(b ^ 0xFF for b in chunk))
-    report = verify_store(store)
+    report = verify_all(store)
     assert not report.ok
     assert len(report.problems) == 1 and report.problems[0].startswith("foreground 2 ('photo2')")
     assert re.search("cannot be decoded|checksum mismatch", report.problems[0])
@@ -79,7 +79,7 @@ def test_labels_outside_the_class_list_and_bad_mask_values_are_problems(store):
         m = f["foregrounds/mask"][1]
         m[m > 0] = 255
         f["foregrounds/mask"][1] = m
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert any("background 4 ('photo4') has label 9, outside -1..8" in p for p in problems)
     assert any("foreground 1 ('photo1'): checksum mismatch" in p for p in problems)  # the mask bytes changed
 
@@ -91,7 +91,7 @@ def test_mask_values_other_than_0_1_are_a_problem_even_with_a_matching_checksum(
         m = f["foregrounds/mask"][2] * 255
         f["foregrounds/mask"][2] = m
         f["foregrounds/checksum"][2] = item_checksum(f["foregrounds/image"][2], m)
-    assert verify_store(store).problems == ["foreground 2 ('photo2') has mask values other than 0/1"]
+    assert verify_all(store).problems == ["foreground 2 ('photo2') has mask values other than 0/1"]
 
 
 def test_items_added_after_completion_change_the_recorded_counts(store):
@@ -99,7 +99,7 @@ def test_items_added_after_completion_change_the_recorded_counts(store):
         for k in ("image", "label", "source_id", "checksum"):
             ds = f[f"backgrounds/{k}"]
             ds.resize(ds.shape[0] - 1, axis=0)
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert problems == ["/backgrounds holds 10 items but the store recorded 11 when it was completed (items added "
                         "or removed afterwards)"]
 
@@ -112,7 +112,7 @@ def test_empty_and_full_masks_are_flagged_not_failed(store):
             m = np.full(f["foregrounds/mask"].shape[1:], value, np.uint8)
             f["foregrounds/mask"][i] = m
             f["foregrounds/checksum"][i] = item_checksum(f["foregrounds/image"][i], m)
-    report = verify_store(store)
+    report = verify_all(store)
     assert report.ok
     assert any("masks flagged: 1 empty (fg_id 0), 1 whole-image (fg_id 6)" in ln for ln in report.lines)
 
@@ -129,7 +129,7 @@ def _results_file(store, name="r"):
 
 def test_complete_search_results_verify_with_all_units_done(store, tiny_classifier):
     _search(store, tiny_classifier)
-    report = verify_store(store)
+    report = verify_all(store)
     assert report.ok and "s.h5.d/results/r.h5: search, complete, 7/7 foregrounds done" in report.lines
 
 
@@ -148,7 +148,7 @@ def test_interrupted_search_never_leaves_results_that_read_as_complete(store, ti
     with Store(store) as s, pytest.raises(AdvbgError, match="no complete search results"):
         load_search(s)
     assert not _results_file(store).exists()          # units are journalled; no results file until the end
-    assert verify_store(store).ok
+    assert verify_all(store).ok
 
 
 def test_results_file_edited_to_incomplete_is_a_problem(store, tiny_classifier, capsys):
@@ -156,7 +156,7 @@ def test_results_file_edited_to_incomplete_is_a_problem(store, tiny_classifier, 
     with h5py.File(_results_file(store), "r+") as f:  # by hand: advbg never leaves such a file at this name
         f.attrs["complete"] = False
         f["done"][4:] = 0
-    report = verify_store(store)
+    report = verify_all(store)
     assert "s.h5.d/results/r.h5: search, INCOMPLETE, 4/7 foregrounds done" in report.lines
     assert report.problems == ["s.h5.d/results/r.h5 is incomplete (its write was interrupted); finish it (`advbg "
                                "search --resume` with the same settings) or delete it"]
@@ -178,7 +178,7 @@ def test_results_on_other_store_content_and_forged_completion_are_problems(store
         f.create_dataset("x", data=[1])   # no completion flag
     with h5py.File(store, "r+") as f:     # results of an earlier advbg inside the store file
         f.create_group("results/legacy").create_dataset("x", data=[1])
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert "s.h5.d/results/r2.h5: fg_id outside 0..6" in problems
     assert "s.h5.d/results/r2.h5/n_fooling has 3 rows for 7 foregrounds" in problems
     assert "s.h5.d/results/r.h5 is marked complete but only 6/7 units are done" in problems
@@ -186,7 +186,7 @@ def test_results_on_other_store_content_and_forged_completion_are_problems(store
     assert any(p.startswith("/results/legacy has no completion flag") for p in problems)
     with h5py.File(store, "r+") as f:
         f["foregrounds/label"][0] = (f["foregrounds/label"][0] + 1) % 9   # the store's content changed under it
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert any(p.startswith("s.h5.d/results/r.h5 was computed on other store content") for p in problems)
     with Store(store) as s:
         assert "r" not in s.results       # readers never see results of other store content
@@ -198,7 +198,7 @@ def test_outcome_matrix_of_the_wrong_width_is_a_problem(store, tiny_classifier):
         o = f["outcome"][()]
         del f["outcome"]
         f.create_dataset("outcome", data=np.concatenate([o, o[:, :1]], axis=1))   # 12 columns for 11 backgrounds
-    assert verify_store(store).problems == ["s.h5.d/results/r.h5/outcome has shape (7, 12); it must be (7, 11) "
+    assert verify_all(store).problems == ["s.h5.d/results/r.h5/outcome has shape (7, 12); it must be (7, 11) "
                                             "foregrounds x pool backgrounds"]
 
 
@@ -207,7 +207,7 @@ def test_outcome_values_beyond_the_classes_are_a_problem(store, tiny_classifier,
     _search(store, tiny_classifier)
     with h5py.File(_results_file(store), "r+") as f:
         f["outcome"][2, 5] = value
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert problems == (["s.h5.d/results/r.h5/outcome holds 1 value(s) that are neither a class index (0..8) nor "
                          "253 (invalid) / 254 (none) / 255 (not evaluated)"] if bad else [])
 
@@ -220,7 +220,7 @@ def test_datasets_cut_short_in_a_complete_results_file_are_a_problem(store, tiny
         del f[key]
         f.create_dataset(key, data=data[:5])
         assert f.attrs["complete"]
-    problems = verify_store(store).problems
+    problems = verify_all(store).problems
     assert f"s.h5.d/results/r.h5/{key} has 5 rows for 7 foregrounds" in problems
 
 
@@ -244,7 +244,7 @@ def test_a_damaged_results_or_embeddings_file_is_reported_and_replaced_never_a_c
         for at in rng.integers(0, len(data), 64):    # garble bytes everywhere, header included
             data[at] ^= 0xA5
         path.write_bytes(bytes(data))
-    report = verify_store(store)                      # must not raise
+    report = verify_all(store)                      # must not raise
     assert not report.ok
     assert any(f"{path.name}" in p and "damaged" in p for p in report.problems), report.problems
     with Store(store, "r+") as s:                    # the store itself is untouched: a new write replaces the file
@@ -253,7 +253,7 @@ def test_a_damaged_results_or_embeddings_file_is_reported_and_replaced_never_a_c
             search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
         else:
             build_index(s, tiny_classifier, progress=False)
-    assert verify_store(store).ok
+    assert verify_all(store).ok
 
 
 def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
@@ -263,7 +263,7 @@ def test_verify_of_a_missing_or_non_store_file_is_one_line(tmp_path, capsys):
     code, _, err = run(["verify", str(tmp_path / "x.h5")], capsys)
     one_line_error(code, err, "not an HDF5 file")
     with pytest.raises(AdvbgError):
-        verify_store(tmp_path / "x.h5")
+        verify_all(tmp_path / "x.h5")
 
 
 def test_results_inside_a_store_of_an_earlier_build_are_still_read(store, tiny_classifier):
@@ -275,5 +275,5 @@ def test_results_inside_a_store_of_an_earlier_build_are_still_read(store, tiny_c
     with Store(store) as s:
         old, new = load_search(s, "old"), load_search(s, "r")
         assert np.array_equal(old.worst_bg, new.worst_bg) and np.array_equal(old.n_fooling, new.n_fooling)
-    report = verify_store(store)
+    report = verify_all(store)
     assert report.ok and "/results/old: search, complete, 7/7 foregrounds done" in report.lines

@@ -12,7 +12,7 @@ from advbg.search.index import build_index, load_embeddings
 from advbg.search.results import load_search
 from advbg.search.runner import search
 from advbg.search.strategies import (
-    Pruned,
+    pruned_search,
     PruneSpec,
     predicted_margin,
     prune_spec,
@@ -69,7 +69,7 @@ def test_pruned_search_with_k_equal_to_the_pool_is_the_exhaustive_search(indexed
     cfg = SearchConfig(criterion=criterion, batch_size=7, fg_block=4, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
+        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, k=13), write=False, progress=False)
         ref = naive_search(s, clf, criterion, early_exit=False)
     assert_equals_reference(pruned, ref)
     for f in FIELDS:
@@ -84,7 +84,7 @@ def test_pruned_search_evaluates_k_backgrounds_per_foreground(indexed, rule):
     cfg = SearchConfig(batch_size=16, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, ratio=0.3)), write=False, progress=False)
+        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, ratio=0.3), write=False, progress=False)
     assert (pruned.n_evaluated == 3).all() and pruned.run.forwards == 9 * 3        # floor(0.3 * 13)
     assert (pruned.worst_margin >= full.worst_margin).all()                         # a subset never finds worse
     assert not (pruned.fooled & ~full.fooled).any()
@@ -95,7 +95,7 @@ def test_mix_candidates_are_the_rules_top_k(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
         emb = load_embeddings(s, clf)
-        pruned = search(s, clf, SearchConfig(record_outcomes=True), strategy=Pruned(PruneSpec("mix", k=3)), progress=False)
+        pruned = pruned_search(s, clf, SearchConfig(record_outcomes=True), PruneSpec("mix", k=3), progress=False)
         from advbg.search.results import load_outcome
 
         outcome, fg_id, _ = load_outcome(s, pruned.results_name)
@@ -108,7 +108,7 @@ def test_mix_candidates_are_the_rules_top_k(indexed):
 def test_two_stage_result_is_written_and_loads_back(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
-        res = search(s, clf, SearchConfig(), strategy=Pruned(PruneSpec("neighbours", k=4)), progress=False)
+        res = pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=4), progress=False)
         back = load_search(s, res.results_name)
     assert res.results_name == "tinynet.seed0.any.exhaustive.neighbours-k4"
     for f in FIELDS:
@@ -122,7 +122,7 @@ def test_early_exit_with_every_candidate_finds_the_same_fooled_foregrounds(index
     cfg = SearchConfig(mode="early-exit", batch_size=5, record_outcomes=False)
     with Store(path) as s:
         full = search(s, clf, cfg, write=False, progress=False)
-        pruned = search(s, clf, cfg, strategy=Pruned(PruneSpec(rule, k=13)), write=False, progress=False)
+        pruned = pruned_search(s, clf, cfg, PruneSpec(rule, k=13), write=False, progress=False)
         ref = naive_search(s, clf, "any", early_exit=True)
     np.testing.assert_array_equal(pruned.fooled, full.fooled)
     np.testing.assert_array_equal(pruned.fooled, [r["first_fooling_bg"] >= 0 for r in ref])
@@ -132,7 +132,7 @@ def test_early_exit_with_every_candidate_finds_the_same_fooled_foregrounds(index
 def test_prune_without_embeddings_says_to_run_index(random_store, tiny_classifier):
     with Store(random_store) as s:
         with pytest.raises(AdvbgError, match="no embeddings for model.*Run `advbg index"):
-            search(s, tiny_classifier, SearchConfig(), strategy=Pruned(PruneSpec(k=2)), write=False, progress=False)
+            pruned_search(s, tiny_classifier, SearchConfig(), PruneSpec(k=2), write=False, progress=False)
 
 
 def test_prune_options_are_validated():
@@ -150,4 +150,4 @@ def test_resume_is_refused_for_the_two_stage_rule(indexed):
     path, clf = indexed
     with Store(path, "r+") as s:
         with pytest.raises(AdvbgError, match="--resume does not apply"):
-            search(s, clf, SearchConfig(), strategy=Pruned(PruneSpec("neighbours", k=2)), resume=True, progress=False)
+            pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), resume=True, progress=False)

@@ -22,7 +22,7 @@ from advbg.commands.report import run_report
 from advbg.data.sidecar import sidecar_files
 from advbg.data.store import Store
 from advbg.search.config import SearchConfig
-from advbg.search.results import SearchWriter, load_search
+from advbg.search.results import RunId, RunRecord, SearchResult, load_search, write_result
 from advbg.search.runner import search
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -92,7 +92,7 @@ def margins(rows: list[dict]) -> list[float]:
 
 def fabricate_results(path: Path, name: str = "fake.any.exhaustive", seed: int = 0, complete: bool = True,
                       worst_pool: int | None = None) -> None:
-    """A search results group with made-up (seeded) arrays, written through SearchWriter; no model involved.
+    """A search results group with made-up (seeded) arrays, written through the results owner; no model involved.
     ``worst_pool``: the worst backgrounds are drawn from this many backgrounds (default: all)."""
     rng = np.random.default_rng(seed)
     with Store(path, "r+") as s:
@@ -108,16 +108,16 @@ def fabricate_results(path: Path, name: str = "fake.any.exhaustive", seed: int =
                    input_size=[3, 32, 32], interpolation="bilinear", num_outputs=len(names))
         attrs = dict(kind="search", criterion="any", mode="exhaustive", model="fakenet.seed0", label_map="identity",
                      config=json.dumps(dict(criterion="any", mode="exhaustive")), classifier=json.dumps(cfg))
-        with s.write_derived("results", name) as g:
-            w = SearchWriter(g, name, fg, pool, true, "fabricated", attrs, record_outcomes=True)
-            w.write_rows(0, n_fg, dict(worst_bg=worst, worst_margin=margin,
-                                       worst_pred=np.where(fooled, (true + 1) % len(names), true),
-                                       first_fooling_bg=np.where(fooled, worst, -1),
-                                       n_fooling=np.where(fooled, 1 + rng.integers(0, n_bg, n_fg) // 2, 0),
-                                       n_evaluated=np.full(n_fg, n_bg), n_invalid=np.zeros(n_fg, np.int64)), outcome)
-            w.finish(dict(advbg_version="0", classifier=cfg, store=str(path), store_digest=s.digest(),
-                          criterion="any", mode="exhaustive", pruning=None, config={}, device="cpu",
-                          started="2026-01-01T00:00:00+00:00", seconds=2.0, forwards=n_fg * n_bg))
+        fooling = np.where(fooled, 1 + rng.integers(0, n_bg, n_fg) // 2, 0)
+        run = RunRecord(advbg_version="0", classifier=cfg, store=str(path), store_digest=s.digest(),
+                        criterion="any", mode="exhaustive", pruning=None, config={}, device="cpu",
+                        started="2026-01-01T00:00:00+00:00", seconds=2.0, forwards=n_fg * n_bg)
+        result = SearchResult(run, fg, true, worst_bg=worst, worst_margin=margin,
+                              worst_pred=np.where(fooled, (true + 1) % len(names), true),
+                              first_fooling_bg=np.where(fooled, worst, -1), n_fooling=fooling,
+                              n_evaluated=np.full(n_fg, n_bg), n_invalid=np.zeros(n_fg, np.int64),
+                              class_names=tuple(names))
+        write_result(s, name, RunId("fabricated", fg, pool, true, attrs, True, 32), result, outcome)
     if not complete:  # results files appear only once complete; an incomplete one is a damaged or foreign file
         with h5py.File(sidecar_files(path, "results")[name], "r+") as f:
             f.attrs["complete"] = False

@@ -135,7 +135,7 @@ def test_crash_while_merging_keeps_the_old_results_and_is_repaired_by_resume(tmp
     def crash(self, run):
         raise KeyboardInterrupt                          # after every row is written, before `complete`
 
-    monkeypatch.setattr(results.SearchWriter, "finish", crash)
+    monkeypatch.setattr(results.sink._FileWriter, "finish", crash)
     with pytest.raises(KeyboardInterrupt):
         _run(path)
     monkeypatch.undo()

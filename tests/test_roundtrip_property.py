@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
 from advbg.data.writer import write_store
+from advbg.search.results import verify_all
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True)
@@ -64,7 +64,7 @@ def test_store_write_read_round_trip(spec):
         path = write_store(Path(d) / "s.h5", **spec)
         with Store(path) as s:
             _assert_same(s, spec)
-        assert verify_store(path).ok  # every stored checksum matches the bytes read back
+        assert verify_all(path).ok  # every stored checksum matches the bytes read back
 
 
 # --------------------------------------------------------------------------------------------- ingest

@@ -15,7 +15,7 @@ from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store
 from advbg.data.writer import write_store
 from advbg.models.classifier import Classifier
-from advbg.search.config import SearchConfig
+from advbg.search.config import Candidates, SearchConfig
 from advbg.search.results import FIELDS
 from advbg.search.runner import search
 
@@ -55,10 +55,9 @@ def test_pruned_candidate_lists_in_any_order_equal_the_naive_loop(tmp_path, mode
     rng = np.random.default_rng(7)
     cands = [rng.permutation(14)[: rng.integers(1, 15)] for _ in range(8)]  # lengths 1..14, shuffled
     mem = 3 * 32 * 32 * 3 / 2**30 if streamed else None                    # 14 backgrounds, blocks of < 1
-    cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=4, fg_block=4, prune="test", memory_gb=mem,
-                       candidates=lambda ids: [cands[int(i)] for i in ids])
+    cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=4, fg_block=4, prune="test", memory_gb=mem)
     with Store(path, "r+") as s:
-        res = search(s, clf, cfg, write=False, progress=False)
+        res = search(s, clf, cfg, candidates=Candidates(dict(enumerate(cands))), write=False, progress=False)
         ref = naive_search(s, clf, criterion, mode == "early-exit", orders=cands)
     assert_equals_reference(res, ref)
 
@@ -125,9 +124,10 @@ def test_ties_go_to_the_earliest_trial_position(tmp_path, criterion, mode, shuff
     cands = [rng.permutation(10) for _ in range(8)] if shuffled else None
     cfg = SearchConfig(criterion=criterion, mode=mode, batch_size=3, fg_block=3)
     if shuffled:
-        cfg = dataclasses.replace(cfg, prune="test", candidates=lambda ids: [cands[int(i)] for i in ids])
+        cfg = dataclasses.replace(cfg, prune="test")
     with Store(path, "r+") as s:
-        res = search(s, clf, cfg, write=False, progress=False)
+        res = search(s, clf, cfg, candidates=Candidates(dict(enumerate(cands))) if shuffled else None, write=False,
+                     progress=False)
         ref = naive_search(s, clf, criterion, mode == "early-exit", orders=cands)
     assert_equals_reference(res, ref)
     if mode == "exhaustive":   # not vacuous: every worst background has a tied twin; shuffled, some twin with the

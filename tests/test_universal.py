@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import make_random_store, make_tiny_classifier
 
-from advbg.analysis.universal import analyse, class_union, fooled_matrix, greedy_cover, highest_asr
+from advbg.analysis.universal import analyse, fooled_matrix, highest_asr
 from advbg.search.criteria import asr
 from advbg.commands.universal import run_universal
 from advbg.data.store import Store
@@ -30,6 +30,18 @@ OUT = np.array([
     [MISS] * 6,                      # fg6 (no class): nobody's target
 ], np.uint8)
 NAMES = ("a", "b", "c", "empty")
+
+
+def class_union(outcome, fg_class, bg_class, cls, criterion="bg-class"):
+    """The union % ``advbg universal`` reports for class ``cls``."""
+    names = tuple(str(c) for c in range(max(int(np.max(fg_class)), int(np.max(bg_class)), cls) + 1))
+    return analyse(outcome, fg_class, bg_class, names, criterion, classes=[cls])[0].union
+
+
+def greedy_cover(outcome, fg_class, bg_class, cls, k, criterion="bg-class", bg_id=None):
+    """The greedy cover ``advbg universal`` reports for class ``cls``."""
+    names = tuple(str(c) for c in range(max(int(np.max(fg_class)), int(np.max(bg_class)), cls) + 1))
+    return analyse(outcome, fg_class, bg_class, names, criterion, classes=[cls], greedy=k, bg_id=bg_id)[0].greedy
 
 
 def test_asr_on_hand_made_matrix_both_criteria():

@@ -22,10 +22,8 @@ from advbg.errors import AdvbgError
 from advbg.models.classifier import identity_of
 from advbg.models.precision import resolve_amp
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_MISSING, check_invalid_marked
-from advbg.search.journal import Journal, journal_folder
-from advbg.search.checked import outcome_problem
-from advbg.search.results import fingerprint, load_outcome
+from advbg.search.criteria import check_invalid_marked
+from advbg.search.results import OUTCOME_MISSING, fingerprint, load_outcome, pending_fingerprint
 from advbg.search.runner import default_results_name, search
 
 # ClassifierConfig fields that decide a mapped prediction (versions, names and file paths do not).
@@ -78,8 +76,8 @@ def stored_outcome(store: Store, identity: dict) -> tuple[np.ndarray, list[str]]
             o, fg, pool = load_outcome(store, name)
         except (AdvbgError, ValueError, KeyError, TypeError, OSError):
             continue
-        if not fg.size or not pool.size or outcome_problem(store, o, fg, pool, name, raise_=False):
-            continue   # a damaged or foreign group is not reused: its pairs are computed again
+        if not fg.size or not pool.size:
+            continue   # a damaged group (load_outcome refused it) or an empty one is not reused
         try:  # a group that records NaN/inf composites as predictions is not reused: its pairs are recomputed
             check_invalid_marked(o, store.results[name]["n_invalid"][()], name)
         except (AdvbgError, KeyError):
@@ -147,6 +145,6 @@ def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, 
     fp = fingerprint(store, fg_sel, bg_sel, classifier, cfg, resolve_amp(classifier.device, cfg.amp))
     plain = default_results_name(classifier, cfg)
     whole = len(fg_sel) == len(store.foregrounds) and len(bg_sel) == len(store.backgrounds)
-    if whole and plain not in store.results and Journal(journal_folder(store.path, plain)).fingerprint() in (None, fp):
+    if whole and plain not in store.results and pending_fingerprint(store.path, plain) in (None, fp):
         return plain
     return f"{plain}.fill-{fp[:8]}"

@@ -35,12 +35,11 @@ from advbg.analysis.plots import pyplot, rate_yerr, subplots
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.composite import composite
 from advbg.data.store import Store
-from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import identity_of
 from advbg.progress import progress as progress_bar
-from advbg.search.results import SearchResult, load_search, result_names
+from advbg.search.results import SearchResult, load_search, result_names, verify_all
 from advbg.stats import Rate, rate_or_none
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
@@ -453,7 +452,7 @@ def _store_attrs(s: Store) -> list[tuple[str, str]]:
 
 def _provenance(store_path, digest: str, verify: bool, progress: bool, echo) -> list[tuple[str, str]]:
     if verify:
-        rep = verify_store(store_path, progress=progress)
+        rep = verify_all(store_path, progress=progress)
         checks = ("verified: every item matches its stored checksum; every results group is consistent" if rep.ok
                   else f"{len(rep.problems)} PROBLEM(S): " + "; ".join(rep.problems[:5]))
     else:

@@ -24,7 +24,7 @@ import numpy as np
 
 from advbg.errors import AdvbgError
 from advbg.files import _clean
-from advbg.search.criteria import CRITERIA, OUTCOME_MISSING, OUTCOME_NONE, Criterion, asr, fooled_targets, target_mask  # noqa: F401 (asr, target_mask: part of this API)
+from advbg.search.criteria import CRITERIA, asr, asr_of, fooled_targets, target_mask  # noqa: F401 (asr: part of this API)
 
 TIE_RULE = "ties go to the lowest bg_id"
 
@@ -49,16 +49,6 @@ def fooled_matrix(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarra
 
 
 
-def class_union(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarray, cls: int,
-                criterion: str = "bg-class") -> float:
-    """% of the targets of class ``cls`` fooled by at least one of its backgrounds (NaN: no backgrounds/targets)."""
-    fooled = fooled_matrix(outcome, fg_class, bg_class, criterion)
-    rows, cols = _targets(fg_class, cls), np.flatnonzero(np.asarray(bg_class) == cls)
-    if not rows.size or not cols.size:
-        return float("nan")
-    return 100.0 * float(fooled[np.ix_(rows, cols)].any(1).mean())
-
-
 def _targets(fg_class: np.ndarray, cls: int) -> np.ndarray:
     fg_class = np.asarray(fg_class)
     return np.flatnonzero((fg_class >= 0) & (fg_class != cls))
@@ -79,15 +69,6 @@ class GreedyCover:
     def stopped_early(self) -> bool:
         """True when fewer than k picks were made because no remaining background adds a target."""
         return len(self.bg_id) < self.k and self.n_left > 0
-
-
-def greedy_cover(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarray, cls: int, k: int,
-                 criterion: str = "bg-class", bg_id: np.ndarray | None = None) -> GreedyCover:
-    """Greedy set cover over the backgrounds of ``cls`` (``bg_id``: ids of the columns, default 0..B-1)."""
-    fooled = fooled_matrix(outcome, fg_class, bg_class, criterion)
-    ids = np.arange(len(bg_class)) if bg_id is None else np.asarray(bg_id, np.int64)
-    rows, cols = _targets(fg_class, cls), _class_columns(bg_class, cls, ids)
-    return _greedy(fooled[np.ix_(rows, cols)], ids[cols], k)
 
 
 def _class_columns(bg_class: np.ndarray, cls: int, ids: np.ndarray) -> np.ndarray:
@@ -175,7 +156,7 @@ def _one_class(fooled, fg_class, bg_class, ids, c: int, name: str, criterion: st
     rows, cols = _targets(fg_class, c), _class_columns(bg_class, c, ids)
     sub = fooled[np.ix_(rows, cols)]                                      # (T, Bc)
     n = len(rows)
-    a = 100.0 * sub.mean(0) if n else np.full(len(cols), np.nan)
+    a = asr_of(fooled[:, cols], target_mask(fg_class, bg_class[cols]))
     union = 100.0 * float(sub.any(1).mean()) if n and len(cols) else float("nan")
     order = highest_asr(a, ids[cols], top)
     message = None
@@ -204,12 +185,6 @@ class UniversalResult:
     top: int = 5
     greedy: int = 5
     notes: tuple[str, ...] = field(default=())
-
-    def by_name(self, name: str) -> ClassUniversal:
-        for c in self.classes:
-            if c.class_name.lower() == name.lower():
-                return c
-        raise KeyError(name)
 
     def summary(self) -> dict:
         """JSON-ready (lists, None for NaN): what --results-file .json holds."""

@@ -14,16 +14,17 @@ from advbg.models.classifier import Classifier
 from advbg.models.loading import ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
+from advbg.search.criteria import Criterion
 from advbg.search.results import SearchResult
 from advbg.search.runner import default_results_name, search
-from advbg.search.strategies import Pruned, PruneSpec, prune_line, prune_summary
+from advbg.search.strategies import PruneSpec, prune_line, prune_summary, pruned_search
 
 
-def headline(result: SearchResult) -> str:
+def headline(result: SearchResult, criterion: Criterion) -> str:
     """The plain summary line users compare against the paper."""
     r = result.run
     c = r.classifier
-    crit = "any" if "'any'" in r.criterion else "bg-class"
+    crit = criterion.name
     n = len(result)
     return (f"fooling rate {result.fooling_rate:.1f}% ({int(result.fooled.sum())}/{n} vulnerable; challenge "
             f"accuracy {result.challenge_accuracy:.1f}%) | "
@@ -56,20 +57,20 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     d = distributed.setup(distributed.local_device(resolve_device(config.device or spec_device)))
     if write:  # one rank makes the demo's working copy; the others find it fresh
         if not d.main:
-            distributed.barrier(d)
+            d.barrier()
         store = working_store(store, echo if d.main else None)
         if d.main:
-            distributed.barrier(d)
+            d.barrier()
     with Store(store, mode="r+" if write and not d.active else "r") as s:
         s.require_nonempty()
         clf = as_classifier(model)
         if d.main and grid is None:   # the default grid's name needs the model: checked now, before the search
             grid = _default_grid(s, clf, config, prune, results_name if write else "search")
             check_output(grid, (".png",), inputs=inputs + [results_file])
-        result = search(s, clf, config, strategy=Pruned(prune) if prune else None, results_name=results_name,
-                        write=write, resume=resume, progress=progress, journal_dir=journal_dir)
+        kw = dict(results_name=results_name, write=write, resume=resume, progress=progress, journal_dir=journal_dir)
+        result = pruned_search(s, clf, config, prune, **kw) if prune else search(s, clf, config, **kw)
         if d.main:
-            _report(s, result, results_file, grid, echo)
+            _report(s, result, Criterion(config.criterion), results_file, grid, echo)
     if d.main and result.results_name:
         echo(f"results: {sidecar_folder(store) / 'results' / (result.results_name + '.h5')}")
     return result
@@ -84,9 +85,10 @@ def _default_grid(s: Store, clf: Classifier, config: SearchConfig, prune: PruneS
     return Path(s.path).with_name(f"{Path(s.path).stem}.{results_name}.worst.png")
 
 
-def _report(s: Store, result: SearchResult, results_file: Path | None, grid: Path | None, echo) -> None:
+def _report(s: Store, result: SearchResult, criterion: Criterion, results_file: Path | None, grid: Path | None,
+            echo) -> None:
     """Headline, JSON summary and worst-composite grid of a search."""
-    echo(headline(result))
+    echo(headline(result, criterion))
     summary = result.summary()
     if result.run.pruning:
         echo(prune_line(result, len(s.backgrounds)))

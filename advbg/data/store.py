@@ -51,11 +51,6 @@ from advbg.errors import AdvbgError, StoreError, disk_error
 from advbg.files import atomic_write_bytes, now, partial_path
 
 SCHEMA_VERSION = 1
-# Codes of a results outcome matrix (F, B) uint8 besides mapped class indices (read by advbg.search.criteria and
-# checked by verify): one definition, in the schema.
-OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
-OUTCOME_NONE = 254          # mapped prediction "none" (unmapped top-1)
-OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 
 
 def item_checksum(*arrays: np.ndarray) -> int:

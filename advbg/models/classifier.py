@@ -81,16 +81,23 @@ class Classifier(nn.Module):
     def device(self) -> torch.device:
         return self.mean.device
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """[0,1] (N,3,H,W) -> resized (if needed) and normalised model input."""
+    def normalize_(self, x: torch.Tensor) -> torch.Tensor:
+        """In place: [0, 1] input of the model's size -> the model's normalised input; returns ``x``. The one place
+        the classifier's normalisation is applied (search, evaluation and fine-tuning all come through here)."""
+        return x.sub_(self.mean.to(x.dtype)).div_(self.std.to(x.dtype))
+
+    def preprocess(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """[0,1] (N,3,H,W) -> resized (if needed) and normalised model input. ``inplace``: ``x`` may be
+        overwritten (the caller has no further use for it; saves a float temporary per batch)."""
         h, w = self.config.input_size[1:]
         if x.shape[-2:] != (h, w):
             mode = "bicubic" if self.config.interpolation == "bicubic" else "bilinear"
             x = F.interpolate(x, size=(h, w), mode=mode, align_corners=False, antialias=True).clamp_(0, 1)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+            inplace = True
+        return self.normalize_(x if inplace else x.clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(x))
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        return self.model(self.preprocess(x, inplace))
 
     def __repr__(self) -> str:  # the module tree of a timm model is thousands of lines: keep it short
         c = self.config

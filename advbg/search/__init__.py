@@ -1,5 +1,6 @@
-"""The worst-case background search: compositor, background pool, engine, criteria, candidate strategies, FAISS
-index, resumable journal, results schema and types, torchrun sharding. ``search()`` is the one entry point."""
+"""The worst-case background search: compositor, background pool, engine (tensors in, rows out), criteria,
+candidate strategies (candidates as data), FAISS index, the results owner (``advbg.search.results``: columns,
+outcome codes, journal sink, checked reading, verify rules), torchrun ranks. ``search()`` is the one entry point."""
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import Criterion
 from advbg.search.results import ForegroundResult, RunRecord, SearchResult

@@ -43,18 +43,8 @@ def select_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.to(torch.uint8) * 255).unsqueeze(-1).expand(*mask.shape, 3).contiguous()
 
 
-def composite_u8(fg: torch.Tensor, sel: torch.Tensor, bg: torch.Tensor, fi: torch.Tensor,
-                 bj: torch.Tensor) -> torch.Tensor:
-    """uint8 (P, H, W, 3) composites: ``b ^ ((f ^ b) & sel)`` = f where the mask is set, else b, on 8-byte words.
-
-    sel: (F, H, W, 3) from ``select_mask``."""
-    b = gather_rows(bg, bj)
-    _select_(b, gather_rows(fg, fi), gather_rows(sel, fi))
-    return b
-
-
 def _select_(b: torch.Tensor, f: torch.Tensor, s: torch.Tensor) -> None:
-    """In place, on words: ``b = b ^ ((f ^ b) & s)`` (f where s is 255, else b); ``f`` is overwritten."""
+    """In place, on 8-byte words: ``b = b ^ ((f ^ b) & s)`` (f where s is 255, else b); ``f`` is overwritten."""
     row = b[0].numel() if b.shape[0] else 0
     words = next((dt for dt, w in ((torch.int64, 8), (torch.int32, 4), (torch.int16, 2)) if row and row % w == 0),
                  torch.uint8)
@@ -63,63 +53,43 @@ def _select_(b: torch.Tensor, f: torch.Tensor, s: torch.Tensor) -> None:
     bw.bitwise_xor_(fw)
 
 
-def composite_pairs(fg: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor, fi: torch.Tensor, bj: torch.Tensor,
-                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Composites of the pairs (fg[fi[k]], bg[bj[k]]), k = 0..P-1.
+class CompositeBuffers:
+    """Batch tensors kept from one ``composite_pairs`` call to the next (CPU, float32).
 
-    fg: (F, H, W, 3) uint8, mask: (F, H, W) uint8 0/1 (or its ``select_mask``, (F, H, W, 3) 0/255, which a
-    caller compositing many batches of the same foregrounds prepares once), bg: (B, H, W, 3) uint8,
-    fi/bj: (P,) int64. Returns (P, 3, H, W) ``dtype`` in [0, 1], channels_last.
-    """
-    sel = mask if mask.dim() == 4 else select_mask(mask)
-    # The select on uint8 is exact for a 0/1 mask and moves 4x fewer bytes than blending in float.
-    x = composite_u8(fg.contiguous(), sel, bg.contiguous(), fi, bj)       # (P, H, W, 3) uint8
-    # NHWC memory viewed as NCHW is channels_last already: no copy.
-    return x.permute(0, 3, 1, 2).to(dtype).div_(255.0)
-
-
-class NormalisedComposites:
-    """CPU: normalised model inputs ``(composite / 255 - mean) / std`` of many pairs, written into buffers kept
-    from batch to batch.
-
-    The values are bit for bit those of ``composite_pairs`` followed by the in-place normalisation (the same
-    element-wise operations in the same order, on the whole batch). What changes is where: a fresh batch tensor
-    per forward (tens of MB, which glibc serves by mmap and returns on free) page-faults and zero-fills every
-    page again each time, ~14,000 faults per 64 composites at 224 px; reused buffers fault once.
-    """
+    A fresh batch tensor per forward (tens of MB, which glibc serves by mmap and returns on free) page-faults and
+    zero-fills every page again each time, ~14,000 faults per 64 composites at 224 px; reused buffers fault once.
+    A result written here is valid until the next call with the same buffers."""
 
     def __init__(self, channels_last: bool = True):
         self.format = torch.channels_last if channels_last else torch.contiguous_format
         self._x: torch.Tensor | None = None
         self._u8: tuple[torch.Tensor, ...] = ()
 
-    def __call__(self, fg: torch.Tensor, sel: torch.Tensor, bg: torch.Tensor, fi: torch.Tensor, bj: torch.Tensor,
-                 mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        """(P, 3, H, W) float32 view of the buffer, valid until the next call. sel: from ``select_mask``."""
-        p, item = fi.numel(), tuple(bg.shape[1:])
+    def get(self, p: int, item: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """(float (p, 3, H, W), three uint8 (p, H, W, 3)) views for ``p`` composites of ``item`` = (H, W, 3)."""
         if self._x is None or self._x.shape[0] < p or tuple(self._x.shape[2:]) != item[:2]:
             self._x = torch.empty((p, 3) + item[:2], dtype=torch.float32, memory_format=self.format)
             self._u8 = tuple(torch.empty((p,) + item, dtype=torch.uint8) for _ in range(3))
-        b, f, s = (t[:p] for t in self._u8)
-        _select_(gather_rows(bg, bj, out=b), gather_rows(fg, fi, out=f), gather_rows(sel, fi, out=s))
-        x = self._x[:p]
-        return x.copy_(b.permute(0, 3, 1, 2)).div_(255.0).sub_(mean.to(x.dtype)).div_(std.to(x.dtype))
+        return (self._x[:p],) + tuple(t[:p] for t in self._u8)
 
 
-def composite_grid(fg: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """All F x B composites, foreground-major: row i*B + j is fg[i] on bg[j].
+def composite_pairs(fg: torch.Tensor, mask: torch.Tensor, bg: torch.Tensor, fi: torch.Tensor, bj: torch.Tensor,
+                    dtype: torch.dtype = torch.float32, buffers: CompositeBuffers | None = None) -> torch.Tensor:
+    """The composites of the pairs (fg[fi[k]], bg[bj[k]]), k = 0..P-1: the one torch composite function.
 
-    fg: (F, H, W, 3) uint8, mask: (F, H, W) uint8 0/1, bg: (B, H, W, 3) uint8 -> (F*B, 3, H, W) ``dtype``.
+    fg: (F, H, W, 3) uint8, mask: (F, H, W) uint8 0/1 (or its ``select_mask``, (F, H, W, 3) 0/255, which a
+    caller compositing many batches of the same foregrounds prepares once), bg: (B, H, W, 3) uint8,
+    fi/bj: (P,) int64. Returns (P, 3, H, W) ``dtype`` in [0, 1], channels_last. ``buffers`` (float32 only):
+    written into those instead of fresh tensors (the same values).
     """
-    F_, B_ = fg.shape[0], bg.shape[0]
-    m = mask.bool()[:, None, :, :, None]                       # (F, 1, H, W, 1)
-    x = torch.where(m, fg[:, None], bg[None])                  # (F, B, H, W, 3) uint8
-    return x.reshape(F_ * B_, *x.shape[2:]).permute(0, 3, 1, 2).to(dtype).div_(255.0)
-
-
-def grid_pairs(fg_index: torch.Tensor, bg_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground-major (fi, bj) index pairs of the grid fg_index x bg_index."""
-    fi = fg_index.repeat_interleave(bg_index.numel())
-    bj = bg_index.repeat(fg_index.numel())
-    return fi, bj
+    sel = mask if mask.dim() == 4 else select_mask(mask)
+    fg, bg = fg.contiguous(), bg.contiguous()
+    if buffers is not None and dtype == torch.float32:
+        x, b, f, s = buffers.get(fi.numel(), tuple(bg.shape[1:]))
+        gather_rows(bg, bj, out=b), gather_rows(fg, fi, out=f), gather_rows(sel, fi, out=s)
+    else:
+        x, b, f, s = None, gather_rows(bg, bj), gather_rows(fg, fi), gather_rows(sel, fi)
+    # The select on uint8 is exact for a 0/1 mask and moves 4x fewer bytes than blending in float.
+    _select_(b, f, s)                                           # (P, H, W, 3) uint8
+    nchw = b.permute(0, 3, 1, 2)                                # NHWC memory viewed as NCHW: channels_last, no copy
+    return (nchw.to(dtype) if x is None else x.copy_(nchw)).div_(255.0)

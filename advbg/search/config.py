@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Protocol
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -13,8 +12,6 @@ from advbg.search.criteria import Criterion
 
 MODES = ("exhaustive", "early-exit")
 
-# fg_ids (unit) -> one array of bg pool positions per foreground, in the order to try them.
-CandidateFn = Callable[[np.ndarray], list[np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -30,8 +27,7 @@ class SearchConfig:
     foregrounds: tuple[int, ...] | None = None   # fg_ids to search (None = all)
     backgrounds: tuple[int, ...] | None = None   # the background pool as bg_ids (None = all)
     record_outcomes: bool = True   # keep the fg x bg matrix of mapped predictions (for `universal`)
-    prune: str | None = None       # description of the candidate rule when `candidates` is set
-    candidates: CandidateFn | None = field(default=None, compare=False, repr=False)
+    prune: str | None = None       # description of the candidate rule when the search is given candidates
     channels_last: bool = True     # NHWC activations (the composites are NHWC already)
     compile: bool = False          # torch.compile compositing + model (fuses composite, resize, normalisation)
     cuda_graphs: bool = False      # with compile on CUDA: replay CUDA graphs (mode reduce-overhead)
@@ -56,16 +52,19 @@ class SearchConfig:
             raise AdvbgError(f"verify_close must be a finite margin >= 0 (got {self.verify_close})")
 
     def to_dict(self) -> dict:
-        d = asdict(replace(self, candidates=None))
-        d.pop("candidates")
+        d = asdict(self)
         for k in ("foregrounds", "backgrounds"):
             if d[k] is not None:
                 d[k] = f"{len(d[k])} ids"
         return d
 
 
-class CandidateStrategy(Protocol):
-    """Which backgrounds each foreground is tried on. ``run`` performs the search, calling ``search_pass`` (one
-    pass of the engine over ``config.candidates``) as often as it needs; advbg.search.strategies has the rules."""
+@dataclass(frozen=True)
+class Candidates:
+    """Which backgrounds each foreground is tried on, as data handed to the search loop: fg_id -> pool positions
+    in the order to try them (a foreground not listed gets none). advbg.search.strategies makes these."""
 
-    def run(self, store, classifier, config: SearchConfig, search_pass: Callable, **kw): ...
+    lists: dict[int, np.ndarray]
+
+    def for_foregrounds(self, fg_ids: np.ndarray) -> list[np.ndarray]:
+        return [np.asarray(self.lists.get(int(f), ()), np.int64) for f in fg_ids]

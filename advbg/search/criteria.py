@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from advbg.data.store import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE  # noqa: F401 (the codes' home is the schema)
 from advbg.errors import AdvbgError
+from advbg.search.results.schema import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE
 
 _MEANING = {
     "any": "mapped prediction != the foreground's class (the reference challenge)",
@@ -98,8 +98,13 @@ def fooled_targets(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarr
 def asr(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarray, criterion: str = "bg-class") -> np.ndarray:
     """(B,) float: attack success rate in % of each background over its targets (other-class foregrounds);
     NaN for a background without a class or without targets."""
-    fooled = fooled_targets(outcome, fg_class, bg_class, criterion)
-    n = target_mask(fg_class, bg_class).sum(0)
+    return asr_of(fooled_targets(outcome, fg_class, bg_class, criterion), target_mask(fg_class, bg_class))
+
+
+def asr_of(fooled: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The one ASR formula: (B,) % of each column's targets (``target`` (F, B) bool) that are ``fooled`` (F, B);
+    NaN for a column without targets."""
+    n = target.sum(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = 100.0 * fooled.sum(0) / n
+        out = 100.0 * ((fooled & target).sum(0) / n)
     return np.where(n > 0, out, np.nan)

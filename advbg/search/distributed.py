@@ -19,8 +19,9 @@ _TIMEOUT = _dt.timedelta(hours=2)   # ranks wait at the end for the slowest one'
 
 
 @dataclass(frozen=True)
-class Dist:
-    """This process's place in the run."""
+class Ranks:
+    """This process's place in the run, and the only place barriers and collectives happen: who writes (``main``),
+    which units are this rank's (``shard``), and the waits between them. No-ops for a single process."""
 
     rank: int = 0
     world: int = 1
@@ -33,6 +34,30 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def shard(self, items: Sequence[T]) -> list[T]:
+        """This rank's share: every world-th item from its rank on (round robin balances classes sorted in a
+        store; each item goes to exactly one rank, none is padded or repeated)."""
+        return list(items[self.rank::self.world])
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.active:
+            return obj
+        box = [obj if self.main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def sum_int(self, value: int) -> int:
+        if not self.active:
+            return value
+        box = [None] * self.world
+        dist.all_gather_object(box, int(value))
+        return int(sum(box))
 
 
 def launched() -> bool:
@@ -47,45 +72,14 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def setup(device: torch.device | None = None) -> Dist:
-    """Join (once) the process group torchrun set up; single-process Dist when not launched by torchrun."""
+def setup(device: torch.device | None = None) -> Ranks:
+    """Join (once) the process group torchrun set up; single-process Ranks when not launched by torchrun."""
     if not launched():
-        return Dist()
+        return Ranks()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         cuda = device is not None and device.type == "cuda"
         if cuda:
             torch.cuda.set_device(local_device(device))
         dist.init_process_group("nccl" if cuda else "gloo", timeout=_TIMEOUT)
-    return Dist(dist.get_rank(), dist.get_world_size(), local)
-
-
-def shard(items: Sequence[T], d: Dist) -> list[T]:
-    """This rank's share: every world-th item from its rank on (round robin balances classes sorted in a store;
-    each item goes to exactly one rank, none is padded or repeated)."""
-    return list(items[d.rank::d.world])
-
-
-def barrier(d: Dist) -> None:
-    if d.active:
-
-        dist.barrier()
-
-
-def broadcast(obj: Any, d: Dist) -> Any:
-    """Rank 0's ``obj`` on every rank."""
-    if not d.active:
-        return obj
-
-    box = [obj if d.main else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def sum_int(value: int, d: Dist) -> int:
-    if not d.active:
-        return value
-
-    box = [None] * d.world
-    dist.all_gather_object(box, int(value))
-    return int(sum(box))
+    return Ranks(dist.get_rank(), dist.get_world_size(), local)

@@ -1,7 +1,8 @@
-"""The search engine: one unit of foregrounds against the background pool, on one device.
+"""The search engine: one unit of foregrounds against the background pool, on one device, tensors in, rows out.
 
-A unit's foregrounds go to the device as uint8 with their select masks; the pool is there already (resident or
-streamed in blocks, ``advbg.search.pool``). Every pair (foreground a, trial position p) has a flat index k = a * L + p;
+It never opens the store: the runner hands it a unit's foregrounds as uint8 tensors on the device and a pool
+object that yields the backgrounds (resident or streamed in blocks, ``advbg.search.pool``), and the classifier,
+whose own forward (``Classifier.preprocess`` -> ``normalize_``) makes the model input. Every pair (foreground a, trial position p) has a flat index k = a * L + p;
 a batch is a tensor of such k, from which the device derives the foreground, background and labels
 arithmetically, composites, and runs the model (``_Step``: autocast, channels_last, optional torch.compile).
 Margins, predictions and decisions land in (a, p) matrices on the device and are reduced to the per-foreground
@@ -15,26 +16,36 @@ import ctypes
 import os
 import sys
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 
-from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.models.classifier import Classifier
 from advbg.models.precision import resolve_amp
-from advbg.search.compositor import NormalisedComposites, composite_pairs, select_mask
+from advbg.search.compositor import CompositeBuffers, composite_pairs, select_mask
 from advbg.search.config import SearchConfig
-from advbg.search.criteria import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, Criterion
-from advbg.search.pool import BackgroundPool, default_threads, read_items, upload
+from advbg.search.criteria import Criterion
+from advbg.search.results import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE
 
 CPU_BATCH = 64              # CPU throughput is flat beyond this; larger batches only cost memory
 MAX_AUTO_BATCH = 1024       # GPUs gain little past this for ImageNet-sized models
 CPU_BUDGET_GB = 2.0         # default host memory for a CPU search's resident pool and batches
 _NEVER = np.iinfo(np.int64).max
+
+
+class Backgrounds(Protocol):
+    """What the engine needs of a background pool (``advbg.search.pool.BackgroundPool``): the pool's bg_ids and
+    classes (on the device), and its images as uint8 blocks (j0, j1, (j1 - j0, H, W, 3) tensor) in pool order."""
+
+    ids: np.ndarray
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]: ...
 
 
 # --------------------------------------------------------------------------------------------- forward
@@ -83,40 +94,22 @@ class _Step:
         self.comp_dtype = lp if (self.low_precision and device.type == "cuda") else torch.float32
         self.channels_last = config.channels_last
         self.any = criterion.name == "any"
-        kind = type(classifier)
-        self._direct = kind.forward is Classifier.forward and kind.preprocess is Classifier.preprocess
-        self._input_hw = tuple(classifier.config.input_size[1:])
-        # CPU, eager: composites made and normalised in reused buffers (same values, no fresh batch tensors)
-        self._buffers = NormalisedComposites(config.channels_last) if device.type == "cpu" else None
+        # CPU, eager: composites made in reused buffers (same values, no fresh batch tensors)
+        self._buffers = CompositeBuffers(config.channels_last) if device.type == "cpu" else None
         self._fn = self._eager
         if config.compile:
             mode = "reduce-overhead" if (config.cuda_graphs and device.type == "cuda") else "default"
             self._fn = torch.compile(self._logits, mode=mode, dynamic=False)
 
-    def _plain(self, hw) -> bool:
-        """True when Classifier.forward is model(preprocess(x)) with nothing to resize and no hooks to run."""
-        c = self.classifier
-        return self._direct and tuple(hw) == self._input_hw and not (c._forward_hooks or c._forward_pre_hooks)
-
-    def _logits(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
-        x = composite_pairs(fg, sel, bg, fi, bj, dtype)
+    def _logits(self, fg, sel, bg, fi, bj, dtype: torch.dtype, buffers: CompositeBuffers | None = None):
+        x = composite_pairs(fg, sel, bg, fi, bj, dtype, buffers)
         if not self.channels_last:
             x = x.contiguous()
-        c = self.classifier
-        if self._plain(x.shape[-2:]):
-            # Classifier.forward = model(preprocess(x)); preprocess without a resize done in place: the same
-            # arithmetic, no float temporaries. (Hooks on the classifier need the real call.)
-            x.sub_(c.mean.to(x.dtype)).div_(c.std.to(x.dtype))
-            return c.model(x)
-        return c(x)
+        # The composite is ours: the classifier may normalise it in place (no float temporary per batch).
+        return self.classifier(x, inplace=True)
 
     def _eager(self, fg, sel, bg, fi, bj, dtype: torch.dtype) -> torch.Tensor:
-        c = self.classifier
-        # The buffer is overwritten by the next batch: not where a hook on the model could keep its input.
-        if (self._buffers is not None and dtype == torch.float32 and self._plain(bg.shape[1:3])
-                and not (c.model._forward_hooks or c.model._forward_pre_hooks)):
-            return c.model(self._buffers(fg, sel, bg, fi, bj, c.mean, c.std))
-        return self._logits(fg, sel, bg, fi, bj, dtype)
+        return self._logits(fg, sel, bg, fi, bj, dtype, self._buffers)
 
     def __call__(self, fg, mask, bg, fi, bj, true, bg_label, fp32: bool = False, eager: bool = False):
         fn = self._eager if (fp32 or eager) else self._fn
@@ -260,6 +253,7 @@ class _UnitState:
     L: int                         # trial positions per foreground (pool size, or longest candidate list)
     BJ: np.ndarray | None          # (n, L) pool position of each trial, -1 = none (None: position = trial)
     BJd: torch.Tensor | None
+    pool: "Backgrounds"            # the background pool the unit is tried on
     fg: torch.Tensor
     mask: torch.Tensor             # (n, H, W, 3) 0/255 select masks
     true: torch.Tensor
@@ -274,9 +268,9 @@ class _UnitState:
 class Engine:
     """Runs units of one search on one device; see the module docstring."""
 
-    def __init__(self, store: Store, classifier: Classifier, criterion: Criterion, config: SearchConfig,
-                 device: torch.device, pool: np.ndarray, echo: Callable[[str], None]):
-        self.store, self.config, self.device = store, config, device
+    def __init__(self, classifier: Classifier, criterion: Criterion, config: SearchConfig, device: torch.device,
+                 echo: Callable[[str], None]):
+        self.config, self.device = config, device
         self.step = _Step(classifier, criterion, device, config)
         self.budget = budget_bytes(device, config.memory_gb)
         self._fraction_set = False
@@ -287,9 +281,6 @@ class Engine:
             self._fraction_set = True
         if device.type == "cpu":
             keep_freed_memory()
-        self.executor = ThreadPoolExecutor(default_threads())
-        self.pool = BackgroundPool(store.backgrounds.images, pool, device, self.budget, executor=self.executor)
-        self.bg_label = torch.as_tensor(store.backgrounds.labels[pool], device=device)
         self.stop = config.mode == "early-exit"
         self.lag = 1 if (self.stop and device.type == "cuda") else 0
         self.verify = config.verify_close if self.step.low_precision else 0.0
@@ -300,16 +291,19 @@ class Engine:
         self.verified = 0
 
     def close(self) -> None:
-        self.executor.shutdown(wait=True)
         if self._fraction_set:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
 
     # -- one unit ------------------------------------------------------------------------------------------
-    def run_unit(self, ids: np.ndarray, cands: list[np.ndarray] | None,
+    def run_unit(self, fg: torch.Tensor, mask: torch.Tensor, true: torch.Tensor, pool: "Backgrounds",
+                 cands: list[np.ndarray] | None,
                  on_batch: Callable[[int], None]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """The per-foreground outcome arrays of foregrounds ``ids`` and their (n, B) outcome rows."""
-        u = self._prepare(ids, cands)
-        for j0, j1, blk in self.pool.blocks():
+        """One unit: foregrounds ``fg`` (n, H, W, 3) uint8 with their masks (n, H, W) 0/1 (or ``select_mask``s) and
+        classes ``true`` (n,), on the device, against ``pool`` (each foreground's ``cands`` pool positions in trial
+        order; None: the whole pool). Returns the rows (``advbg.search.results.COLUMNS``) and the (n, B) outcome
+        rows (None unless recorded)."""
+        u = self._prepare(fg, mask, true, pool, cands)
+        for j0, j1, blk in pool.blocks():
             if self.batch.size == 0:  # automatic on CUDA: sized once, on the first block
                 self._size_batch(u, blk, j0)
             if self.stop:
@@ -318,25 +312,22 @@ class Engine:
                 self._exhaustive(u, j0, j1, blk, on_batch)
         return self._reduce(u)
 
-    def _prepare(self, ids: np.ndarray, cands: list[np.ndarray] | None) -> _UnitState:
-        n, dev = len(ids), self.device
-        fgs = self.store.foregrounds
-        fg = upload(read_items(fgs.images, ids, executor=self.executor), dev)
-        mask = select_mask(upload(read_items(fgs.masks, ids, executor=self.executor), dev))
-        true = torch.as_tensor(fgs.labels[ids], device=dev)
+    def _prepare(self, fg, mask, true, pool: "Backgrounds", cands: list[np.ndarray] | None) -> _UnitState:
+        n, dev = fg.shape[0], self.device
+        mask = mask if mask.dim() == 4 else select_mask(mask)
         BJ = BJd = None
-        L = len(self.pool)
+        L = len(pool)
         if cands is not None:
             lens = np.array([len(c) for c in cands], np.int64)
             L = max(1, int(lens.max(initial=0)))
             BJ = np.full((n, L), -1, np.int64)
             BJ[np.arange(L)[None, :] < lens[:, None]] = np.concatenate(cands) if lens.sum() else []
-            if ((BJ >= len(self.pool)) | (BJ < -1)).any():
-                raise AdvbgError(f"candidate lists hold positions outside the pool of {len(self.pool)} backgrounds")
+            if ((BJ >= len(pool)) | (BJ < -1)).any():
+                raise AdvbgError(f"candidate lists hold positions outside the pool of {len(pool)} backgrounds")
             BJd = torch.as_tensor(BJ, device=dev)
         f32 = dict(device=dev, dtype=torch.float32)
         return _UnitState(
-            n, L, BJ, BJd, fg, mask, true,
+            n, L, BJ, BJd, pool, fg, mask, true,
             M=torch.full((n, L), float("nan"), **f32), P=torch.full((n, L), -2, dtype=torch.int16, device=dev),
             Fo=torch.zeros((n, L), dtype=torch.bool, device=dev), E=torch.zeros((n, L), dtype=torch.bool, device=dev),
             C=torch.full((n, L), float("inf"), **f32) if self.verify else None,
@@ -347,7 +338,7 @@ class Engine:
         a = torch.div(k, u.L, rounding_mode="floor")
         p = k - a * u.L
         bj = p if u.BJd is None else u.BJd.view(-1)[k]
-        return a, bj - j0, u.true[a], self.bg_label[bj]
+        return a, bj - j0, u.true[a], u.pool.labels[bj]
 
     def _run(self, u: _UnitState, k: torch.Tensor, blk: torch.Tensor, j0: int, fp32: bool = False):
         a, bj, true, bgl = self._decode(u, k, j0)
@@ -477,11 +468,11 @@ class Engine:
             if u.BJ is None:
                 outcome = torch.where(counted, mapped, torch.full_like(mapped, OUTCOME_MISSING))
             else:
-                outcome = torch.full((u.n, len(self.pool)), OUTCOME_MISSING, dtype=torch.uint8, device=self.device)
+                outcome = torch.full((u.n, len(u.pool)), OUTCOME_MISSING, dtype=torch.uint8, device=self.device)
                 rows = torch.arange(u.n, device=self.device)[:, None].expand_as(u.BJd)
                 outcome[rows[counted], u.BJd[counted]] = mapped[counted]
         h = {k: v.cpu().numpy() for k, v in out.items()}          # the unit's one device->host sync
-        bg = self.pool.pool
+        bg = u.pool.ids
 
         def bg_id(pos: np.ndarray) -> np.ndarray:
             ok = pos >= 0

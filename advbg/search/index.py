@@ -33,14 +33,14 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
-from advbg.errors import AdvbgError, disk_error
-from advbg.files import now, sha256_file, write_json
+from advbg.errors import AdvbgError
+from advbg.files import atomic_output, now, sha256_file, write_json
 from advbg.models.classifier import Classifier
+from advbg.progress import progress as progress_bar
 
 FLAT_MAX = 20_000          # exact search up to here; a flat query over 20k x 1280 floats still takes milliseconds
 EMBED_GROUP = "embeddings"
@@ -66,8 +66,9 @@ def model_identity(classifier: Classifier) -> dict:
                 params_sha256=params_sha256(classifier.model))
 
 
-def identity_key(identity: dict) -> str:
-    """16 hex digits identifying the model behaviour (the name does not count: two names, same weights = same)."""
+def embedding_key(identity: dict) -> str:
+    """16 hex digits naming the embeddings of a model identity (``model_identity``: its parameters' hash included;
+    the name does not count: two names, same weights = same). Not ``ClassifierConfig.identity_key``."""
     core = {k: v for k, v in identity.items() if k != "name"}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -135,11 +136,11 @@ class Embeddings:
 
     @property
     def key(self) -> str:
-        return identity_key(self.identity)
+        return embedding_key(self.identity)
 
 
 def embedding_name(identity: dict) -> str:
-    return f"{identity['architecture']}.{identity['weight_tag']}.{identity['label_map']}.{identity_key(identity)[:8]}"
+    return f"{identity['architecture']}.{identity['weight_tag']}.{identity['label_map']}.{embedding_key(identity)[:8]}"
 
 
 def compute_embeddings(store: Store, classifier: Classifier, *, batch_size: int = 64, progress: bool = True,
@@ -156,7 +157,7 @@ def compute_embeddings(store: Store, classifier: Classifier, *, batch_size: int 
     ident = model_identity(classifier)
     nb, nf = len(store.backgrounds), len(store.foregrounds)
     device = classifier.device
-    with tqdm(total=nb + nf, disable=not progress, unit="img", desc="embed", dynamic_ncols=True) as bar:
+    with progress_bar(total=nb + nf, enabled=progress, unit="img", desc="embed") as bar:
         bg_f, bg_s = _embed_blocks(classifier, store.backgrounds.read, nb, batch_size, device, bar)
         fg_f, fg_s = _embed_blocks(classifier, lambda sl: foreground_alone(store, sl, fg_fill), nf, batch_size,
                                    device, bar)
@@ -185,7 +186,7 @@ def write_embeddings(store: Store, emb: Embeddings) -> str:
 def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
     """The classifier's embeddings stored for ``store``; a clear error when there are none for this model."""
     ident = model_identity(classifier)
-    key = identity_key(ident)
+    key = embedding_key(ident)
     groups = {k: g for k, g in store.embeddings.items() if g.attrs.get("complete")}
     match = [(k, g) for k, g in groups.items() if g.attrs.get("identity_key") == key]
     if not match:
@@ -300,23 +301,17 @@ def index_path(store_path: str | os.PathLike, emb_name: str, what: str, folder: 
 def write_index_file(index, path: Path, meta: dict) -> Path:
     """Write a CPU ``index`` to ``path`` and its sidecar ``path.json`` (meta + file SHA-256), both atomically."""
     faiss = _faiss()
-
-    tmp, side = path.with_name(f".{path.name}.partial"), path.with_name(path.name + ".json")
-    placed = False
-    try:
+    side = path.with_name(path.name + ".json")
+    with atomic_output(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
         faiss.write_index(index, str(tmp))
         meta = dict(meta, file=path.name, sha256=sha256_file(tmp), ntotal=int(index.ntotal), dim=int(index.d),
                     index_type=type(index).__name__, advbg_version=__version__, created=now())
-        os.replace(tmp, path)
-        placed = True
+    try:
         write_json(side, meta)
-    except Exception as e:
-        tmp.unlink(missing_ok=True)
-        if placed:              # an index without its sidecar would be refused anyway; leave neither
-            path.unlink(missing_ok=True)
-            side.unlink(missing_ok=True)
-        raise disk_error(e, path) or e from None
+    except BaseException:       # an index without its sidecar would be refused anyway: leave neither
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -329,7 +324,7 @@ def read_index_file(path: str | os.PathLike, identity: dict, store_digest: str |
         raise AdvbgError(f"index {path} (and its {side.name}) not found; build it with `advbg index`")
     meta = json.loads(side.read_text())
     built_for = meta.get("identity", {})
-    if meta.get("identity_key") != identity_key(identity):
+    if meta.get("identity_key") != embedding_key(identity):
         raise AdvbgError(f"index {path} was built for model {describe(built_for) if built_for else '?'}, not for "
                          f"{describe(identity)}; an index only fits the model that embedded it. Rebuild it with "
                          f"`advbg index --model {identity['name']} --store <store>`")

@@ -7,7 +7,8 @@ folder ``<store>.<results name>.journal/``; a record is
 starts. A reader takes records up to the first torn or corrupt one, so a crash loses at most the unit that was
 being written, and a writer cuts such a tail off before appending. ``meta.npz`` (written once, atomically) holds
 what identifies the run (fingerprint, foregrounds, pool, attributes); ``run.json`` appears when the search
-finished. ``advbg.search.results.merge_journal`` turns a finished journal into the results file beside the store.
+finished. Only the results owner (``advbg.search.results.sink``) uses it: it turns a finished journal into the
+results file beside the store.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from advbg.errors import AdvbgError, disk_error
+from advbg.files import atomic_write_bytes
 
 MAGIC = b"ADVJ"
 _HEAD = struct.Struct("<4sQI")
@@ -55,17 +57,8 @@ def _disk(path: Path) -> Iterator[None]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     with _disk(path):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(path, data)
 
 
 def _scan(path: Path) -> Iterator[tuple[int, int, bytes]]:

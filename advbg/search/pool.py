@@ -8,7 +8,6 @@ on many cores than ``ds[idx]``.
 """
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,9 @@ import h5py
 import numpy as np
 import torch
 
+from advbg.data.store import Store
 from advbg.errors import StoreError
+from advbg.search.compositor import select_mask
 
 HOST_BLOCK_BYTES = 256 << 20     # host staging per read-ahead buffer (two are alive while streaming)
 RESIDENT_SHARE = 0.5             # a pool is resident when it takes at most this share of the memory budget
@@ -88,19 +89,23 @@ def upload(host: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
 
 class BackgroundPool:
     """The pool's backgrounds as uint8 (n, H, W, 3) on ``device``: ``blocks()`` yields (j0, j1, tensor) with
-    pool positions j0..j1-1; one block holding everything when resident."""
+    pool positions j0..j1-1; one block holding everything when resident. ``ids``: the pool's bg_ids;
+    ``labels``: their classes (-1 = none) on the device."""
 
     def __init__(self, images: h5py.Dataset, pool: np.ndarray, device: torch.device, budget_bytes: int,
-                 block_bytes: int | None = None, executor: ThreadPoolExecutor | None = None):
-        self.images, self.pool, self.device = images, np.asarray(pool, np.int64), device
+                 block_bytes: int | None = None, executor: ThreadPoolExecutor | None = None,
+                 labels: np.ndarray | None = None):
+        self.images, self.ids, self.device = images, np.asarray(pool, np.int64), device
+        self.labels = torch.as_tensor(np.asarray(labels if labels is not None else np.full(len(self.ids), -1)),
+                                      device=device)
         self.executor = executor
         self.item_shape = tuple(images.shape[1:])
         self.item_bytes = int(np.prod(self.item_shape))
-        self.nbytes = self.item_bytes * len(self.pool)
+        self.nbytes = self.item_bytes * len(self.ids)
         self.resident = self.nbytes <= RESIDENT_SHARE * budget_bytes
         self._tensor: torch.Tensor | None = None
         per_block = block_bytes or min(HOST_BLOCK_BYTES, max(self.item_bytes, budget_bytes // 8))
-        self.block = max(1, min(len(self.pool), per_block // self.item_bytes))
+        self.block = max(1, min(len(self.ids), per_block // self.item_bytes))
         if self.resident:
             try:
                 self._tensor = self._load_all()
@@ -110,24 +115,20 @@ class BackgroundPool:
                     torch.cuda.empty_cache()
 
     def __len__(self) -> int:
-        return len(self.pool)
-
-    @property
-    def n_blocks(self) -> int:
-        return 1 if self.resident else math.ceil(len(self.pool) / self.block)
+        return len(self.ids)
 
     def _load_all(self) -> torch.Tensor:
-        n = len(self.pool)
+        n = len(self.ids)
         if self.device.type != "cuda":  # CPU: the tensor is host memory; read straight into it
             arr = np.empty((n,) + self.item_shape, np.uint8)
             for s in range(0, n, self.block):
-                read_items(self.images, self.pool[s:s + self.block], arr[s:s + self.block], self.executor)
+                read_items(self.images, self.ids[s:s + self.block], arr[s:s + self.block], self.executor)
             return torch.from_numpy(arr)
         dev = torch.empty((n,) + self.item_shape, dtype=torch.uint8, device=self.device)
         stage = torch.empty((min(n, self.block),) + self.item_shape, dtype=torch.uint8, pin_memory=True)
         for s in range(0, n, self.block):
             e = min(n, s + self.block)
-            read_items(self.images, self.pool[s:e], stage.numpy()[: e - s], self.executor)
+            read_items(self.images, self.ids[s:e], stage.numpy()[: e - s], self.executor)
             dev[s:e].copy_(stage[: e - s], non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()  # the stage is reused next
         return dev
@@ -135,13 +136,13 @@ class BackgroundPool:
     def blocks(self) -> Iterator[tuple[int, int, torch.Tensor]]:
         """(j0, j1, uint8 block on the device) in pool order."""
         if self.resident:
-            yield 0, len(self.pool), self._tensor
+            yield 0, len(self.ids), self._tensor
             return
         yield from (_cuda_stream_blocks if self.device.type == "cuda" else _host_stream_blocks)(self)
 
 
 def _spans(pool: BackgroundPool) -> list[tuple[int, int]]:
-    n = len(pool.pool)
+    n = len(pool.ids)
     return [(s, min(n, s + pool.block)) for s in range(0, n, pool.block)]
 
 
@@ -152,7 +153,7 @@ def _host_stream_blocks(pool: BackgroundPool) -> Iterator[tuple[int, int, torch.
 
     def read(b: int) -> np.ndarray:
         s, e = spans[b]
-        return read_items(pool.images, pool.pool[s:e], bufs[b % 2][: e - s], pool.executor)
+        return read_items(pool.images, pool.ids[s:e], bufs[b % 2][: e - s], pool.executor)
 
     with ThreadPoolExecutor(1) as ahead:
         fut = ahead.submit(read, 0)
@@ -178,7 +179,7 @@ def _cuda_stream_blocks(pool: BackgroundPool) -> Iterator[tuple[int, int, torch.
     def read(b: int) -> None:
         s, e = spans[b]
         copied[b % k].synchronize()       # the previous copy out of this pinned buffer has finished
-        read_items(pool.images, pool.pool[s:e], host[b % k].numpy()[: e - s], pool.executor)
+        read_items(pool.images, pool.ids[s:e], host[b % k].numpy()[: e - s], pool.executor)
 
     with ThreadPoolExecutor(1) as ahead:
         fut = ahead.submit(read, 0)
@@ -194,3 +195,34 @@ def _cuda_stream_blocks(pool: BackgroundPool) -> Iterator[tuple[int, int, torch.
                 fut = ahead.submit(read, b + 1)
             yield s, e, devbuf[i][: e - s]
             released[i].record(compute)
+
+
+class StoreReader:
+    """A search's reads of the store: each unit's foregrounds as device tensors, and the background pool. Owns the
+    thread pool that inflates chunks; ``close`` it (or use it as a context manager)."""
+
+    def __init__(self, store: Store, device: torch.device):
+        self.store, self.device = store, device
+        self.executor = ThreadPoolExecutor(default_threads())
+
+    def foregrounds(self, ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images (n, H, W, 3) uint8, select masks (n, H, W, 3) 0/255, classes (n,)) of fg_ids ``ids``."""
+        fgs = self.store.foregrounds
+        fg = upload(read_items(fgs.images, ids, executor=self.executor), self.device)
+        sel = select_mask(upload(read_items(fgs.masks, ids, executor=self.executor), self.device))
+        return fg, sel, torch.as_tensor(fgs.labels[ids], device=self.device)
+
+    def backgrounds(self, pool: np.ndarray, budget_bytes: int) -> BackgroundPool:
+        """The pool (bg_ids) on the device: resident when it fits ``budget_bytes``, else streamed."""
+        bgs = self.store.backgrounds
+        return BackgroundPool(bgs.images, pool, self.device, budget_bytes, executor=self.executor,
+                              labels=bgs.labels[np.asarray(pool, np.int64)])
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+    def __enter__(self) -> "StoreReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

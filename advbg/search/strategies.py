@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,7 +33,7 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.models.classifier import Classifier
 from advbg.search import distributed
-from advbg.search.config import SearchConfig
+from advbg.search.config import Candidates, SearchConfig
 from advbg.search.index import (
     Embeddings,
     IndexSet,
@@ -42,16 +42,8 @@ from advbg.search.index import (
     load_embeddings,
     open_indexes,
 )
-from advbg.search.results import (
-    FIELDS,
-    RunRecord,
-    SearchResult,
-    SearchWriter,
-    check_name,
-    fingerprint,
-    group_attrs,
-)
-from advbg.search.runner import default_results_name
+from advbg.search.results import RunId, RunRecord, SearchResult, fingerprint, group_attrs, write_result
+from advbg.search.runner import default_results_name, search
 
 RULES = ("mix", "score", "neighbours", "random")
 DEFAULT_RULE = "mix"
@@ -233,39 +225,39 @@ def merge_stages(r1: SearchResult, r2: SearchResult, pool: np.ndarray, run: RunR
 
 
 # --------------------------------------------------------------------------------------------- search
-@dataclass(frozen=True)
-class Pruned:
-    """Candidate strategy: K candidates per foreground chosen by ``spec.rule`` from the stored embeddings.
+def pruned_search(store: Store, classifier: Classifier, config: SearchConfig, spec: PruneSpec, *,
+                  emb: Embeddings | None = None, index_folder: str | None = None, **kw) -> SearchResult:
+    """A search of K candidates per foreground chosen by ``spec.rule`` from the stored embeddings; ``kw`` as for
+    ``advbg.search.runner.search`` (results_name, write, resume, progress, journal_dir, on_unit, echo).
 
-    The single-stage rules run as one search pass (resumable, torchrun-able like any search). The two-stage
-    ``neighbours`` rule runs two in-memory passes and writes their merged result (no outcome matrix)."""
+    The single-stage rules rank every foreground once and hand the lists to one search (resumable,
+    torchrun-able like any search). The two-stage ``neighbours`` rule runs two in-memory searches, the second on
+    candidates chosen from the first one's result, and writes their merged result (no outcome matrix)."""
+    emb = emb if emb is not None else load_embeddings(store, classifier)
+    pool = np.arange(len(store.backgrounds), dtype=np.int64) if config.backgrounds is None \
+        else np.asarray(config.backgrounds, np.int64)
+    k, desc = spec.resolve_k(len(pool)), spec.describe(len(pool))
+    ranker = Ranker(emb, store.foregrounds.labels, store.backgrounds.labels, pool,
+                    "mix" if spec.rule == "neighbours" else spec.rule, config.criterion, spec.seed)
+    fg_ids = _selected(config.foregrounds, len(store.foregrounds))
+    if spec.rule != "neighbours":
+        cands = _lists(fg_ids, trial_order(ranker.rank(fg_ids, k), config.mode))
+        return search(store, classifier, replace(config, prune=desc), candidates=cands, **kw)
+    if kw.get("resume"):
+        raise AdvbgError("--resume does not apply to the two-stage neighbours rule (its stages are not stored); "
+                         "rerun without --resume")
+    if distributed.launched():
+        raise AdvbgError("the two-stage neighbours rule does not run under torchrun; use --prune-rule mix there")
+    stages = _Stages(store, classifier, config, emb, ranker, pool, fg_ids, index_folder)
+    return stages.run(k, desc, kw.get("results_name"), kw.get("write", True), kw.get("progress", True))
 
-    spec: PruneSpec
-    emb: Embeddings | None = None
-    index_folder: str | None = None
 
-    def run(self, store: Store, classifier: Classifier, config: SearchConfig, search_pass, *, results_name=None,
-            write: bool = True, resume: bool = False, progress: bool = True, journal_dir=None) -> SearchResult:
-        spec = self.spec
-        emb = self.emb if self.emb is not None else load_embeddings(store, classifier)
-        pool = np.arange(len(store.backgrounds), dtype=np.int64) if config.backgrounds is None \
-            else np.asarray(config.backgrounds, np.int64)
-        k = spec.resolve_k(len(pool))
-        desc = spec.describe(len(pool))
-        ranker = Ranker(emb, store.foregrounds.labels, store.backgrounds.labels, pool,
-                        "mix" if spec.rule == "neighbours" else spec.rule, config.criterion, spec.seed)
-        if spec.rule != "neighbours":
-            fn = lambda fg_ids: trial_order(ranker.rank(fg_ids, k), config.mode)  # noqa: E731
-            return search_pass(store, classifier, replace(config, prune=desc, candidates=fn),
-                               results_name=results_name, write=write, resume=resume, progress=progress,
-                               journal_dir=journal_dir)
-        if resume:
-            raise AdvbgError("--resume does not apply to the two-stage neighbours rule (its stages are not stored); "
-                             "rerun without --resume")
-        if distributed.launched():
-            raise AdvbgError("the two-stage neighbours rule does not run under torchrun; use --prune-rule mix there")
-        return _two_stage(store, classifier, config, spec, emb, ranker, pool, k, desc, results_name, write, progress,
-                          self.index_folder, search_pass)
+def _selected(ids, n: int) -> np.ndarray:
+    return np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+
+
+def _lists(fg_ids: np.ndarray, lists: list[np.ndarray]) -> Candidates:
+    return Candidates({int(f): np.asarray(c, np.int64) for f, c in zip(fg_ids, lists)})
 
 
 def _indexes(store: Store, emb: Embeddings, folder) -> IndexSet:
@@ -275,52 +267,57 @@ def _indexes(store: Store, emb: Embeddings, folder) -> IndexSet:
     return build_indexes(emb)
 
 
-def _two_stage(store, classifier, config, spec, emb, ranker, pool, k, desc, results_name, write, progress,
-               index_folder, search_pass) -> SearchResult:
-    t0 = time.perf_counter()
-    k1 = min(k, max(1, math.ceil(k * STAGE1_SHARE)))
-    tried: dict[int, np.ndarray] = {}
+@dataclass(frozen=True)
+class _Stages:
+    """The two-stage neighbours rule: stage 1 on the top of the mix ranking, stage 2 on FAISS neighbours of the
+    stage-1 worst backgrounds (and further mix ranks), merged as if run as one search."""
 
-    def stage1(fg_ids):
-        ranked = ranker.rank(fg_ids, k1)
-        tried.update({int(f): r for f, r in zip(fg_ids, ranked)})
-        return trial_order(ranked, config.mode)
+    store: Store
+    classifier: Classifier
+    config: SearchConfig
+    emb: Embeddings
+    ranker: Ranker
+    pool: np.ndarray
+    fg_ids: np.ndarray
+    index_folder: str | None
 
-    r1 = search_pass(store, classifier, replace(config, prune=f"{desc}.stage1", candidates=stage1,
-                                           record_outcomes=False), write=False, progress=progress)
-    extra: dict[int, np.ndarray] = {}
-    if k > k1:
-        fill = ranker.rank(r1.fg_id, k)
-        near = neighbour_candidates(r1, tried, ranker, _indexes(store, emb, index_folder), k - k1, emb)
+    def run(self, k: int, desc: str, results_name: str | None, write: bool, progress: bool) -> SearchResult:
+        t0 = time.perf_counter()
+        k1 = min(k, max(1, math.ceil(k * STAGE1_SHARE)))
+        ranked = self.ranker.rank(self.fg_ids, k1)
+        tried = {int(f): r for f, r in zip(self.fg_ids, ranked)}
+        r1 = self._pass(f"{desc}.stage1", _lists(self.fg_ids, trial_order(ranked, self.config.mode)), progress)
+        extra = self._stage2(r1, tried, k, k1) if k > k1 else {}
+        r2 = self._pass(f"{desc}.stage2", _lists(self.fg_ids, trial_order(
+            [extra.get(int(f), np.empty(0, np.int64)) for f in self.fg_ids], self.config.mode)), progress)
+        cfg = replace(self.config, prune=desc, record_outcomes=False)
+        run = replace(r1.run, pruning=desc, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
+                      forwards=r1.run.forwards + r2.run.forwards)
+        result = merge_stages(r1, r2, self.pool, run)
+        if not write:
+            return result
+        name = results_name or default_results_name(self.classifier, cfg)
+        run_id = RunId(fingerprint(self.store, result.fg_id, self.pool, self.classifier, cfg, result.run.amp),
+                       result.fg_id, self.pool, result.true_class, group_attrs(self.classifier, cfg), False,
+                       cfg.fg_block)
+        return write_result(self.store, name, run_id, result)
+
+    def _pass(self, prune: str, cands: Candidates, progress: bool) -> SearchResult:
+        cfg = replace(self.config, prune=prune, record_outcomes=False)
+        return search(self.store, self.classifier, cfg, candidates=cands, write=False, progress=progress)
+
+    def _stage2(self, r1: SearchResult, tried: dict[int, np.ndarray], k: int, k1: int) -> dict[int, np.ndarray]:
+        fill = self.ranker.rank(r1.fg_id, k)
+        near = neighbour_candidates(r1, tried, self.ranker, _indexes(self.store, self.emb, self.index_folder),
+                                    k - k1, self.emb)
+        extra = {}
         for r, f in enumerate(r1.fg_id.tolist()):
-            if config.mode == "early-exit" and r1.first_fooling_bg[r] >= 0:
+            if self.config.mode == "early-exit" and r1.first_fooling_bg[r] >= 0:
                 continue   # already fooled: early exit is done with it
             used = set(tried[f].tolist()) | set(near[f].tolist())
             rest = np.array([p for p in fill[r].tolist() if p not in used], np.int64)
             extra[f] = np.concatenate([near[f], rest])[:k - k1]
-    fn2 = lambda fg_ids: trial_order([extra.get(int(f), np.empty(0, np.int64)) for f in fg_ids], config.mode)  # noqa: E731
-    r2 = search_pass(store, classifier, replace(config, prune=f"{desc}.stage2", candidates=fn2, record_outcomes=False),
-                write=False, progress=progress)
-    cfg = replace(config, prune=desc, record_outcomes=False)
-    run = replace(r1.run, pruning=desc, config=cfg.to_dict(), seconds=time.perf_counter() - t0,
-                  forwards=r1.run.forwards + r2.run.forwards)
-    result = merge_stages(r1, r2, pool, run)
-    if write:
-        result = _write(store, classifier, cfg, result, results_name, pool)
-    return result
-
-
-def _write(store: Store, classifier: Classifier, cfg: SearchConfig, result: SearchResult, results_name, pool):
-    """Store a merged two-stage result as results ``name`` (no outcome matrix: the stages keep none)."""
-    name = results_name or default_results_name(classifier, cfg)
-    fp = fingerprint(store, result.fg_id, pool, classifier, cfg, result.run.amp)
-    check_name(name)
-    with store.write_derived("results", name) as f:
-        writer = SearchWriter(f, name, result.fg_id, pool, result.true_class, fp, group_attrs(classifier, cfg),
-                              record_outcomes=False)
-        writer.write_rows(0, len(result), {k: getattr(result, k) for k in FIELDS}, None)
-        writer.finish(asdict(result.run))
-    return replace(result, results_name=name)
+        return extra
 
 
 # --------------------------------------------------------------------------------------------- reporting

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.search.compositor import composite_grid, composite_pairs
+from advbg.search.compositor import composite_pairs
 
 POLICIES = ("original", "mixed-rand", "adversarial")
 
@@ -197,7 +197,8 @@ def fooling_power(model: Callable[[torch.Tensor], torch.Tensor], fg_u8: torch.Te
     for i in range(fg_u8.shape[0]):
         for s in range(0, n_bg, batch_size):
             bg = bg_u8[s:s + batch_size]
-            x = composite_grid(fg_u8[i:i + 1], mask_u8[i:i + 1], bg)                     # (b, 3, H, W)
+            one = torch.zeros(len(bg), dtype=torch.int64, device=bg.device)
+            x = composite_pairs(fg_u8[i:i + 1], mask_u8[i:i + 1], bg, one, torch.arange(len(bg), device=bg.device))
             with autocast or contextlib.nullcontext():
                 logits = model(x).float()
             p_true = logits.softmax(1)[:, int(fg_labels[i])]

@@ -37,8 +37,8 @@ from advbg.data.variants import class_folders
 from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
-from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
-from advbg.search.checked import load_outcome_checked, load_search_checked
+from advbg.search.criteria import Criterion, asr, check_invalid_marked, decode_outcome
+from advbg.search.results import OUTCOME_MISSING, load_outcome, load_search
 
 WHAT = ("backgrounds", "composites", "both")
 FORMATS = ("folder", "h5")
@@ -161,7 +161,7 @@ def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]
     cn, fgs, bgs = store.class_names, store.foregrounds, store.backgrounds
     rows: list[dict] = []
     if config.what in ("backgrounds", "both"):
-        outcome, fg_id, pool = load_outcome_checked(store, name)
+        outcome, fg_id, pool = load_outcome(store, name)
         if np.array_equal(fg_id, result.fg_id):
             check_invalid_marked(outcome, result.n_invalid, name)
         stats = background_fooling(outcome, fgs.labels[fg_id], bgs.labels[pool], ident["criterion"])
@@ -252,7 +252,7 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     recover_interrupted(out, echo)
     _check_out(out, overwrite, store)
     with Store(store) as s:
-        result = load_search_checked(s, results)
+        result = load_search(s, results)
         name = result.results_name
         ident = _provenance(result, name, s)
         rows = _rows(s, result, ident, config)

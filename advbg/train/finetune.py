@@ -32,6 +32,7 @@ from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, sha256_file, write_json
+from advbg.models.classifier import Classifier
 from advbg.models.loading import load_classifier, resolve_device
 from advbg.models.precision import AMPS, resolve_amp
 from advbg.models.precision import autocast as amp_autocast
@@ -95,7 +96,7 @@ class FinetuneResult:
 
 
 class Normalised(nn.Module):
-    """[0, 1] images -> model(normalised images): the same preprocessing ``Classifier`` applies at search time."""
+    """[0, 1] images -> model(normalised images): ``Classifier.normalize_``, the normalisation a search applies."""
 
     def __init__(self, model: nn.Module, mean, std):
         super().__init__()
@@ -104,7 +105,7 @@ class Normalised(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.mean) / self.std)
+        return self.model(Classifier.normalize_(self, x.clone()))
 
 
 def checkpoint_paths(out: str | os.PathLike) -> tuple[Path, Path]:
