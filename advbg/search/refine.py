@@ -66,11 +66,12 @@ class LinfBudget:
 
 
 # Parameter -> (centre, half range): the value is centre + half_range * tanh(theta), so always inside the range.
+# Theta starts at the identity (blur: near it, theta = -2, a 1.8% blend, so that its gradient is not zero).
 PHOTOMETRIC_RANGES: dict[str, tuple[float, float]] = {
     "translate_x": (0.0, 0.05),     # shift, fraction of the width (reflected border)
     "translate_y": (0.0, 0.05),     # shift, fraction of the height
     "scale": (1.0, 0.05),           # zoom about the centre: 0.95 .. 1.05
-    "blur": (0.5, 0.5),             # blend weight 0 .. 1 of a Gaussian blur with sigma PhotometricBudget.blur_sigma
+    "blur": (0.5, 0.5),             # blend weight 0 .. 1 toward a Gaussian blur of sigma PhotometricBudget.blur_sigma
     "brightness": (0.0, 0.1),       # added to every pixel: -0.1 .. +0.1
     "contrast": (1.0, 0.2),         # factor 0.8 .. 1.2
     "saturation": (1.0, 0.3),       # factor 0.7 .. 1.3
@@ -262,6 +263,10 @@ def _pgd(classifier, batch: _Batch, levels: torch.Tensor, steps: int, keys: np.n
 
 
 # --------------------------------------------------------------------------------------------- photometric
+IDENTITY_PARAMS = (0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)   # no change: recorded where the start stays best
+_THETA0 = (0.0, 0.0, 0.0, -2.0, 0.0, 0.0, 0.0, 0.0)
+
+
 def photometric_params(theta: torch.Tensor) -> torch.Tensor:
     """(N, P) unconstrained theta -> (N, P) parameter values, each inside its PHOTOMETRIC_RANGES entry."""
     centre = theta.new_tensor([c for c, _ in PHOTOMETRIC_RANGES.values()])
@@ -294,12 +299,11 @@ def _photometric(classifier, batch: _Batch, budget: PhotometricBudget):
     """Adam on theta; each step's uint8-rounded background is evaluated. Returns best levels, margin, pred,
     steps, params."""
     n = batch.bg0.shape[0]
-    theta = torch.zeros(n, len(PHOTOMETRIC_RANGES), device=batch.bg0.device, dtype=batch.bg0.dtype,
-                        requires_grad=True)
+    theta = batch.bg0.new_tensor(_THETA0).repeat(n, 1).requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=budget.lr)
     with torch.no_grad():
         best_margin, best_pred = _margin_pred(classifier, batch, batch.bg0)
-        best_params = photometric_params(theta.detach())
+        best_params = batch.bg0.new_tensor(IDENTITY_PARAMS).repeat(n, 1)
     best = batch.bg0.clone()
     active = best_margin >= 0
     used = torch.zeros(n, dtype=torch.int64, device=best.device)
