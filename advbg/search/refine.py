@@ -276,9 +276,9 @@ def photometric_params(theta: torch.Tensor) -> torch.Tensor:
 
 def apply_photometric(bg: torch.Tensor, params: torch.Tensor, blur_sigma: float = 1.5) -> torch.Tensor:
     """(N, 3, H, W) backgrounds in [0, 1] changed by (N, P) parameters (order of PHOTOMETRIC_RANGES), in [0, 1]."""
-    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
-    from kornia.filters import gaussian_blur2d
-    from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation  # deferred: optional extra [refine]
+    from kornia.filters import gaussian_blur2d  # deferred: optional extra [refine]
+    from kornia.geometry.transform import get_affine_matrix2d, warp_affine  # deferred: optional extra [refine]
 
     tx, ty, scale, blur, bright, contrast, sat, hue = params.unbind(1)
     n, _, h, w = bg.shape
@@ -445,7 +445,7 @@ def _refine_block(classifier, fg, mask, bg, true, bgc, budget: Budget, crit: Cri
 
 def background_ssim(start: np.ndarray, refined: np.ndarray) -> np.ndarray:
     """(N,) SSIM (pytorch_msssim, Gaussian window, data range 255) of refined vs start backgrounds, (N, H, W, 3)."""
-    from pytorch_msssim import ssim
+    from pytorch_msssim import ssim  # deferred: optional extra [refine]
 
     if not len(start):
         return np.empty(0)
@@ -458,7 +458,7 @@ def median_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float
     """(median, low, high): the median and a distribution-free interval for it from order statistics, with exact
     binomial coverage >= ``confidence`` (for n <= 5 no such interval exists: then the range, with less). Values may
     be inf (censored: larger than any finite one). NaNs for no values."""
-    from scipy.stats import binom
+    from scipy.stats import binom  # deferred: optional extra [refine]
 
     v = np.sort(np.asarray(values, np.float64))
     n = len(v)
