@@ -19,6 +19,7 @@ under a full mask (mask == 1) are never changed.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
@@ -126,6 +127,14 @@ class MinEpsBudget:
 
 
 Budget = LinfBudget | PhotometricBudget | MinEpsBudget
+
+
+def _extra(module: str):
+    """``module`` imported on first use (the optional extra ``refine``), or a one-line AdvbgError saying so."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AdvbgError(f"refine needs {module.split('.')[0]}: pip install 'advbg[refine]'") from None
 
 
 def _check_eps(eps: float) -> None:
@@ -276,23 +285,21 @@ def photometric_params(theta: torch.Tensor) -> torch.Tensor:
 
 def apply_photometric(bg: torch.Tensor, params: torch.Tensor, blur_sigma: float = 1.5) -> torch.Tensor:
     """(N, 3, H, W) backgrounds in [0, 1] changed by (N, P) parameters (order of PHOTOMETRIC_RANGES), in [0, 1]."""
-    from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation  # deferred: optional extra [refine]
-    from kornia.filters import gaussian_blur2d  # deferred: optional extra [refine]
-    from kornia.geometry.transform import get_affine_matrix2d, warp_affine  # deferred: optional extra [refine]
-
+    kornia = _extra("kornia")
+    enhance, geometry = kornia.enhance, kornia.geometry.transform
     tx, ty, scale, blur, bright, contrast, sat, hue = params.unbind(1)
     n, _, h, w = bg.shape
     centre = bg.new_tensor([(w - 1) / 2, (h - 1) / 2]).expand(n, 2)
-    matrix = get_affine_matrix2d(torch.stack([tx * w, ty * h], 1), centre, torch.stack([scale, scale], 1),
+    matrix = geometry.get_affine_matrix2d(torch.stack([tx * w, ty * h], 1), centre, torch.stack([scale, scale], 1),
                                  torch.zeros_like(scale))
-    x = warp_affine(bg, matrix[:, :2], (h, w), padding_mode="reflection", align_corners=True)
+    x = geometry.warp_affine(bg, matrix[:, :2], (h, w), padding_mode="reflection", align_corners=True)
     k = 2 * math.ceil(3 * blur_sigma) + 1
-    blurred = gaussian_blur2d(x, (k, k), (blur_sigma, blur_sigma), border_type="reflect")
+    blurred = kornia.filters.gaussian_blur2d(x, (k, k), (blur_sigma, blur_sigma), border_type="reflect")
     x = x + blur.view(-1, 1, 1, 1) * (blurred - x)
-    x = adjust_brightness(x, bright)
-    x = adjust_contrast(x, contrast)
-    x = adjust_saturation(x, sat)
-    return adjust_hue(x, hue).clamp(0, 1)
+    x = enhance.adjust_brightness(x, bright)
+    x = enhance.adjust_contrast(x, contrast)
+    x = enhance.adjust_saturation(x, sat)
+    return enhance.adjust_hue(x, hue).clamp(0, 1)
 
 
 def _photometric(classifier, batch: _Batch, budget: PhotometricBudget):
@@ -445,8 +452,7 @@ def _refine_block(classifier, fg, mask, bg, true, bgc, budget: Budget, crit: Cri
 
 def background_ssim(start: np.ndarray, refined: np.ndarray) -> np.ndarray:
     """(N,) SSIM (pytorch_msssim, Gaussian window, data range 255) of refined vs start backgrounds, (N, H, W, 3)."""
-    from pytorch_msssim import ssim  # deferred: optional extra [refine]
-
+    ssim = _extra("pytorch_msssim").ssim
     if not len(start):
         return np.empty(0)
     a, b = (torch.as_tensor(np.asarray(x)).permute(0, 3, 1, 2).double() for x in (start, refined))
@@ -458,8 +464,7 @@ def median_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float
     """(median, low, high): the median and a distribution-free interval for it from order statistics, with exact
     binomial coverage >= ``confidence`` (for n <= 5 no such interval exists: then the range, with less). Values may
     be inf (censored: larger than any finite one). NaNs for no values."""
-    from scipy.stats import binom  # deferred: optional extra [refine]
-
+    binom = _extra("scipy.stats").binom
     v = np.sort(np.asarray(values, np.float64))
     n = len(v)
     if not n:
