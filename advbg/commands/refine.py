@@ -201,7 +201,7 @@ def _classifier_of(found: SearchResult) -> Classifier:
     if not c:
         raise AdvbgError(f"search {found.results_name!r} records no classifier; give --model")
     spec = ModelSpec(c.get("weights_file") or c["name"], label_map=c["label_map"],
-                     norm=tuple(c["mean"]) + tuple(c["std"]))
+                     norm=(tuple(c["mean"]), tuple(c["std"])))
     clf = as_classifier(spec)
     if clf.config.identity() != identity_of(c):
         raise AdvbgError(f"the classifier of search {found.results_name!r} ({c['name']}) no longer loads the same "
