@@ -240,3 +240,17 @@ def test_median_interval_is_the_order_statistic_interval():
     assert (med, lo, hi) == (9.5, 5.0, 14.0)
     med, lo, hi = median_interval(np.r_[np.ones(6), np.full(5, np.inf)])
     assert med == 1.0 and hi == np.inf
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("budget", BUDGETS, ids=repr)
+def test_refinement_on_cuda_keeps_every_guarantee(budget):
+    """The GPU path: same guarantees, margins of the returned backgrounds as the CPU reference computes them."""
+    cpu = make_tiny_classifier()
+    fg, mask, bg, true = _inputs(n=6, seed=17)
+    r = refine(make_tiny_classifier().cuda(), fg, mask, bg, true, budget)
+    assert (r.background[mask == 1] == bg[mask == 1]).all()
+    assert np.abs(r.background.astype(int) - bg.astype(int)).max() <= (
+        int(np.floor(budget.eps * 255 + 1e-6)) if isinstance(budget, LinfBudget) else 255)
+    np.testing.assert_allclose(r.margin_after, _ref_margins(cpu, fg, mask, r.background, true), atol=1e-3)
+    assert (r.margin_after <= r.margin_before).all()
