@@ -200,7 +200,10 @@ def _classifier_of(found: SearchResult) -> Classifier:
     c = found.run.classifier if found.run else None
     if not c:
         raise AdvbgError(f"search {found.results_name!r} records no classifier; give --model")
-    spec = ModelSpec(c.get("weights_file") or c["name"], label_map=c["label_map"],
+    source, file = c.get("source"), c.get("weights_file")
+    spec = ModelSpec(file if source == "checkpoint" and file else c["name"],
+                     arch=c.get("architecture") if source == "checkpoint" else None,
+                     weights=file if source == "timm" else None, label_map=c["label_map"],
                      norm=(tuple(c["mean"]), tuple(c["std"])))
     clf = as_classifier(spec)
     if clf.config.identity() != identity_of(c):
