@@ -27,7 +27,7 @@ from advbg.search.runner import search
 
 
 def _machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True)
+    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True, check=False)
                 .stdout.splitlines() if ln.startswith("Model name")), platform.processor())
     return f"{os.cpu_count()} cores, {cpu}, load average {os.getloadavg()[0]:.1f}"
 

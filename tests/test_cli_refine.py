@@ -7,13 +7,13 @@ import json
 import h5py
 import numpy as np
 import pytest
+import reference as ref
 import torch
 import typer
-
-import reference as ref
 from conftest import TinyNet, make_random_store
 from conftest import assert_one_line_error as one_line_error
 from conftest import run_cli as run
+
 from advbg.models.classifier import load_classifier, register
 
 

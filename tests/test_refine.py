@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 import torch
+from conftest import make_tiny_classifier
 from torch import nn
 
-import reference as ref
-from conftest import make_tiny_classifier
 from advbg.data.labels import IN9_CLASSES
 from advbg.errors import AdvbgError
 from advbg.models.classifier import Classifier, ClassifierConfig, identity_map

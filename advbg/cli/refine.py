@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from advbg.search.refine import DEFAULT_STEPS
 @app.command()
 def refine(
     store: o.StoreOpt = o.DEFAULT_STORE,
-    model: Annotated[Optional[str], typer.Option(
+    model: Annotated[str | None, typer.Option(
         "--model", "-m",
         help="Classifier, as for `advbg search` ('advbg/lite0', a timm name with weight tag, or a checkpoint); "
              "default: the classifier of the latest stored search. Without a stored search of this model and "
@@ -28,7 +28,7 @@ def refine(
              "smallest fooling EPS of a grid per foreground, by bisection; default grid 1,2,3,4,6,8,12,16 /255).")
     ] = DEFAULT_BUDGETS,
     criterion: o.CriterionOpt = "any",
-    search_name: Annotated[Optional[str], typer.Option(
+    search_name: Annotated[str | None, typer.Option(
         "--search", help="Stored search results to start from (default: the latest complete one of this model and "
                          "criterion, exhaustive first).")] = None,
     steps: Annotated[int, typer.Option(help="Optimisation steps per budget (per EPS for min-eps).")] = DEFAULT_STEPS,
@@ -41,13 +41,13 @@ def refine(
     weights: o.WeightsOpt = None,
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
-    results_name: Annotated[Optional[str], typer.Option(
+    results_name: Annotated[str | None, typer.Option(
         help="Results name: written to <store>.d/results/NAME.h5 (default: <search name>.refine).")] = None,
     results_file: o.ResultsFileOpt = None,
-    curve: Annotated[Optional[Path], typer.Option(
+    curve: Annotated[Path | None, typer.Option(
         help="PNG of fooling rate vs EPS with 95% intervals (default: <store stem>.<results name>.curve.png beside "
              "the store; '-' for none).")] = None,
-    grid: Annotated[Optional[Path], typer.Option(
+    grid: Annotated[Path | None, typer.Option(
         help="PNG before/after grid: start background | refined | composite with prediction and margin (default: "
              "<store stem>.<results name>.grid.png; '-' for none).")] = None,
     quiet: o.QuietOpt = False,

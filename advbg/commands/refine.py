@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -82,9 +82,9 @@ class RefineRun:
 
     def lines(self) -> list[str]:
         """The headline: real worst case, then each budget."""
-        out = [f"real worst backgrounds: fooling rate {self.real} | model {self.record['classifier']['name']} "
-               f"({self.record['classifier']['architecture']}.{self.record['classifier']['weight_tag']}), criterion "
-               f"{self.record['criterion']}, search {self.search.results_name}"]
+        c = self.record["classifier"]
+        out = [(f"real worst backgrounds: fooling rate {self.real} | model {c['name']} ({c['architecture']}."
+                f"{c['weight_tag']}), criterion {self.record['criterion']}, search {self.search.results_name}")]
         for r in self.refined:
             if isinstance(r.budget, MinEpsBudget):
                 out.append(radius_line(r))
@@ -101,7 +101,7 @@ def radius_line(r: Refined) -> str:
     """The background robustness radius: median smallest fooling EPS with its order-statistic 95% interval."""
     med, lo, hi = median_interval(r.eps)
     grid_top = r.budget.grid[-1] * 255
-    text = lambda v: "0" if v == 0 else (f">{grid_top:g}/255" if np.isinf(v) else f"{v * 255:g}/255")  # noqa: E731
+    text = lambda v: "0" if v == 0 else (f">{grid_top:g}/255" if np.isinf(v) else f"{v * 255:g}/255")
     return (f"min-eps: background robustness radius {text(med)} (median smallest fooling EPS over {len(r)} "
             f"foregrounds; 95% CI {text(lo)}-{text(hi)}; {int(np.isinf(r.eps).sum())} not fooled within "
             f"{grid_top:g}/255, {int((r.eps == 0).sum())} fooled at the start)")
@@ -326,7 +326,7 @@ def _grid(s: Store, run: RefineRun, png: Path, n: int = 8) -> None:
     flipped = r.fooled_after & ~r.fooled_before
     order = np.lexsort((r.margin_after, ~flipped))[:n]
     names = list(s.class_names)
-    label = lambda c: names[c] if 0 <= c < len(names) else "none"  # noqa: E731
+    label = lambda c: names[c] if 0 <= c < len(names) else "none"
     fg, mask = s.foregrounds.read(run.fg_id[order]), s.foregrounds.read_masks(run.fg_id[order])
     start = s.backgrounds.read(run.start_bg[order])
     rows = []

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from fractions import Fraction
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ def _eps_text(eps: float) -> str:
 
 def _levels(eps: float) -> int:
     """Whole grey levels a pixel may move within ``eps`` (a float EPS of k/255 counts as k levels)."""
-    return int(math.floor(eps * 255 + 1e-6))
+    return math.floor(eps * 255 + 1e-6)
 
 
 @dataclass(frozen=True)
