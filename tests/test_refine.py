@@ -254,3 +254,30 @@ def test_refinement_on_cuda_keeps_every_guarantee(budget):
         int(np.floor(budget.eps * 255 + 1e-6)) if isinstance(budget, LinfBudget) else 255)
     np.testing.assert_allclose(r.margin_after, _ref_margins(cpu, fg, mask, r.background, true), atol=1e-3)
     assert (r.margin_after <= r.margin_before).all()
+
+
+class _ChangeHurtsNet(nn.Module):
+    """Logit 0 = 1 + gain * mean |x - x0|, the others 0: every change of the given composites x0 raises the
+    true-class margin, so the only right answer of a refinement is the start itself."""
+
+    def __init__(self, x0: torch.Tensor, gain: float = 100.0):
+        super().__init__()
+        self.register_buffer("x0", x0)
+        self.gain = gain
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 9, dtype=x.dtype)
+        out[:, 0] = 1 + self.gain * (x - self.x0).abs().mean((1, 2, 3))
+        return out
+
+
+@pytest.mark.parametrize("budget", [LinfBudget(8 / 255, steps=1), LinfBudget(2 / 255, steps=3),
+                                    PhotometricBudget(steps=2)], ids=repr)
+def test_the_start_is_a_candidate_when_every_change_hurts(budget):
+    fg, mask, bg, _ = _inputs(n=4, seed=19)
+    clf = _hand_built(0.0)
+    clf.model = _ChangeHurtsNet(_ref_composite(fg, mask, bg))
+    r = refine(clf, fg, mask, bg, np.zeros(4, np.int64), budget, batch_size=4)
+    assert np.array_equal(r.background, bg)
+    np.testing.assert_array_equal(r.margin_after, r.margin_before)
+    assert (r.ssim == 1).all() and not r.fooled_after.any()
