@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -192,7 +192,6 @@ class Refined:
     eps: np.ndarray               # (N,) float64 L-inf EPS used (min-eps: the smallest fooling one, inf if none)
     params: np.ndarray | None = None   # photometric: (N, len(PHOTOMETRIC_RANGES)) parameter values
     criterion: str = "any"
-    extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.margin_before)
@@ -483,8 +482,3 @@ def median_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float
     # [v_(r), v_(n-r+1)] (1-based) misses the median with probability 2 * P(Binom(n, 1/2) <= r - 1).
     r = max(1, int(np.count_nonzero(2 * binom.cdf(np.arange(n), n, 0.5) <= 1 - confidence)))
     return float(np.median(v)), float(v[r - 1]), float(v[n - r])
-
-
-def field_names() -> list[str]:
-    """Names of a Refined's per-foreground columns."""
-    return [f.name for f in fields(Refined) if f.name not in ("budget", "criterion", "extra")]
