@@ -31,6 +31,7 @@ from advbg.search.refine import (
     median_interval,
     parse_budgets,
     refine,
+    require_extra,
 )
 from advbg.search.results import SearchResult, check_name, load_search
 from advbg.search.runner import search
@@ -57,9 +58,7 @@ def rate(fooled: np.ndarray) -> Rate:
     k, n = int(np.count_nonzero(fooled)), int(np.size(fooled))
     if not n:
         return Rate(0, 0, float("nan"), float("nan"), float("nan"))
-    from scipy.stats import binomtest  # deferred: optional extra [refine]
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    ci = require_extra("scipy.stats").binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
     return Rate(k, n, 100.0 * k / n, 100.0 * ci.low, 100.0 * ci.high)
 
 

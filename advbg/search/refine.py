@@ -130,7 +130,7 @@ class MinEpsBudget:
 Budget = LinfBudget | PhotometricBudget | MinEpsBudget
 
 
-def _extra(module: str):
+def require_extra(module: str):
     """``module`` imported on first use (the optional extra ``refine``), or a one-line AdvbgError saying so."""
     try:
         return importlib.import_module(module)
@@ -285,7 +285,7 @@ def photometric_params(theta: torch.Tensor) -> torch.Tensor:
 
 def apply_photometric(bg: torch.Tensor, params: torch.Tensor, blur_sigma: float = 1.5) -> torch.Tensor:
     """(N, 3, H, W) backgrounds in [0, 1] changed by (N, P) parameters (order of PHOTOMETRIC_RANGES), in [0, 1]."""
-    kornia = _extra("kornia")
+    kornia = require_extra("kornia")
     enhance, geometry = kornia.enhance, kornia.geometry.transform
     tx, ty, scale, blur, bright, contrast, sat, hue = params.unbind(1)
     n, _, h, w = bg.shape
@@ -462,7 +462,7 @@ def _refine_block(classifier, fg, mask, bg, true, bgc, budget: Budget, crit: Cri
 
 def background_ssim(start: np.ndarray, refined: np.ndarray) -> np.ndarray:
     """(N,) SSIM (pytorch_msssim, Gaussian window, data range 255) of refined vs start backgrounds, (N, H, W, 3)."""
-    ssim = _extra("pytorch_msssim").ssim
+    ssim = require_extra("pytorch_msssim").ssim
     if not len(start):
         return np.empty(0)
     a, b = (torch.as_tensor(np.asarray(x)).permute(0, 3, 1, 2).double() for x in (start, refined))
@@ -474,7 +474,7 @@ def median_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float
     """(median, low, high): the median and a distribution-free interval for it from order statistics, with exact
     binomial coverage >= ``confidence`` (for n <= 5 no such interval exists: then the range, with less). Values may
     be inf (censored: larger than any finite one). NaNs for no values."""
-    binom = _extra("scipy.stats").binom
+    binom = require_extra("scipy.stats").binom
     v = np.sort(np.asarray(values, np.float64))
     n = len(v)
     if not n:
