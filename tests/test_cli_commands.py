@@ -170,7 +170,7 @@ def _command_functions():
 
 def test_every_cli_command_is_one_call_into_one_run_function():
     found = list(_command_functions())
-    assert len(found) == 19          # 18 commands; `fetch in9` and `ingest in9` under groups
+    assert len(found) == 20          # 19 commands; `fetch in9` and `ingest in9` under groups
     for module, fn, run_names in found:
         calls = [n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
                  and n.func.id in run_names]
@@ -189,7 +189,7 @@ def test_help_lists_every_command_in_its_panel_in_data_flow_order(capsys):
             where[m.group(1)] = panels[-1]
     assert panels == ["Options", "Data in", "Search", "Analyse", "Train", "Report"]
     assert where == {"extract": "Data in", "fetch": "Data in", "ingest": "Data in", "synth": "Data in",
-                     "variants": "Data in", "verify": "Data in", "index": "Search", "search": "Search",
+                     "variants": "Data in", "verify": "Data in", "index": "Search", "refine": "Search", "search": "Search",
                      "eval": "Analyse", "models": "Analyse", "plot": "Analyse", "saliency": "Analyse",
                      "universal": "Analyse", "export": "Train", "finetune": "Train", "report": "Report",
                      "card": "Report", "compare": "Report", "leaderboard": "Report"}

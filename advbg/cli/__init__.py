@@ -11,7 +11,8 @@ import sys
 import typer
 
 # Each command module registers its commands on `app` when imported.
-from advbg.cli import data, evaluate, index, report, results, saliency, search, train, universal, verify  # noqa: F401
+from advbg.cli import (data, evaluate, index, refine, report, results, saliency, search, train,  # noqa: F401
+                       universal, verify)
 from advbg.cli.app import app
 from advbg.errors import AdvbgError, disk_error
 
