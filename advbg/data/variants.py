@@ -37,7 +37,7 @@ from advbg.data import segment
 from advbg.data.composite import composite
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import DISK_HEADROOM, Store
-from advbg.errors import AdvbgError, disk_error
+from advbg.errors import SEED_MAX, AdvbgError, disk_error
 from advbg.files import check_output
 
 _STR = h5py.string_dtype("utf-8")
@@ -47,6 +47,7 @@ _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 EVALSETS_SCHEMA = 1
 # Far wider than any store image (a wider Gaussian only flattens the background more slowly); bounds the run time.
 MAX_BLUR_KERNEL = 1001
+MAX_REDUCED_MARGIN = 4096
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -67,8 +68,10 @@ class VariantOptions:
                              f"got {self.blur_kernel}")
         if self.recolor not in ("hue", "gray"):
             raise AdvbgError(f"recolor must be 'hue' or 'gray', got {self.recolor!r}")
-        if self.reduced_margin < 0:
-            raise AdvbgError(f"reduced margin must be >= 0 pixels, got {self.reduced_margin}")
+        if not 0 <= self.reduced_margin <= MAX_REDUCED_MARGIN:
+            raise AdvbgError(f"reduced margin must be 0 to {MAX_REDUCED_MARGIN} pixels, got {self.reduced_margin}")
+        if not -360 <= self.hue_shift <= 360:
+            raise AdvbgError(f"hue shift must be -360 to 360 degrees, got {self.hue_shift}")
         if self.reduced_fill not in _FILLS:
             raise AdvbgError(f"reduced fill must be one of {', '.join(_FILLS)}, got {self.reduced_fill!r}")
         if self.texture not in ("auto", "store", "procedural"):
@@ -598,9 +601,9 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
     options = (options or VariantOptions()).validate()
     if not names:
         raise AdvbgError("no variants named")
-    if seed < 0:
-        raise AdvbgError(f"--seed must be >= 0, got {seed}")
-    check_output(out, inputs=[store_path], folder=fmt == "folder")
+    if not 0 <= seed <= SEED_MAX:
+        raise AdvbgError(f"--seed must be between 0 and {SEED_MAX}, got {seed}")
+    check_output(out, (".h5", ".hdf5") if fmt == "h5" else (), inputs=[store_path], folder=fmt == "folder")
     if out.exists() and not overwrite:
         raise AdvbgError(f"{out} already exists; pass --overwrite to replace it")
     tmp = Path(str(out) + ".partial")

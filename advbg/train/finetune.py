@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.errors import SEED_MAX, AdvbgError, check_workers
 from advbg.files import check_output, now, sha256_file, write_json
 from advbg.models.classifier import load_classifier, resolve_device
 from advbg.models.precision import AMPS, resolve_amp
@@ -48,7 +48,11 @@ from advbg.train.augment import (
 OPTIMIZERS = ("adamw", "sgd")
 
 
-@dataclass(frozen=True)
+MAX_EPOCHS, MAX_BATCH, MAX_STEPS, MAX_PROBE = 10_000, 65_536, 10**9, 10_000
+MAX_LR = 10.0           # also the most weight decay: beyond it any training diverges
+
+
+@dataclass
 class FinetuneConfig:
     """The training recipe. Saved with the checkpoint."""
 
@@ -70,18 +74,21 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         Policy(self.policy, self.ratio, self.floor).validate()
-        checks = ((self.epochs >= 1, "epochs must be at least 1"), (self.batch_size >= 1, "batch size must be >= 1"),
+        checks = ((1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be 1 to {MAX_EPOCHS}"),
+                  (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be 1 to {MAX_BATCH}"),
                   (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-                  (self.lr > 0, "learning rate must be positive"), (self.weight_decay >= 0, "weight decay must be >= 0"),
-                  (self.warmup_steps >= 0, "warm-up steps must be >= 0"),
+                  (0 < self.lr <= MAX_LR, f"--lr must be > 0 and <= {MAX_LR}"),
+                  (0 <= self.weight_decay <= MAX_LR, f"--weight-decay must be 0 to {MAX_LR}"),
+                  (0 <= self.warmup_steps <= MAX_STEPS, f"--warmup-steps must be 0 to {MAX_STEPS}"),
+                  (0 <= self.seed <= SEED_MAX, f"--seed must be 0 to {SEED_MAX}"),
                   (self.amp in AMPS, f"amp must be one of {', '.join(AMPS)}"),
-                  (self.num_workers >= 0, "num_workers must be >= 0"),
-                  (self.refresh_every >= 1, "refresh_every must be at least 1"),
-                  (self.probe_per_class >= 1, "probe_per_class must be at least 1"))
+                  (1 <= self.refresh_every <= MAX_STEPS, f"--refresh-every must be 1 to {MAX_STEPS}"),
+                  (1 <= self.probe_per_class <= MAX_PROBE, f"--probe-per-class must be 1 to {MAX_PROBE}"))
         bad = [message for ok, message in checks if not ok]
         if bad:
             raise AdvbgError(f"{'; '.join(bad)} (epochs={self.epochs}, batch_size={self.batch_size}, "
                              f"optimizer={self.optimizer!r}, lr={self.lr}, amp={self.amp!r})")
+        check_workers(self.num_workers, default=0, least=0)
         return self
 
 
