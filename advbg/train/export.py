@@ -8,7 +8,8 @@ Output folder ``DIR`` (built as a hidden sibling ``.DIR.partial-<pid>`` and rena
     manifest.csv, manifest.json                                     composites with their foreground masks
                                                         manifest.csv, manifest.json
 
-PNGs are lossless (they decode to the exact stored / composited pixels). ImageFolder classes: the background's
+PNGs are lossless (they decode to the exact stored / composited pixels). ImageFolder classes, ``NN_<class slug>``
+(``02_wheeled_vehicle``: no spaces; sorted order is label order): the background's
 class for backgrounds (``none`` for unlabelled ones), the foreground's true class for composites. The manifest
 has one row per item (fg/bg ids, labels, source ids, predicted class, margin, fooling counts, ASR, model
 identity, criterion); ``manifest.json`` adds the run's metadata.
@@ -35,7 +36,7 @@ import numpy as np
 
 from advbg.data.composite import composite
 from advbg.data.store import Store, StoreWriter
-from advbg.data.variants import class_folders
+from advbg.data.labels import class_slug
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, write_json
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
@@ -139,9 +140,8 @@ def rank_composites(result, config: ExportConfig) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- export
 def class_folder(label: int, class_names) -> str:
-    """``NN_name`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
-
-    return class_folders(class_names)[label] if 0 <= label < len(class_names) else "none"
+    """``NN_<class slug>`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
+    return f"{label:02d}_{class_slug(class_names[label])}" if 0 <= label < len(class_names) else "none"
 
 
 def _name(label: int, class_names) -> str:
