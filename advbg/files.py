@@ -208,8 +208,13 @@ def _clean(o):
     return o
 
 
+def json_text(obj) -> str:
+    """The JSON advbg writes: indented, NaN/inf as null, numpy values as Python ones."""
+    return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -37,8 +37,8 @@ import numpy as np
 from advbg.data.composite import composite
 from advbg.data.store import Store, StoreWriter
 from advbg.data.labels import class_slug
-from advbg.errors import AdvbgError
-from advbg.files import check_output, now, write_json
+from advbg.errors import AdvbgError, disk_error
+from advbg.files import check_output, json_text, now
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
 from advbg.search.checked import load_outcome_checked, load_search_checked
 
@@ -195,9 +195,12 @@ def _composite(store: Store, f: int, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _png(path: Path, rgb: np.ndarray) -> None:
+    # Encoded in memory and written by Python: a full disk is then an OSError with its errno, not a libpng line.
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise AdvbgError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise AdvbgError(f"could not encode {path.name} as PNG")
+    path.write_bytes(png.tobytes())
 
 
 def _write_folder(tmp: Path, store: Store, rows: list[dict]) -> None:
@@ -304,10 +307,13 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
             meta = dict(store=str(s.path), store_digest=s.digest(), results=name, created=now(),
                         config=asdict(config), class_names=list(s.class_names), columns=list(COLUMNS),
                         run=asdict(result.run) if result.run else None)
-            write_json(tmp / "manifest.json", dict(export=meta, items=rows))
+            (tmp / "manifest.json").write_text(json_text(dict(export=meta, items=rows)))
             _move_into_place(tmp, out)
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            err = disk_error(e, out) if isinstance(e, (OSError, RuntimeError)) else None
+            if err is not None:     # name the output, not the hidden folder it is built in
+                raise err from None
             raise
     n_bg = sum(r["kind"] == "background" for r in rows)
     if echo:
