@@ -115,7 +115,7 @@ def test_a_value_outside_its_range_is_one_line_before_any_work(command, rest, op
 
 def test_the_ranges_are_in_the_help(capsys):
     code, out, _ = run_cli(["universal", "--help"], capsys)
-    assert code == 0 and "1<=x<=100" in out
+    assert code == 0 and "0<=x<=100" in out
     code, out, _ = run_cli(["finetune", "--help"], capsys)
     assert code == 0 and "0<=x<=" in " ".join(out.split())
 
@@ -127,3 +127,23 @@ def test_workers_are_capped_at_the_usable_cores():
         with pytest.raises(AdvbgError, match="--workers must be between 1 and"):
             check_workers(bad, default=1)
     assert check_workers(0, default=0, least=0) == 0
+
+
+def test_the_python_api_checks_the_same_bounds(files):
+    """A notebook calling the run_* functions or the configs gets the same refusals as the command line."""
+    from advbg.analysis.saliency import SaliencyConfig
+    from advbg.commands import run_universal
+    from advbg.data.extract import ExtractConfig
+    from advbg.data.synth import SynthConfig
+    from advbg.data.variants import VariantOptions
+    from advbg.train.finetune import FinetuneConfig
+
+    _, store = files
+    bad = [lambda: run_universal(store, "test/tiny", top=int(HUGE)),
+           lambda: SaliencyConfig(resamples=int(HUGE)).validate(),
+           lambda: ExtractConfig(resize=int(HUGE)).validate(), lambda: ExtractConfig(iterations=-1).validate(),
+           lambda: SynthConfig(seed=-1).validate(), lambda: VariantOptions(hue_shift=int(HUGE)).validate(),
+           lambda: FinetuneConfig(seed=-1).validate(), lambda: FinetuneConfig(num_workers=int(HUGE)).validate()]
+    for call in bad:
+        with pytest.raises(AdvbgError):
+            call()

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from advbg.analysis.saliency import MAX_RESAMPLES
 from advbg.cli import options as o
 from advbg.cli.app import ANALYSE, app
 from advbg.commands.saliency import run_saliency
@@ -31,7 +32,7 @@ def saliency(
                                             help="Images per Grad-CAM pass.")] = 16,
     seed: Annotated[int, o.seed_option("Seed of the generated variants' random choices and of the bootstrap.")] = 0,
     resamples: Annotated[int, typer.Option(
-        "--resamples", min=100, max=100_000, help="Bootstrap resamples for the 95% intervals.")] = 2000,
+        "--resamples", min=100, max=MAX_RESAMPLES, help="Bootstrap resamples for the 95% intervals.")] = 2000,
     limit: Annotated[Optional[int], typer.Option(
         "--limit", min=1, max=10**9, help="Use only the first N foregrounds of the store.")] = None,
     results_file: Annotated[Optional[Path], typer.Option(

@@ -22,6 +22,9 @@ from advbg.models.classifier import Classifier, ModelSpec, as_classifier
 from advbg.search.criteria import CRITERIA
 
 
+MAX_TOP, MAX_GREEDY = 100, 10_000   # a table column per top background; greedy picks are cheap
+
+
 def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,
                   klass: str = "all", criterion: str = "bg-class", top: int = 5, greedy: int = 5,
                   batch_size: int | None = None, compute: bool = True, results_file: Path | None = None, top_png: Path | None = None,
@@ -34,8 +37,8 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
 
     if criterion not in CRITERIA:
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
-    if top < 0 or greedy < 0:
-        raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
+    if not (0 <= top <= MAX_TOP and 0 <= greedy <= MAX_GREEDY):
+        raise AdvbgError(f"--top must be 0 to {MAX_TOP} and --greedy 0 to {MAX_GREEDY} (got {top}, {greedy})")
     inputs = store_inputs(store) + model_inputs(model)
     check_output(results_file, (".json", ".csv"), inputs=inputs)
     check_output(top_png, (".png",), inputs=inputs + [results_file])
