@@ -232,8 +232,8 @@ def test_extract_store_output_must_end_in_h5(tmp_path, capsys):
 
 def test_extract_beside_its_inputs_still_works(tmp_path, capsys):
     photos, masks = _photos_and_masks(tmp_path)
-    code, out, err = run_cli(["extract", str(photos), "--masks", str(masks), "--out", str(tmp_path / "s.h5"),
-                              "--resize", "0", "--crop", "24", "--workers", "1", "-q"], capsys)
+    code, _, err = run_cli(["extract", str(photos), "--masks", str(masks), "--out", str(tmp_path / "s.h5"),
+                            "--resize", "0", "--crop", "24", "--workers", "1", "-q"], capsys)
     assert code == 0, err
     assert (tmp_path / "s.h5").is_file()
 

@@ -82,7 +82,7 @@ CASES = [
 ]
 
 
-def _argv(command: str, rest: str, d, store) -> tuple[list[str], object]:
+def _argv(command: str, rest: str, d, store) -> list[str]:
     out = d / "out"
     base = {
         "extract": [str(d / "photos"), "--boxes", str(d / "boxes.csv"), "--out", str(out.with_suffix(".h5"))],
@@ -100,15 +100,14 @@ def _argv(command: str, rest: str, d, store) -> tuple[list[str], object]:
         "report": ["--store", str(store), "--out", str(out.with_suffix(".html")), "-q"],
         "fetch in9": ["--dest", str(out), "--archive", str(d / "missing.tar.gz")],
     }[command]
-    return command.split() + base + rest.split(), out
+    return command.split() + base + rest.split()
 
 
 @pytest.mark.parametrize("command, rest, option", CASES, ids=[f"{c}{r.replace(' ', '=')}" for c, r, _ in CASES])
 def test_a_value_outside_its_range_is_one_line_before_any_work(command, rest, option, files, capsys):
     d, store = files
     before = sorted(p.name for p in d.iterdir())
-    argv, out = _argv(command, rest, d, store)
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_cli(_argv(command, rest, d, store), capsys)
     assert_one_line_error(code, err, option)
     assert sorted(p.name for p in d.iterdir()) == before     # no output, no sidecar, no partial file
 
