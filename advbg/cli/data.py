@@ -28,7 +28,8 @@ def fetch_in9(
     ] = None,
     sha256: Annotated[Optional[str], typer.Option(
         "--sha256", help="Expected SHA-256 of the archive (default: the pinned release checksum).")] = None,
-    timeout: Annotated[float, typer.Option(min=0.1, max=3600, help="Network timeout per connect/read, seconds.")] = 15.0,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, max=3600, help="Network timeout per connect/read, seconds.")] = 15.0,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Download the released ImageNet-9 test data (4,050 images x 8 variants + masks), verify and unpack it."""

@@ -33,8 +33,9 @@ MOST_WORKERS = 4 * usable_cores()   # more processes than this only thrash
 BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=BATCH_MAX,
                                        help="Images per batch (forward pass or training step).")]
 AutoBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", min=1, max=BATCH_MAX, help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free memory, "
-                               "up to 1024; halved automatically on out-of-memory).")]
+    "--batch-size", "-b", min=1, max=BATCH_MAX,
+    help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free memory, up to 1024; halved "
+         "automatically on out-of-memory).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
     "--workers", "-j", min=1, max=MOST_WORKERS,
     help="Worker processes (default: the usable cores; at most 4 per usable core).")]

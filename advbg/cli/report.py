@@ -27,8 +27,10 @@ def report(
         min=0, max=100_000, help="Gallery rows with images: this many lowest margins ...")] = _CAP.worst,
     gallery_fooled: Annotated[int, typer.Option(
         min=0, max=100_000, help="... plus fooled foregrounds up to this many more (every foreground still gets a text row).")] = _CAP.fooled,
-    thumb: Annotated[int, typer.Option(min=16, max=1024, help="Longest side of an embedded thumbnail, pixels.")] = _CAP.thumb,
-    page_rows: Annotated[int, typer.Option(min=1, max=100_000, help="Gallery rows shown per page (the rest are not laid out).")] = (
+    thumb: Annotated[int, typer.Option(
+        min=16, max=1024, help="Longest side of an embedded thumbnail, pixels.")] = _CAP.thumb,
+    page_rows: Annotated[int, typer.Option(
+        min=1, max=100_000, help="Gallery rows shown per page (the rest are not laid out).")] = (
         _CAP.page_rows),
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="Do not check every item's checksum (the page then says 'not verified').")] = False,

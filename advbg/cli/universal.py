@@ -17,7 +17,8 @@ def universal(
     model: o.ModelOpt = "advbg/lite0",
     klass: Annotated[str, typer.Option(
         "--class", help="A class name (or index, or IN-9 folder name), or 'all' for the per-class table.")] = "all",
-    top: Annotated[int, typer.Option("--top", min=0, max=MAX_TOP, help="How many top-ASR backgrounds to list per class.")] = 5,
+    top: Annotated[int, typer.Option(
+        "--top", min=0, max=MAX_TOP, help="How many top-ASR backgrounds to list per class.")] = 5,
     greedy: Annotated[int, typer.Option(
         "--greedy", min=0, max=MAX_GREEDY, help="Greedy set cover: pick up to K backgrounds that together fool the most foregrounds "
                          "(0: off).")] = 5,
