@@ -137,8 +137,9 @@ def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
                  inputs: Iterable[str | os.PathLike | None] = (), *, folder: bool = False) -> None:
     """Refuse an output path before any work, in one line: a symbolic link, something that is not a regular file
     (a device, FIFO or socket; with ``folder``: not a folder), a missing parent folder, a wrong suffix (if
-    ``suffixes``), or a path that is one of the command's ``inputs`` (the store, a checkpoint, ...): writing there
-    would replace the input. ``None`` and ``-`` mean "no output"."""
+    ``suffixes``), a path that is one of the command's ``inputs`` (the store, a checkpoint, ...) or lies inside an
+    input folder (a photo folder, a release): writing there would replace an input. ``None`` and ``-`` mean "no
+    output"."""
     if path is None or str(path) == "-":
         return
     path = Path(path)
@@ -155,12 +156,17 @@ def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),
             raise AdvbgError(f"output {path} is not a regular file (a device, FIFO or socket); give a file name")
     if not path.parent.exists():
         raise AdvbgError(f"folder {path.parent} does not exist")
-    if suffixes and path.suffix.lower() not in suffixes:
-        raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")
     for given in inputs:
-        if given is not None and str(given) != "-" and _same_path(path, Path(given), folder):
+        if given is None or str(given) == "-":
+            continue
+        if _same_path(path, Path(given), folder):
             raise AdvbgError(f"output {path} is an input of this command ({given}); writing it would replace "
                              f"that input: choose another output")
+        if _inside_folder(path, Path(given)):
+            raise AdvbgError(f"output {path} is inside the input folder {given} of this command; writing there "
+                             f"could replace an input file: choose an output outside it")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise AdvbgError(f"output file {path} must end in {' or '.join(suffixes)}")
 
 
 # Room kept for the temporary names outputs are written under (".NAME.XXXXXXXX.partial") before their rename.
@@ -187,6 +193,17 @@ def _same_path(out: Path, given: Path, folder: bool) -> bool:
     except OSError:
         return False
     return o == g or (folder and o in g.parents)
+
+
+def _inside_folder(out: Path, given: Path) -> bool:
+    """The output lies inside the folder ``given`` (links followed), wherever it is in that tree."""
+    try:
+        if not given.is_dir():
+            return False
+        o, g = out.resolve(), given.resolve()
+    except (OSError, RuntimeError):   # a loop of links: the other checks say what is wrong with the path
+        return False
+    return g in o.parents
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
@@ -222,8 +239,13 @@ def _clean(o):
     return o
 
 
+def json_text(obj) -> str:
+    """The JSON advbg writes: indented, NaN/inf as null, numpy values as Python ones."""
+    return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    return atomic_write_text(path, json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -69,7 +69,7 @@ def _pickle_ckpt(path):
     ("offline-weights", r"not available offline .*--weights PATH"),
     ("pickle-ckpt", r"refusing to load"),
     ("label-map", r"label map 'identity' gives 1000 classes but the store has 9"),
-    ("batch-0", r"batch size must be at least 1"),
+    ("batch-0", r"batch size must be at least 1|--batch-size"),
     ("bad-criterion", r"unknown criterion 'foo'"),
 ])
 def test_bad_input_gets_one_line_and_no_output(tmp_path, capsys, case, pattern):

@@ -88,4 +88,4 @@ def test_registered_lite_models_have_their_timm_table_top1():
 def test_negative_seed_is_one_line(tmp_path, capsys):
     store = full_store(tmp_path / "s.h5")
     code, _, err = run(["eval", "-s", str(store), "-m", "test/sweep0", "-V", "mixed_rand", "--seed", "-1"], capsys)
-    assert code == 1 and err.startswith("advbg: error: seed must be a non-negative integer") and "Traceback" not in err
+    assert code == 2 and err.startswith("advbg: error: Invalid value for '--seed'") and "Traceback" not in err

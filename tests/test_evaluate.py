@@ -435,3 +435,36 @@ def test_every_bar_of_the_bar_chart_has_its_error_bar(tmp_path, monkeypatch):
                                                                             reference.clopper_pearson(1, 4)))
     assert lows_highs == pytest.approx(want, abs=1e-6)
     assert "paired bootstrap" in ax.get_title()
+def test_plot_draws_each_model_once_and_never_one_label_over_another(tmp_path, monkeypatch):
+    """Two eval files both holding lite0 listed it twice, and models with equal accuracy had their labels drawn on
+    top of each other (#24 item 14)."""
+    import json as _json
+
+    from advbg.analysis import evalreport
+
+    def model(name, orig, rand, tag="t"):
+        acc = {"original": {"topk": {"top1": orig}}, "mixed_rand": {"topk": {"top1": rand}}}
+        return {"model": {"name": name, "tag": tag}, "accuracy": acc, "bg_gap": None}
+
+    files = []
+    for i, models in enumerate(([model("advbg/lite0", 80.0, 40.0), model("advbg/lite1", 80.0, 40.0)],
+                                [model("advbg/lite0", 80.0, 40.0), model("advbg/lite2", 80.5, 40.5)],
+                                [model("advbg/lite2", 60.0, 30.0)])):
+        files.append(tmp_path / f"r{i}.json")
+        files[-1].write_text(_json.dumps({"label_rule": "in9", "models": models}))
+    names = [p["name"] for p in evalreport.scatter_points(files)]
+    assert names.count("advbg/lite0") == 1 and len(names) == 4
+    assert sorted(n for n in names if n.startswith("advbg/lite2")) == ["advbg/lite2 (r1)", "advbg/lite2 (r2)"]
+
+    drawn = []
+    monkeypatch.setattr(evalreport, "save_figure", lambda fig, out: drawn.append(fig) or out)
+    evalreport.scatter_plot(files, tmp_path / "s.png", "mixed_rand")
+    fig = drawn[0]
+    assert not any(ax.texts for ax in fig.axes)              # no labels beside points: one legend names them
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted(names)
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in fig.legends[0].get_texts()]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two labels drawn over each other"

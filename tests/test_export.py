@@ -215,3 +215,16 @@ def test_cli_export_writes_and_errors_in_one_line(searched, tmp_path, capsys):
     assert e.value.code == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--what must be one of" in err
+
+
+def test_export_folder_names_are_class_slugs_without_spaces():
+    """`02_wheeled vehicle` held a space (#24 item 14): every class becomes NN_<slug>, one slug rule."""
+    from advbg.data.labels import IN9_CLASSES, class_slug
+
+    names = ("wheeled vehicle", "Musical  Instrument", "a/b\\c", "   ", "dog")
+    folders = [export_mod.class_folder(k, names) for k in range(len(names))]
+    assert folders == ["00_wheeled_vehicle", "01_musical_instrument", "02_a_b_c", "03_class", "04_dog"]
+    assert [export_mod.class_folder(k, IN9_CLASSES) for k in (2, 6)] == ["02_vehicle", "06_instrument"]
+    assert export_mod.class_folder(-1, names) == "none"
+    for name in names + IN9_CLASSES:
+        assert all(c.isalnum() and c.islower() or c.isdigit() or c == "_" for c in class_slug(name))

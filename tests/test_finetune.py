@@ -96,3 +96,52 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
     lrs.append(opt.param_groups[0]["lr"])
     assert lrs[:3] == [0.5, 1.0, 1.0] and lrs[-1] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+# --------------------------------------------------------------------------------------------- a new head (#24 item 13)
+def test_a_new_head_is_said_on_stderr_with_the_reason(tiny_synth, tmp_path, capsys):
+    """test_resnet has 1000 outputs, the synthetic store 3 shape classes: a random new head, said with the reason."""
+    code = _cli(["finetune", "--model", ARCH, "--store", str(tiny_synth), "--out", str(tmp_path / "ck"),
+                 "--epochs", "1", "--batch-size", "8", "--no-pretrained", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "new 3-way head, because the model has 1000 outputs and the store 3 classes" in err
+    assert "random weights" in err and "--epochs" in err
+
+
+def test_an_imagenet_head_seeds_the_new_in9_head_through_the_label_map(tmp_path, capsys):
+    from conftest import make_random_store
+
+    from advbg.data.labels import IN9_CLASSES, IN9_IMAGENET_INDICES
+    from advbg.train.finetune import _head_rows, _init_from_imagenet_head
+
+    store = make_random_store(tmp_path / "in9.h5", n_fg=4, n_bg=4)
+    code = _cli(["finetune", "--model", ARCH, "--store", str(store), "--out", str(tmp_path / "ck"),
+                 "--epochs", "1", "--batch-size", "8", "--no-pretrained", "-q"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "new 9-way head" in err and "mean of its ImageNet rows" in err
+
+    # the rule itself, against numpy on a timm model's own 1000-way head
+    from advbg._compat import import_timm
+    torch.manual_seed(3)
+    net = import_timm().create_model(ARCH, pretrained=False, num_classes=1000)
+    old = _head_rows(net)
+    w, b = old[0].numpy(), old[1].numpy()
+    net.reset_classifier(9)
+    assert _init_from_imagenet_head(net, old, tuple(c.upper() for c in IN9_CLASSES))
+    head = net.get_classifier()
+    for k, name in enumerate(IN9_CLASSES):
+        rows = IN9_IMAGENET_INDICES[name]
+        np.testing.assert_allclose(head.weight[k].detach().numpy(), w[rows].sum(0) / len(rows), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(float(head.bias[k].detach()), b[rows].sum() / len(rows), rtol=1e-5, atol=1e-6)
+    net.reset_classifier(3)
+    assert not _init_from_imagenet_head(net, old, ("circle", "square", "triangle"))
+
+
+def _cli(argv):
+    try:
+        main(argv)
+    except SystemExit as e:
+        return e.code or 0
+    return 0

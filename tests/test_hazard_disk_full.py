@@ -210,3 +210,20 @@ def test_new_store_stops_cleanly_while_the_disk_still_has_room_for_hdf5(tmp_path
                     fg_masks=np.ones((5, 8, 8)), fg_labels=[0] * 5, bg_images=np.zeros((1, 8, 8, 3), np.uint8),
                     bg_labels=[0])
     assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_export_on_a_full_disk_is_one_line_naming_the_output_folder(store, monkeypatch, capsys, code):
+    """It printed a libpng line and named its hidden temporary folder without the reason (#24 item 9)."""
+    rc, _, err = run(search_args(store), capsys)
+    assert rc == 0, err
+    out = store.parent / "exported"
+    monkeypatch.setattr(pathlib.Path, "write_bytes", failing(code))    # the first PNG of the export
+    rc, _, err = run(["export", "--store", str(store), "--out", str(out), "--include-unfooled"], capsys)
+    one_line_error(rc, err, rf"cannot write {out}: {WORDS[code]}")
+    assert ".partial" not in err and "libpng" not in err
+    monkeypatch.undo()
+    assert not out.exists() and not [p for p in store.parent.iterdir() if p.name.startswith(".exported")]
+    rc, _, err = run(["export", "--store", str(store), "--out", str(out), "--include-unfooled"], capsys)
+    assert rc == 0, err
+    assert (out / "manifest.json").is_file() and list((out / "composites").rglob("*.png"))

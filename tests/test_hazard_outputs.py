@@ -184,3 +184,67 @@ def test_saliency_and_report_outputs_equal_to_their_inputs_are_refused(store, tm
     code, _, err = run_cli(["report", "--store", str(store), "--eval", str(evals), "--out", str(evals)], capsys)
     assert_one_line_error(code, err, "input")
     assert digest(store) == before and evals.read_text() == "{}"
+
+
+# --------------------------------------------------------------------------------------------- inside an input folder
+# `advbg extract PHOTOS --masks MASKS --out PHOTOS/cat/p0.jpg --overwrite` replaced the photo with a store (#24 item 1)
+def _photos_and_masks(tmp_path):
+    import numpy as np
+    from fixtures_data import save_png
+
+    rng = np.random.default_rng(5)
+    photos, masks = tmp_path / "photos", tmp_path / "masks"
+    for stem in ("p0", "p1"):
+        save_png(photos / "cat" / f"{stem}.png", rng.integers(0, 256, (24, 24, 3), dtype=np.uint8))
+        m = np.zeros((24, 24), np.uint8)
+        m[6:18, 6:18] = 255
+        save_png(masks / "cat" / f"{stem}.png", m)
+    return photos, masks
+
+
+def _tree(root) -> dict:
+    return {str(p.relative_to(root)): digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["a photo", "a mask", "a new store in a photo folder", "a new store in the masks"])
+def test_extract_output_inside_an_input_folder_is_refused_even_with_overwrite(where, tmp_path, capsys):
+    photos, masks = _photos_and_masks(tmp_path)
+    out = {"a photo": photos / "cat" / "p0.png", "a mask": masks / "cat" / "p1.png",
+           "a new store in a photo folder": photos / "cat" / "s.h5", "a new store in the masks": masks / "s.h5"}[where]
+    before = _tree(tmp_path)
+    code, _, err = run_cli(["extract", str(photos), "--masks", str(masks), "--out", str(out), "--overwrite",
+                            "--workers", "1", "-q"], capsys)
+    assert_one_line_error(code, err, "inside the input folder")
+    assert _tree(tmp_path) == before
+
+
+def test_extract_store_output_must_end_in_h5(tmp_path, capsys):
+    photos, masks = _photos_and_masks(tmp_path)
+    code, _, err = run_cli(["extract", str(photos), "--masks", str(masks), "--out", str(tmp_path / "s.jpg"),
+                            "--workers", "1", "-q"], capsys)
+    assert_one_line_error(code, err, r"must end in \.h5")
+    assert not (tmp_path / "s.jpg").exists()
+    code, _, err = run_cli(["synth", "--out", str(tmp_path / "s.png")], capsys)
+    assert_one_line_error(code, err, r"must end in \.h5")
+    code, _, err = run_cli(["variants", "--out", str(tmp_path / "v.png"), "--format", "h5", "-q"], capsys)
+    assert_one_line_error(code, err, r"must end in \.h5")
+
+
+def test_extract_beside_its_inputs_still_works(tmp_path, capsys):
+    photos, masks = _photos_and_masks(tmp_path)
+    code, _, err = run_cli(["extract", str(photos), "--masks", str(masks), "--out", str(tmp_path / "s.h5"),
+                            "--resize", "0", "--crop", "24", "--workers", "1", "-q"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "s.h5").is_file()
+
+
+def test_check_output_refuses_any_path_under_a_folder_input_links_followed(tmp_path):
+    """The one check every writer (extract, ingest, variants, export, finetune, synth) calls with its inputs."""
+    (tmp_path / "in" / "deep").mkdir(parents=True)
+    with pytest.raises(AdvbgError, match="inside the input folder"):
+        check_output(tmp_path / "in" / "deep" / "x.h5", inputs=[tmp_path / "in"])
+    (tmp_path / "alias").symlink_to(tmp_path / "in")
+    with pytest.raises(AdvbgError, match="inside the input folder"):
+        check_output(tmp_path / "alias" / "x.h5", inputs=[tmp_path / "in"])
+    check_output(tmp_path / "x.h5", inputs=[tmp_path / "in"])            # beside the folder: fine
+    check_output(tmp_path / "in" / "x.h5", inputs=[tmp_path / "in.h5"])  # a file input holds nothing

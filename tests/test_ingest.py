@@ -332,7 +332,7 @@ def test_an_output_inside_the_release_is_refused_before_any_work_even_with_overw
     before = _snapshot(tmp_path)
     code, _, err = run_cli_captured(["ingest", "in9", str(rel.root.parent), "--out", str(out), "--overwrite",
                                      "-q"], capsys)
-    assert_one_line_error(code, err, "inside the release folder")
+    assert_one_line_error(code, err, "inside the input folder")
     assert _snapshot(tmp_path) == before and not out.with_name(f"{out.name}.partial").exists()
 
 

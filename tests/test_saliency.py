@@ -172,4 +172,4 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "--target", "both"], capsys)
     assert_one_line_error(code, err, "target must be one of true, pred")
     code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "--seed", "-1"], capsys)
-    assert_one_line_error(code, err, "seed must be a non-negative integer")
+    assert_one_line_error(code, err, "seed must be a non-negative integer|--seed")

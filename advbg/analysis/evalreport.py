@@ -253,7 +253,8 @@ def load_results(path: str | os.PathLike) -> dict:
 
 
 def scatter_points(files: Sequence[str | os.PathLike]) -> list[dict]:
-    """One point per (file, model): name, top-1 per variant, BG-Gap."""
+    """One point per model and distinct result: name, top-1 per variant, BG-Gap. A model found with the same numbers
+    in several files is one point; with different numbers, each point's name also carries its file's stem."""
     points = []
     for f in files:
         for m in load_results(f)["models"]:
@@ -263,7 +264,15 @@ def scatter_points(files: Sequence[str | os.PathLike]) -> list[dict]:
                                bg_gap=m.get("bg_gap"), rates=rates, gap=m.get("bg_gap_interval")))
     if not points:
         raise AdvbgError("the results files hold no models")
-    return points
+    seen: dict[tuple, dict] = {}
+    for p in points:
+        seen.setdefault((p["name"], p["tag"], json.dumps([p["top1"], p["bg_gap"]], sort_keys=True)), p)
+    unique = list(seen.values())
+    names = [p["name"] for p in unique]
+    for p in unique:
+        if names.count(p["name"]) > 1:
+            p["name"] = f"{p['name']} ({Path(p['file']).stem})"
+    return unique
 
 
 def _top1_rate(score: dict) -> Rate | None:
@@ -299,6 +308,9 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     fig, axes = subplots(rows, cols, figsize=(4.2 * cols, 3.8 * rows), squeeze=False)
+    # One colour and marker per model, named once in the figure's legend: labels beside points overlapped.
+    styles = {p["name"]: dict(color=pyplot().get_cmap("tab10").colors[i % 10], marker="os^Dv<>p"[i // 10 % 8])
+              for i, p in enumerate(points)}
     for ax, v in zip(axes.flat, panels + (["BG-Gap"] if with_gap else [])):
         for p in points:
             x, y = p["top1"].get("original"), (p["bg_gap"] if v == "BG-Gap" else p["top1"].get(v))
@@ -309,8 +321,9 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
                 yerr = np.array([[y - g["low"]], [g["high"] - y]]) if g else None
             else:
                 yerr = _err(p["rates"].get(v))
-            ax.errorbar([x], [y], xerr=_err(p["rates"].get("original")), yerr=yerr, fmt="o", ms=4, capsize=2, lw=0.8)
-            ax.annotate(p["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            st = styles[p["name"]]
+            ax.errorbar([x], [y], xerr=_err(p["rates"].get("original")), yerr=yerr, fmt=st["marker"],
+                        color=st["color"], ms=4, capsize=2, lw=0.8, label=p["name"])
         if v != "BG-Gap":
             ax.plot([0, 100], [0, 100], ls="--", lw=0.8, color="gray")
             ax.set_ylim(-2, 102)
@@ -322,7 +335,13 @@ def scatter_plot(files: Sequence[str | os.PathLike], out: str | os.PathLike, var
         ax.axis("off")
     fig.suptitle("Accuracy on original vs each variant (one point per model; error bars: 95% Clopper-Pearson, "
                  "BG-Gap: 95% paired bootstrap)", fontsize=9)
-    fig.tight_layout()
+    handles = {}
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(handles) + 2) // 3) / rows, 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=7,
+               frameon=False)
     return save_figure(fig, out)
 
 

@@ -45,6 +45,7 @@ from advbg.stats import format_interval
 from advbg.progress import progress as progress_bar
 
 TARGETS = ("true", "pred")
+MAX_RESAMPLES = 100_000   # the intervals stop changing long before; bounds the run time
 RULE = ("last module whose output is a 4-D (N,C,H,W) map with H*W > 1 and after which only pooled (1x1) or <= 2-D "
         "outputs follow; C = model.num_features for timm models")
 # Variants where the object is not in the image: the mask then marks where it was (share still defined).
@@ -180,8 +181,8 @@ class SaliencyConfig:
             raise AdvbgError(f"batch size must be at least 1 (got {self.batch_size})")
         if self.seed < 0:
             raise AdvbgError(f"seed must be a non-negative integer (got {self.seed})")
-        if self.resamples < 100:
-            raise AdvbgError(f"bootstrap resamples must be at least 100 (got {self.resamples})")
+        if not 100 <= self.resamples <= MAX_RESAMPLES:
+            raise AdvbgError(f"bootstrap resamples must be 100 to {MAX_RESAMPLES} (got {self.resamples})")
         if self.limit is not None and self.limit < 1:
             raise AdvbgError(f"limit must be at least 1 (got {self.limit})")
         if not self.variants:

@@ -9,8 +9,8 @@ import typer
 from advbg.cli import options as o
 from advbg.cli.app import DATA_IN, app
 from advbg.commands.data import run_extract, run_fetch, run_ingest, run_variants
-from advbg.data.extract import ExtractConfig
-from advbg.data.variants import VariantOptions
+from advbg.data.extract import MAX_ITERATIONS, MAX_SIDE, ExtractConfig
+from advbg.data.variants import MAX_BLUR_KERNEL, MAX_REDUCED_MARGIN, VariantOptions
 
 fetch_app = typer.Typer(help="Download a released dataset.", no_args_is_help=True)
 ingest_app = typer.Typer(help="Turn a released dataset into an advbg store.", no_args_is_help=True)
@@ -28,7 +28,8 @@ def fetch_in9(
     ] = None,
     sha256: Annotated[Optional[str], typer.Option(
         "--sha256", help="Expected SHA-256 of the archive (default: the pinned release checksum).")] = None,
-    timeout: Annotated[float, typer.Option(help="Network timeout per connect/read, seconds.")] = 15.0,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, max=3600, help="Network timeout per connect/read, seconds.")] = 15.0,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Download the released ImageNet-9 test data (4,050 images x 8 variants + masks), verify and unpack it."""
@@ -73,10 +74,11 @@ def extract(
     filter: Annotated[str, typer.Option(
         "--filter", help="reference (Xiao et al.: one box, box <= 90% of the image for backgrounds, >= 50% of the "
                          "box survives the crop) or sehwag (foreground 5%..70% of the image).")] = "reference",
-    resize: Annotated[int, typer.Option(help="Shorter side resized to this first (0: no resize).")] = 256,
-    crop: Annotated[int, typer.Option(help="Centre crop size (the store's image size).")] = 224,
-    iterations: Annotated[int, typer.Option(help="GrabCut iterations.")] = 5,
-    seed: Annotated[int, typer.Option(help="GrabCut RNG seed.")] = 0,
+    resize: Annotated[int, typer.Option(min=0, max=MAX_SIDE,
+                                        help="Shorter side resized to this first (0: no resize).")] = 256,
+    crop: Annotated[int, typer.Option(min=1, max=MAX_SIDE, help="Centre crop size (the store's image size).")] = 224,
+    iterations: Annotated[int, typer.Option(min=1, max=MAX_ITERATIONS, help="GrabCut iterations.")] = 5,
+    seed: Annotated[int, o.seed_option("GrabCut RNG seed.")] = 0,
     workers: o.WorkersOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run (its temporary store file).")] = False,
     overwrite: OverwriteOpt = False,
@@ -96,11 +98,13 @@ def variants(
         "--format", help="folder or h5 (default: h5 when --out ends in .h5, else folder).")] = None,
     names: Annotated[Optional[str], typer.Option(
         "--variants", help="Comma-separated variant names (default: all; see docs/data.md).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random choices (mixed_*, noise, textures, colours).")] = 0,
-    blur_kernel: Annotated[int, typer.Option(help="bg_blur: odd Gaussian kernel size, pixels.")] = 21,
+    seed: Annotated[int, o.seed_option("Seed of the random choices (mixed_*, noise, textures, colours).")] = 0,
+    blur_kernel: Annotated[int, typer.Option(min=1, max=MAX_BLUR_KERNEL,
+                                             help="bg_blur: odd Gaussian kernel size, pixels.")] = 21,
     recolor: Annotated[str, typer.Option(help="bg_recolor: hue or gray.")] = "hue",
-    hue_shift: Annotated[int, typer.Option(help="bg_recolor: hue rotation, degrees.")] = 90,
-    reduced_margin: Annotated[int, typer.Option(help="bg_reduced: pixels kept around the object box.")] = 16,
+    hue_shift: Annotated[int, typer.Option(min=-360, max=360, help="bg_recolor: hue rotation, degrees.")] = 90,
+    reduced_margin: Annotated[int, typer.Option(min=0, max=MAX_REDUCED_MARGIN,
+                                                help="bg_reduced: pixels kept around the object box.")] = 16,
     reduced_fill: Annotated[str, typer.Option(help="bg_reduced: black, gray or white outside.")] = "black",
     texture: Annotated[str, typer.Option(
         help="bg_texture: auto, store (unlabelled backgrounds) or procedural.")] = "auto",

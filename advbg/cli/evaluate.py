@@ -37,7 +37,7 @@ def eval_(
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
     batch_size: o.BatchOpt = 64,
-    seed: Annotated[int, typer.Option(help="Seed of the generated variants' random choices.")] = 0,
+    seed: Annotated[int, o.seed_option("Seed of the generated variants' random choices.")] = 0,
     source: Annotated[str, typer.Option(
         help="auto: stored pixels from /evalsets/<variant> (e.g. the released IN-9 sets from `advbg ingest`) "
              "when present, else generated from the foregrounds; evalset: stored only; generate: always "

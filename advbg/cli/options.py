@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.commands.common import DEMO_STORE
+from advbg.errors import SEED_MAX, usable_cores
 from advbg.models.loading import ModelSpec
 
 DEFAULT_STORE = DEMO_STORE   # shipped inside the package: a wheel install runs `advbg search` with no options
@@ -27,12 +28,21 @@ NormOpt = Annotated[Optional[str], typer.Option(
                    "checkpoint's buffers or IN-9's for 9-class ones), imagenet, in9, 'MEAN,STD' or six numbers.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available).")]
 # Names follow timm's validate.py where it has one (--model/-m, --batch-size/-b, --workers/-j, --results-file, --amp).
-BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch (forward pass or training step).")]
+BATCH_MAX = 65536      # a larger batch of even 32x32 images is beyond any device's memory
+MOST_WORKERS = 4 * usable_cores()   # more processes than this only thrash
+BatchOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, max=BATCH_MAX,
+                                       help="Images per batch (forward pass or training step).")]
 AutoBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", "-b", help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free memory, "
-                               "up to 1024; halved automatically on out-of-memory).")]
+    "--batch-size", "-b", min=1, max=BATCH_MAX,
+    help="Composites per forward pass (default: 64 on CPU; on CUDA sized to the free memory, up to 1024; halved "
+         "automatically on out-of-memory).")]
 WorkersOpt = Annotated[Optional[int], typer.Option(
-    "--workers", "-j", help="Worker processes (default: all cores for extract, none for finetune's data loading).")]
+    "--workers", "-j", min=1, max=MOST_WORKERS,
+    help="Worker processes (default: the usable cores; at most 4 per usable core).")]
+LoaderWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", "-j", min=0, max=MOST_WORKERS,
+    help="Data-loading worker processes (default: none, loading in the training process; at most 4 per usable "
+         "core).")]
 AmpOpt = Annotated[str, typer.Option(help="Precision of the forward passes: auto (bf16 on CUDA, fp32 on CPU), off "
                                           "(fp32), bf16 or fp16.")]
 CriterionOpt = Annotated[str, typer.Option(
@@ -40,6 +50,11 @@ CriterionOpt = Annotated[str, typer.Option(
                               "bg-class: prediction == the background's class (the paper's).")]
 ResultsFileOpt = Annotated[Optional[Path], typer.Option("--results-file", help="Write a JSON summary here.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def seed_option(help: str, *decls: str) -> typer.models.OptionInfo:
+    """A seed option: every generator advbg seeds takes 0 .. SEED_MAX."""
+    return typer.Option(*decls, min=0, max=SEED_MAX, help=help)
 
 
 def model_spec(model: str, arch: str | None, weights: Path | None, label_map: str, norm: str | None,

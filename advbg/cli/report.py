@@ -24,11 +24,13 @@ def report(
         "--eval", metavar="FILE.json", help="JSON written by `advbg eval --results-file` (repeatable): adds the accuracy table, BG-Gap "
                        "and plot.")] = None,
     gallery_worst: Annotated[int, typer.Option(
-        help="Gallery rows with images: this many lowest margins ...")] = _CAP.worst,
+        min=0, max=100_000, help="Gallery rows with images: this many lowest margins ...")] = _CAP.worst,
     gallery_fooled: Annotated[int, typer.Option(
-        help="... plus fooled foregrounds up to this many more (every foreground still gets a text row).")] = _CAP.fooled,
-    thumb: Annotated[int, typer.Option(help="Longest side of an embedded thumbnail, pixels.")] = _CAP.thumb,
-    page_rows: Annotated[int, typer.Option(help="Gallery rows shown per page (the rest are not laid out).")] = (
+        min=0, max=100_000, help="... plus fooled foregrounds up to this many more (every foreground still gets a text row).")] = _CAP.fooled,
+    thumb: Annotated[int, typer.Option(
+        min=16, max=1024, help="Longest side of an embedded thumbnail, pixels.")] = _CAP.thumb,
+    page_rows: Annotated[int, typer.Option(
+        min=1, max=100_000, help="Gallery rows shown per page (the rest are not laid out).")] = (
         _CAP.page_rows),
     no_verify: Annotated[bool, typer.Option(
         "--no-verify", help="Do not check every item's checksum (the page then says 'not verified').")] = False,

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from advbg.analysis.saliency import MAX_RESAMPLES
 from advbg.cli import options as o
 from advbg.cli.app import ANALYSE, app
 from advbg.commands.saliency import run_saliency
@@ -27,13 +28,13 @@ def saliency(
     weights: o.WeightsOpt = None,
     norm: o.NormOpt = None,
     device: o.DeviceOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per Grad-CAM pass.")] = 16,
-    seed: Annotated[int, typer.Option(
-        help="Seed of the generated variants' random choices and of the bootstrap.")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=o.BATCH_MAX,
+                                            help="Images per Grad-CAM pass.")] = 16,
+    seed: Annotated[int, o.seed_option("Seed of the generated variants' random choices and of the bootstrap.")] = 0,
     resamples: Annotated[int, typer.Option(
-        "--resamples", help="Bootstrap resamples for the 95% intervals (at least 100).")] = 2000,
+        "--resamples", min=100, max=MAX_RESAMPLES, help="Bootstrap resamples for the 95% intervals.")] = 2000,
     limit: Annotated[Optional[int], typer.Option(
-        "--limit", help="Use only the first N foregrounds of the store.")] = None,
+        "--limit", min=1, max=10**9, help="Use only the first N foregrounds of the store.")] = None,
     results_file: Annotated[Optional[Path], typer.Option(
         "--results-file", help="Write results here: JSON (summaries and every image) or CSV (a row per "
                                "variant and image).")] = None,
@@ -42,7 +43,7 @@ def saliency(
     grid: Annotated[Optional[Path], typer.Option(
         "--grid", help="PNG grid of Grad-CAM overlays, a row per image and a column per variant (default: "
                        "beside --results-file; '-' for none).")] = None,
-    grid_rows: Annotated[int, typer.Option("--grid-rows", help="Images (rows) in the PNG grid.")] = 8,
+    grid_rows: Annotated[int, typer.Option("--grid-rows", min=1, max=1000, help="Images (rows) in the PNG grid.")] = 8,
     maps: Annotated[Optional[Path], typer.Option(
         "--maps", help="Write every map to this .npz (float16 (n, H, W) per variant, and <variant>_fg_index).")
     ] = None,

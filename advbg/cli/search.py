@@ -22,7 +22,8 @@ def search(
         "--early-exit", help="Stop each foreground at its first fooling background (fooling rate only; "
                              "the worst background is then the worst seen up to that point).")] = False,
     batch_size: o.AutoBatchOpt = None,
-    fg_block: Annotated[int, typer.Option(help="Foregrounds per committed unit (the most a crash can lose).")] = 32,
+    fg_block: Annotated[int, typer.Option(
+        min=1, max=10**6, help="Foregrounds per committed unit (the most a crash can lose).")] = 32,
     amp: o.AmpOpt = "auto",
     label_map: o.LabelMapOpt = "auto",
     arch: o.ArchOpt = None,
@@ -42,19 +43,23 @@ def search(
     cuda_graphs: Annotated[bool, typer.Option(
         "--cuda-graphs", help="With --compile on CUDA: replay CUDA graphs (less launch overhead).")] = False,
     memory_gb: Annotated[Optional[float], typer.Option(
-        "--memory-gb", help="Device memory the search may use (CPU: host memory); default 90% of free GPU memory, "
-                            "2 GB on CPU. Backgrounds beyond half of it are streamed in blocks.")] = None,
+        "--memory-gb", min=0.01, max=10**6,
+        help="Device memory the search may use (CPU: host memory); default 90% of free GPU memory, "
+             "2 GB on CPU. Backgrounds beyond half of it are streamed in blocks.")] = None,
     verify_close: Annotated[float, typer.Option(
-        "--verify-close", metavar="TOL", help="Recompute in fp32 every decision within TOL of flipping (logit "
-                                              "margin), so bf16/fp16 fooling rates match fp32. 0 = off.")] = 0.0,
+        "--verify-close", metavar="TOL", min=0, max=1000,
+        help="Recompute in fp32 every decision within TOL of flipping (logit "
+             "margin), so bf16/fp16 fooling rates match fp32. 0 = off.")] = 0.0,
     journal_dir: Annotated[Optional[Path], typer.Option(
         help="Folder for the resume journal (default: beside the store; under torchrun on several nodes it must "
              "be on storage every node sees).")] = None,
     prune: Annotated[Optional[int], typer.Option(
-        "--prune", metavar="K", help="Try each foreground on only K candidate backgrounds chosen with the model's "
-                                     "embeddings (run `advbg index` first); reports the composites skipped.")] = None,
+        "--prune", metavar="K", min=1, max=10**9,
+        help="Try each foreground on only K candidate backgrounds chosen with the model's "
+             "embeddings (run `advbg index` first); reports the composites skipped.")] = None,
     prune_ratio: Annotated[Optional[float], typer.Option(
-        "--prune-ratio", metavar="R", help="Like --prune with K = R x the number of backgrounds (0 < R <= 1).")] = None,
+        "--prune-ratio", metavar="R", min=0, max=1,
+        help="Like --prune with K = R x the number of backgrounds (0 < R <= 1).")] = None,
     prune_rule: Annotated[str, typer.Option(
         "--prune-rule", help="How candidates are chosen: mix (foreground and background class scores mixed by "
                              "object area), score (background class scores alone), neighbours (mix, then FAISS "

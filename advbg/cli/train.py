@@ -9,9 +9,11 @@ import typer
 from advbg.cli import options as o
 from advbg.cli.app import DATA_IN, TRAIN, app
 from advbg.commands.train import run_export, run_finetune, run_synth
-from advbg.data.synth import SynthConfig
+from advbg.data.synth import MAX_PER_CLASS, MAX_SIZE, MIN_SIZE, SynthConfig
 from advbg.train.export import ExportConfig
-from advbg.train.finetune import FinetuneConfig
+from advbg.train.finetune import MAX_EPOCHS, MAX_LR, MAX_PROBE, MAX_STEPS, FinetuneConfig
+
+MAX_ITEMS = 10**9   # --top / --per-class: more than any store holds
 
 
 @app.command(rich_help_panel=TRAIN)
@@ -23,8 +25,9 @@ def export(
     fmt: Annotated[str, typer.Option("--format", help="folder (ImageFolder PNGs, lossless) or h5 (one advbg "
                                                       "store: backgrounds + composites with masks).")] = "folder",
     what: Annotated[str, typer.Option(help="backgrounds, composites or both.")] = "both",
-    top: Annotated[Optional[int], typer.Option(help="Keep the first N of each kind.")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="Keep the first N of each class and kind.")] = None,
+    top: Annotated[Optional[int], typer.Option(min=1, max=MAX_ITEMS, help="Keep the first N of each kind.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(
+        min=1, max=MAX_ITEMS, help="Keep the first N of each class and kind.")] = None,
     rank: Annotated[str, typer.Option(
         help="Background ranking: fooled (foregrounds fooled under the search's criterion) or asr (share of "
              "other-class foregrounds predicted as the background's class).")] = "fooled",
@@ -45,22 +48,27 @@ def finetune(
     store: o.StoreOpt = o.DEFAULT_STORE,
     policy: Annotated[str, typer.Option(help="original, mixed-rand (random backgrounds) or adversarial "
                                              "(backgrounds drawn by fooling power for the current model).")] = "mixed-rand",
-    ratio: Annotated[float, typer.Option(help="Share of samples composited onto a drawn background.")] = 1.0,
-    epochs: Annotated[int, typer.Option("--epochs", "-e")] = 5,
+    ratio: Annotated[float, typer.Option(min=0, max=1,
+                                         help="Share of samples composited onto a drawn background.")] = 1.0,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1, max=MAX_EPOCHS, help="Passes over the store.")] = 5,
     batch_size: o.BatchOpt = 64,
     optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9, Nesterov).")] = "adamw",
-    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule per step).")] = 1e-3,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms and biases).")] = 0.05,
-    warmup_steps: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation and of every background draw.")] = 0,
-    refresh_every: Annotated[int, typer.Option(help="adversarial: steps between fooling-power refreshes.")] = 50,
-    probe_per_class: Annotated[int, typer.Option(help="adversarial: probe foregrounds per class per refresh.")] = 2,
+    lr: Annotated[float, typer.Option(min=0, max=MAX_LR,
+                                      help="Peak learning rate, > 0 (cosine schedule per step).")] = 1e-3,
+    weight_decay: Annotated[float, typer.Option(min=0, max=MAX_LR,
+                                                help="Weight decay (not on norms and biases).")] = 0.05,
+    warmup_steps: Annotated[int, typer.Option(min=0, max=MAX_STEPS, help="Linear warm-up steps.")] = 0,
+    seed: Annotated[int, o.seed_option("Seed of the initialisation and of every background draw.")] = 0,
+    refresh_every: Annotated[int, typer.Option(
+        min=1, max=MAX_STEPS, help="adversarial: steps between fooling-power refreshes.")] = 50,
+    probe_per_class: Annotated[int, typer.Option(
+        min=1, max=MAX_PROBE, help="adversarial: probe foregrounds per class per refresh.")] = 2,
     backgrounds: Annotated[Optional[Path], typer.Option(
         help="Draw backgrounds from this store instead (e.g. the export.h5 of `advbg export --format h5`).")] = None,
     pretrained: Annotated[bool, typer.Option(
         "--pretrained/--no-pretrained", help="timm names: start from pretrained weights (offline cache) or random.")] = True,
     amp: o.AmpOpt = "auto",
-    workers: o.WorkersOpt = None,
+    workers: o.LoaderWorkersOpt = None,
     device: o.DeviceOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing checkpoint.")] = False,
     quiet: o.QuietOpt = False,
@@ -76,13 +84,13 @@ def finetune(
 @app.command(rich_help_panel=DATA_IN)
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Store file to write (.h5).")],
-    classes: Annotated[int, typer.Option(help="Number of shape classes (2..9: circle, square, triangle, cross, "
-                                              "ring, diamond, star, hexagon, crescent).")] = 6,
-    per_class: Annotated[int, typer.Option(help="Photos per class.")] = 100,
-    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    classes: Annotated[int, typer.Option(min=2, max=9, help="Number of shape classes (circle, square, triangle, "
+                                                            "cross, ring, diamond, star, hexagon, crescent).")] = 6,
+    per_class: Annotated[int, typer.Option(min=1, max=MAX_PER_CLASS, help="Photos per class.")] = 100,
+    size: Annotated[int, typer.Option(min=MIN_SIZE, max=MAX_SIZE, help="Image side in pixels.")] = 32,
     correlation: Annotated[float, typer.Option(
-        help="Background-class correlation strength in [0, 1]: P(own class style) before a uniform draw.")] = 0.9,
-    seed: Annotated[int, typer.Option(help="Seed (use different seeds for train and test stores).")] = 0,
+        min=0, max=1, help="Background-class correlation strength: P(own class style) before a uniform draw.")] = 0.9,
+    seed: Annotated[int, o.seed_option("Seed (use different seeds for train and test stores).")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")] = False,
 ) -> None:
     """Write a synthetic store: shapes with exact masks on class-correlated backgrounds."""

@@ -8,7 +8,7 @@ import typer
 
 from advbg.cli import options as o
 from advbg.cli.app import ANALYSE, app
-from advbg.commands.universal import run_universal
+from advbg.commands.universal import MAX_GREEDY, MAX_TOP, run_universal
 
 
 @app.command(rich_help_panel=ANALYSE)
@@ -17,9 +17,10 @@ def universal(
     model: o.ModelOpt = "advbg/lite0",
     klass: Annotated[str, typer.Option(
         "--class", help="A class name (or index, or IN-9 folder name), or 'all' for the per-class table.")] = "all",
-    top: Annotated[int, typer.Option("--top", help="How many top-ASR backgrounds to list per class.")] = 5,
+    top: Annotated[int, typer.Option(
+        "--top", min=0, max=MAX_TOP, help="How many top-ASR backgrounds to list per class.")] = 5,
     greedy: Annotated[int, typer.Option(
-        "--greedy", help="Greedy set cover: pick up to K backgrounds that together fool the most foregrounds "
+        "--greedy", min=0, max=MAX_GREEDY, help="Greedy set cover: pick up to K backgrounds that together fool the most foregrounds "
                          "(0: off).")] = 5,
     criterion: o.CriterionOpt = "bg-class",
     label_map: o.LabelMapOpt = "auto",

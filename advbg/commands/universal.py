@@ -14,13 +14,16 @@ from advbg.analysis.universal import (
     headline,
 )
 from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
-from advbg.data.labels import class_index
+from advbg.data.labels import class_index, class_slug
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, check_output, write_json
 from advbg.models.classifier import Classifier
 from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.criteria import CRITERIA
+
+
+MAX_TOP, MAX_GREEDY = 100, 10_000   # a table column per top background; greedy picks are cheap
 
 
 def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,
@@ -35,8 +38,8 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
 
     if criterion not in CRITERIA:
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
-    if top < 0 or greedy < 0:
-        raise AdvbgError(f"--top and --greedy must be >= 0 (got {top}, {greedy})")
+    if not (0 <= top <= MAX_TOP and 0 <= greedy <= MAX_GREEDY):
+        raise AdvbgError(f"--top must be 0 to {MAX_TOP} and --greedy 0 to {MAX_GREEDY} (got {top}, {greedy})")
     inputs = store_inputs(store) + model_inputs(model)
     check_output(results_file, (".json", ".csv"), inputs=inputs)
     check_output(top_png, (".png",), inputs=inputs + [results_file])
@@ -45,7 +48,7 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
     # is also where `advbg search` left the outcome matrix to reuse.
 
     store = working_store(store, echo)
-    stem = Path(store).with_name(f"{Path(store).stem}.universal.{klass.strip().lower()}.{criterion}")
+    stem = Path(store).with_name(f"{Path(store).stem}.universal.{class_slug(klass)}.{criterion}")
     top_png = Path(top_png) if top_png else Path(f"{stem}.top.png")        # defaults checked before any work too
     hist_png = Path(hist_png) if hist_png else Path(f"{stem}.hist.png")
     check_output(top_png, (".png",), inputs=inputs + [results_file])
@@ -78,7 +81,7 @@ def _write_outputs(result: UniversalResult, store: Path, klass: str, results_fil
         else:
             write_json(results_file, result.summary())
         echo(f"results: {results_file}")
-    stem = Path(store).with_name(f"{Path(store).stem}.universal.{klass.strip().lower()}.{result.criterion}")
+    stem = Path(store).with_name(f"{Path(store).stem}.universal.{class_slug(klass)}.{result.criterion}")
     with Store(store) as s:
         for given, suffix, draw, what in ((top_png, "top.png", top_backgrounds_png, "top backgrounds"),
                                           (hist_png, "hist.png", asr_histogram_png, "ASR histogram")):

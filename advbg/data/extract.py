@@ -36,7 +36,7 @@ from advbg.data import segment
 from advbg.data.imageio import DEFAULT_MAX_PIXELS, read_image
 from advbg.data.labels import IN9_CLASSES, class_index, imagenet_to_in9
 from advbg.data.writer import StoreWriter
-from advbg.errors import AdvbgError
+from advbg.errors import SEED_MAX, AdvbgError, check_workers, usable_cores
 from advbg.files import check_output
 from advbg.progress import progress as progress_bar
 
@@ -70,6 +70,10 @@ REASONS = {
 }
 
 
+MAX_SIDE = 4096             # pixels of --resize / --crop: a store of such images is already 48 MiB per item
+MAX_ITERATIONS = 100        # GrabCut converges in a few; the reference uses 5
+
+
 @dataclass(frozen=True)
 class ExtractConfig:
     """How photos become foregrounds/backgrounds; stored with the store, checked again on --resume."""
@@ -88,8 +92,15 @@ class ExtractConfig:
     def validate(self) -> "ExtractConfig":
         if self.filter not in FILTERS:
             raise AdvbgError(f"--filter must be one of {', '.join(FILTERS)}, got {self.filter!r}")
-        if self.crop <= 0:
-            raise AdvbgError(f"--crop must be > 0 (a store holds images of one size), got {self.crop}")
+        if not 1 <= self.crop <= MAX_SIDE:
+            raise AdvbgError(f"--crop must be between 1 and {MAX_SIDE} (a store holds images of one size), "
+                             f"got {self.crop}")
+        if not 0 <= self.resize <= MAX_SIDE:
+            raise AdvbgError(f"--resize must be between 0 (no resize) and {MAX_SIDE}, got {self.resize}")
+        if not 1 <= self.iterations <= MAX_ITERATIONS:
+            raise AdvbgError(f"--iterations must be between 1 and {MAX_ITERATIONS}, got {self.iterations}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise AdvbgError(f"--seed must be between 0 and {SEED_MAX}, got {self.seed}")
         if self.resize and self.resize < self.crop:
             raise AdvbgError(f"--resize {self.resize} is smaller than --crop {self.crop}")
         lo, hi = self.fg_fraction_range
@@ -653,11 +664,8 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
     skipping every photo it already finished.
     """
     cfg = (config or ExtractConfig()).validate()
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    most = 4 * (os.cpu_count() or 1)  # more processes than this only thrash (GrabCut is CPU-bound)
-    if not 1 <= workers <= most:
-        raise AdvbgError(f"--workers must be between 1 and {most} on this machine, got {workers}")
-    check_output(out, inputs=[p for p in (images, boxes, masks) if p is not None])
+    workers = check_workers(workers, default=usable_cores())   # GrabCut is CPU-bound
+    check_output(out, (".h5",), inputs=[p for p in (images, boxes, masks) if p is not None])
     jobs, names, missing, unmatched = build_jobs(images, boxes, classes, masks)
     if boxes is None and not names:
         raise AdvbgError(f"with --masks and no --boxes the labels are the images' class folders, but every image "

@@ -1,6 +1,8 @@
 """Label spaces: the nine ImageNet-9 classes and the reference ImageNet-1k -> IN-9 map."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from advbg.errors import AdvbgError
@@ -44,6 +46,12 @@ def imagenet_to_in9() -> np.ndarray:
     for k, name in enumerate(IN9_CLASSES):
         table[IN9_IMAGENET_INDICES[name]] = k
     return table
+
+
+def class_slug(name: str) -> str:
+    """A class name as a file or folder name: lower case, each run of characters other than letters and digits
+    one '_' ("wheeled vehicle" -> "wheeled_vehicle"); never empty, never a path."""
+    return re.sub(r"[^0-9a-z]+", "_", name.strip().lower()).strip("_") or "class"
 
 
 def class_index(name_or_index: str | int, class_names: tuple[str, ...] | list[str]) -> int:

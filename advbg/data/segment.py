@@ -107,7 +107,7 @@ def grabcut_mask(image: np.ndarray, box: Sequence[int], iterations: int = 5, ret
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     box_area = (x1 - x0) * (y1 - y0)
     for attempt in range(retries + 1):
-        cv2.setRNGSeed(int(seed) + attempt)
+        cv2.setRNGSeed((int(seed) + attempt) % 2**31)   # cv2 takes a 32-bit int
         gc = np.zeros((h, w), np.uint8)
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         try:

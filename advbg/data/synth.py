@@ -29,13 +29,16 @@ import numpy as np
 from advbg.data.composite import composite
 from advbg.data.segment import only_bg_t
 from advbg.data.writer import StoreWriter
-from advbg.errors import AdvbgError
+from advbg.errors import SEED_MAX, AdvbgError
 from advbg.files import check_output
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "hexagon",
                            "crescent")
 TEXTURES: tuple[str, ...] = ("stripes", "checker", "dots", "noise", "waves", "grid")
 _SS = 4  # supersampling factor of the shape raster
+
+
+MAX_PER_CLASS, MIN_SIZE, MAX_SIZE = 100_000, 16, 1024
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,12 @@ class SynthConfig:
     def validate(self) -> "SynthConfig":
         if not 2 <= self.n_classes <= len(SHAPES):
             raise AdvbgError(f"classes must be 2..{len(SHAPES)} ({', '.join(SHAPES)}), got {self.n_classes}")
-        if not 1 <= self.n_per_class <= 100_000:
-            raise AdvbgError(f"per-class count must be 1..100000, got {self.n_per_class}")
-        if self.image_size > 1024:
-            raise AdvbgError(f"image size must be at most 1024 pixels, got {self.image_size}")
-        if self.image_size < 16:
-            raise AdvbgError(f"image size must be at least 16 pixels, got {self.image_size}")
-        if self.seed < 0:
-            raise AdvbgError(f"seed must be a non-negative integer, got {self.seed}")
+        if not 1 <= self.n_per_class <= MAX_PER_CLASS:
+            raise AdvbgError(f"per-class count must be 1..{MAX_PER_CLASS}, got {self.n_per_class}")
+        if not MIN_SIZE <= self.image_size <= MAX_SIZE:
+            raise AdvbgError(f"image size must be {MIN_SIZE}..{MAX_SIZE} pixels, got {self.image_size}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise AdvbgError(f"seed must be 0..{SEED_MAX}, got {self.seed}")
         if not 0.0 <= self.correlation <= 1.0:
             raise AdvbgError(f"correlation must be in [0, 1], got {self.correlation}")
         lo, hi = self.scale
@@ -218,7 +219,7 @@ def make_synthetic(path: str | os.PathLike, config: SynthConfig = SynthConfig(),
     seeded with ``config.seed`` draws everything, so a seed always gives the same bytes of pixels.
     """
     config.validate()
-    check_output(path)
+    check_output(path, (".h5", ".hdf5"))
     rng = np.random.default_rng(config.seed)
     size = (config.image_size, config.image_size)
     styles = []

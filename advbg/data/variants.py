@@ -37,7 +37,7 @@ from advbg.data.composite import composite
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
 from advbg.data.store import Store
 from advbg.data.writer import DISK_HEADROOM
-from advbg.errors import AdvbgError
+from advbg.errors import SEED_MAX, AdvbgError
 from advbg.files import atomic_output, check_output, partial_path
 from advbg.progress import progress as progress_bar
 
@@ -48,6 +48,7 @@ _PNG = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 EVALSETS_SCHEMA = 1
 # Far wider than any store image (a wider Gaussian only flattens the background more slowly); bounds the run time.
 MAX_BLUR_KERNEL = 1001
+MAX_REDUCED_MARGIN = 4096
 
 
 # --------------------------------------------------------------------------------------------- types
@@ -68,8 +69,10 @@ class VariantOptions:
                              f"got {self.blur_kernel}")
         if self.recolor not in ("hue", "gray"):
             raise AdvbgError(f"recolor must be 'hue' or 'gray', got {self.recolor!r}")
-        if self.reduced_margin < 0:
-            raise AdvbgError(f"reduced margin must be >= 0 pixels, got {self.reduced_margin}")
+        if not 0 <= self.reduced_margin <= MAX_REDUCED_MARGIN:
+            raise AdvbgError(f"reduced margin must be 0 to {MAX_REDUCED_MARGIN} pixels, got {self.reduced_margin}")
+        if not -360 <= self.hue_shift <= 360:
+            raise AdvbgError(f"hue shift must be -360 to 360 degrees, got {self.hue_shift}")
         if self.reduced_fill not in _FILLS:
             raise AdvbgError(f"reduced fill must be one of {', '.join(_FILLS)}, got {self.reduced_fill!r}")
         if self.texture not in ("auto", "store", "procedural"):
@@ -599,9 +602,9 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
     options = (options or VariantOptions()).validate()
     if not names:
         raise AdvbgError("no variants named")
-    if seed < 0:
-        raise AdvbgError(f"--seed must be >= 0, got {seed}")
-    check_output(out, inputs=[store_path], folder=fmt == "folder")
+    if not 0 <= seed <= SEED_MAX:
+        raise AdvbgError(f"--seed must be between 0 and {SEED_MAX}, got {seed}")
+    check_output(out, (".h5", ".hdf5") if fmt == "h5" else (), inputs=[store_path], folder=fmt == "folder")
     if out.exists() and not overwrite:
         raise AdvbgError(f"{out} already exists; pass --overwrite to replace it")
     counts: dict[str, int] = {}

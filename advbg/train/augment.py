@@ -46,7 +46,7 @@ class Policy:
         if self.name not in POLICIES:
             raise AdvbgError(f"unknown policy {self.name!r}; use one of: {', '.join(POLICIES)}")
         if not 0.0 <= self.ratio <= 1.0:
-            raise AdvbgError(f"policy ratio must be in [0, 1], got {self.ratio}")
+            raise AdvbgError(f"--ratio (policy ratio) must be in [0, 1], got {self.ratio}")
         if not 0.0 <= self.floor <= 1.0:
             raise AdvbgError(f"adversarial floor must be in [0, 1], got {self.floor}")
         return self

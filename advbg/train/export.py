@@ -8,7 +8,8 @@ Output folder ``DIR`` (built as a hidden temporary sibling and renamed when comp
     manifest.csv, manifest.json                                     composites with their foreground masks
                                                         manifest.csv, manifest.json
 
-PNGs are lossless (they decode to the exact stored / composited pixels). ImageFolder classes: the background's
+PNGs are lossless (they decode to the exact stored / composited pixels). ImageFolder classes, ``NN_<class slug>``
+(``02_wheeled_vehicle``: no spaces; sorted order is label order): the background's
 class for backgrounds (``none`` for unlabelled ones), the foreground's true class for composites. The manifest
 has one row per item (fg/bg ids, labels, source ids, predicted class, margin, fooling counts, ASR, model
 identity, criterion); ``manifest.json`` adds the run's metadata.
@@ -32,8 +33,8 @@ import cv2
 import numpy as np
 
 from advbg.data.composite import composite
+from advbg.data.labels import class_slug
 from advbg.data.store import Store
-from advbg.data.variants import class_folders
 from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
@@ -138,9 +139,8 @@ def rank_composites(result, config: ExportConfig) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- export
 def class_folder(label: int, class_names) -> str:
-    """``NN_name`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
-
-    return class_folders(class_names)[label] if 0 <= label < len(class_names) else "none"
+    """``NN_<class slug>`` (sorted order = label order), ``none`` for label -1; a class name never becomes a path."""
+    return f"{label:02d}_{class_slug(class_names[label])}" if 0 <= label < len(class_names) else "none"
 
 
 def _name(label: int, class_names) -> str:
@@ -194,9 +194,12 @@ def _composite(store: Store, f: int, b: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _png(path: Path, rgb: np.ndarray) -> None:
+    # Encoded in memory and written by Python: a full disk is then an OSError with its errno, not a libpng line.
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-        raise AdvbgError(f"could not write {path}")
+    ok, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise AdvbgError(f"could not encode {path.name} as PNG")
+    path.write_bytes(png.tobytes())
 
 
 def _write_folder(tmp: Path, store: Store, rows: list[dict]) -> None:

@@ -2,7 +2,9 @@
 search -> export -> finetune -> search again.
 
 The model comes from ``load_classifier`` (a timm name, ``advbg/lite0`` or an advbg checkpoint). Its head is
-replaced by a fresh one with one output per store class unless it already has exactly that many outputs.
+replaced by a fresh one with one output per store class unless it already has exactly that many outputs (said on
+stderr, with the reason); a 1000-way ImageNet head on a store of IN-9 classes seeds the new head through the in9
+label map, so training starts from the model's own IN-9 predictions instead of chance.
 Training runs at the store's image size, with the model's own normalisation inside, on batches from
 ``advbg.train.augment`` (``PairSampler`` + ``CompositeDataset``). AdamW or SGD (momentum 0.9, Nesterov), cosine
 learning-rate schedule per step after an optional linear warm-up, AMP on CUDA (bf16 by default).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,8 +32,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from advbg._version import __version__
+from advbg.data.labels import IN9_IMAGENET_INDICES
 from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.errors import SEED_MAX, AdvbgError, check_workers
 from advbg.files import atomic_output, check_output, now, sha256_file, write_json
 from advbg.models.classifier import Classifier
 from advbg.models.loading import load_classifier, resolve_device
@@ -49,7 +53,11 @@ from advbg.train.augment import (
 OPTIMIZERS = ("adamw", "sgd")
 
 
-@dataclass(frozen=True)
+MAX_EPOCHS, MAX_BATCH, MAX_STEPS, MAX_PROBE = 10_000, 65_536, 10**9, 10_000
+MAX_LR = 10.0           # also the most weight decay: beyond it any training diverges
+
+
+@dataclass
 class FinetuneConfig:
     """The training recipe. Saved with the checkpoint."""
 
@@ -71,18 +79,21 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         Policy(self.policy, self.ratio, self.floor).validate()
-        checks = ((self.epochs >= 1, "epochs must be at least 1"), (self.batch_size >= 1, "batch size must be >= 1"),
+        checks = ((1 <= self.epochs <= MAX_EPOCHS, f"--epochs must be 1 to {MAX_EPOCHS}"),
+                  (1 <= self.batch_size <= MAX_BATCH, f"--batch-size must be 1 to {MAX_BATCH}"),
                   (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-                  (self.lr > 0, "learning rate must be positive"), (self.weight_decay >= 0, "weight decay must be >= 0"),
-                  (self.warmup_steps >= 0, "warm-up steps must be >= 0"),
+                  (0 < self.lr <= MAX_LR, f"--lr must be > 0 and <= {MAX_LR}"),
+                  (0 <= self.weight_decay <= MAX_LR, f"--weight-decay must be 0 to {MAX_LR}"),
+                  (0 <= self.warmup_steps <= MAX_STEPS, f"--warmup-steps must be 0 to {MAX_STEPS}"),
+                  (0 <= self.seed <= SEED_MAX, f"--seed must be 0 to {SEED_MAX}"),
                   (self.amp in AMPS, f"amp must be one of {', '.join(AMPS)}"),
-                  (self.num_workers >= 0, "num_workers must be >= 0"),
-                  (self.refresh_every >= 1, "refresh_every must be at least 1"),
-                  (self.probe_per_class >= 1, "probe_per_class must be at least 1"))
+                  (1 <= self.refresh_every <= MAX_STEPS, f"--refresh-every must be 1 to {MAX_STEPS}"),
+                  (1 <= self.probe_per_class <= MAX_PROBE, f"--probe-per-class must be 1 to {MAX_PROBE}"))
         bad = [message for ok, message in checks if not ok]
         if bad:
             raise AdvbgError(f"{'; '.join(bad)} (epochs={self.epochs}, batch_size={self.batch_size}, "
                              f"optimizer={self.optimizer!r}, lr={self.lr}, amp={self.amp!r})")
+        check_workers(self.num_workers, default=0, least=0)
         return self
 
 
@@ -115,16 +126,27 @@ def checkpoint_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def _build(model: str, class_names: tuple[str, ...], pretrained: bool, device: torch.device,
-           echo: Callable[[str], None]) -> tuple[nn.Module, dict]:
+           echo: Callable[[str], None], warn: Callable[[str], None] = _stderr) -> tuple[nn.Module, dict]:
     clf = load_classifier(model, label_map="identity", pretrained=pretrained, device="cpu")
     net, cfg = clf.model, clf.config
     if cfg.num_outputs != len(class_names):
         if not hasattr(net, "reset_classifier"):
             raise AdvbgError(f"{model} has {cfg.num_outputs} outputs and no reset_classifier(); the store has "
                              f"{len(class_names)} classes")
+        old = _head_rows(net)
         net.reset_classifier(len(class_names))
-        echo(f"{cfg.architecture}: new {len(class_names)}-way head (the model had {cfg.num_outputs} outputs)")
+        why = (f"{cfg.architecture}: new {len(class_names)}-way head, because the model has {cfg.num_outputs} "
+               f"outputs and the store {len(class_names)} classes")
+        if _init_from_imagenet_head(net, old, class_names):
+            warn(f"note: {why}; each class's row starts as the mean of its ImageNet rows (the in9 label map)")
+        else:
+            warn(f"note: {why}; the head starts from random weights, so the first epochs' train accuracy is "
+                 f"near chance: train for several epochs (--epochs)")
     elif tuple(c.lower() for c in cfg.class_names) != tuple(c.lower() for c in class_names):
         echo(f"note: keeping the model's {cfg.num_outputs}-way head, whose outputs were {', '.join(cfg.class_names)}; "
              f"they are trained as the store's {', '.join(class_names)}")
@@ -133,6 +155,32 @@ def _build(model: str, class_names: tuple[str, ...], pretrained: bool, device: t
     info = dict(architecture=cfg.architecture, mean=list(cfg.mean), std=list(cfg.std),
                 start=dict(name=cfg.name, tag=cfg.tag, weights_sha256=cfg.weights_sha256))
     return Normalised(net, cfg.mean, cfg.std).to(device).to(memory_format=torch.channels_last), info
+
+
+def _head_rows(net: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of the model's linear head, copied, or None when it has no plain linear head."""
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if not isinstance(head, nn.Linear):
+        return None
+    return head.weight.detach().clone(), None if head.bias is None else head.bias.detach().clone()
+
+
+def _init_from_imagenet_head(net: nn.Module, old, class_names: tuple[str, ...]) -> bool:
+    """A 1000-way ImageNet head and IN-9 store classes: set each new row to the mean of the class's ImageNet rows
+    (what the in9 label map scores), so training starts from the model's own IN-9 predictions. False otherwise."""
+    names = [c.lower() for c in class_names]
+    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    if old is None or old[0].shape[0] != 1000 or not isinstance(head, nn.Linear) or not all(
+            n in IN9_IMAGENET_INDICES for n in names) or head.weight.shape[1] != old[0].shape[1]:
+        return False
+    weight, bias = old
+    with torch.no_grad():
+        for k, n in enumerate(names):
+            rows = IN9_IMAGENET_INDICES[n]
+            head.weight[k] = weight[rows].mean(0)
+            if head.bias is not None and bias is not None:
+                head.bias[k] = bias[rows].mean(0)
+    return True
 
 
 def _optimizer(net: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -196,8 +244,10 @@ def _bg_store_images(dataset: CompositeDataset, pool: np.ndarray) -> np.ndarray:
 
 def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, config: FinetuneConfig = FinetuneConfig(),
              *, backgrounds: str | os.PathLike | None = None, device: str | None = None, overwrite: bool = False,
-             progress: bool = True, echo: Callable[[str], None] = print) -> FinetuneResult:
+             progress: bool = True, echo: Callable[[str], None] = print,
+             warn: Callable[[str], None] = _stderr) -> FinetuneResult:
     """Train ``model`` on ``store`` under ``config.policy`` and write the checkpoint; see the module docstring.
+    Notes the user should not miss (a new head, and why) go to ``warn`` (default: stderr).
 
     ``backgrounds``: draw backgrounds from this store (e.g. an ``advbg export --format h5`` file) instead of
     ``store``'s own.
@@ -220,7 +270,7 @@ def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, confi
         n_bg = len(dataset.bg_labels)
         sampler = PairSampler(dataset.labels, np.arange(n_bg), Policy(config.policy, config.ratio, config.floor),
                               seed=config.seed, n_classes=len(class_names))
-        net, info = _build(model, class_names, config.pretrained, dev, echo)
+        net, info = _build(model, class_names, config.pretrained, dev, echo, warn)
         autocast, scaler = _amp(dev, config.amp)
         adversary = _Adversary(s, dataset, sampler, config, dev, autocast) if config.policy == "adversarial" else None
         history, seconds = _train(net, dataset, sampler, config, dev, autocast, scaler, adversary, progress, echo)
