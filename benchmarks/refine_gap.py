@@ -20,7 +20,7 @@ import numpy as np
 from advbg.commands.common import DEMO_STORE
 from advbg.commands.refine import radius_line, rate
 from advbg.data.store import Store
-from advbg.models.classifier import load_classifier
+from advbg.models.loading import load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.refine import MinEpsBudget, parse_budgets, refine
 from advbg.search.runner import search

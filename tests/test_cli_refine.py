@@ -14,7 +14,8 @@ from conftest import TinyNet, make_random_store
 from conftest import assert_one_line_error as one_line_error
 from conftest import run_cli as run
 
-from advbg.models.classifier import load_classifier, register
+from advbg.models.loading import load_classifier
+from advbg.models.weights import register
 
 
 @register("test/refine-tiny")

@@ -14,7 +14,8 @@ from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
 from advbg.errors import AdvbgError
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map
 from advbg.search.refine import (
     PHOTOMETRIC_RANGES,
     LinfBudget,

@@ -18,7 +18,8 @@ from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, workin
 from advbg.data.store import Store, sidecar_folder
 from advbg.errors import AdvbgError
 from advbg.files import check_output, now, write_json
-from advbg.models.classifier import Classifier, ModelSpec, as_classifier, identity_of
+from advbg.models.classifier import Classifier, identity_of
+from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import CRITERIA
 from advbg.search.refine import (

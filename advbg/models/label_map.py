@@ -43,8 +43,11 @@ class LabelMap:
         key = (self.table, self.num_classes, str(torch.device(device)))
         t = _INDEX_CACHE.get(key)
         if t is None:
-            t = torch.tensor(self.table, dtype=torch.int64, device=device)
-            t = _INDEX_CACHE[key] = torch.where(t < 0, torch.full_like(t, self.num_classes), t)
+            # Built outside inference mode even when first asked for inside it (a search): an inference tensor
+            # cannot be saved for backward, and refine and Grad-CAM differentiate through this index.
+            with torch.inference_mode(False):
+                t = torch.tensor(self.table, dtype=torch.int64, device=device)
+                t = _INDEX_CACHE[key] = torch.where(t < 0, torch.full_like(t, self.num_classes), t)
         return t
 
     def reduce(self, logits: torch.Tensor) -> torch.Tensor:

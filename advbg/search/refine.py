@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from advbg.errors import AdvbgError
-from advbg.models.classifier import _INDEX_CACHE
 from advbg.search.criteria import Criterion
 
 DEFAULT_STEPS = 20
@@ -378,15 +377,6 @@ def _min_eps(classifier, fg, mask, bg, true, bg_class, budget: MinEpsBudget, cri
 
 
 # --------------------------------------------------------------------------------------------- entry point
-def _label_index_for_backward() -> None:
-    """LabelMap caches its index tensors; one built by a search in this process (under torch.inference_mode) cannot
-    be saved for backward, so such entries are replaced by normal clones (same values). The lasting fix belongs in
-    LabelMap._index: build the tensor under ``torch.inference_mode(False)``."""
-    for key, t in list(_INDEX_CACHE.items()):
-        if t.is_inference():
-            _INDEX_CACHE[key] = t.clone()
-
-
 def refine(classifier, foregrounds: np.ndarray, masks: np.ndarray, backgrounds: np.ndarray,
            true_class: Sequence[int], budget: Budget, *, bg_class: Sequence[int] | None = None,
            criterion: str | Criterion = "any", seed: int = 0, keys: Sequence[int] | None = None,
@@ -401,7 +391,6 @@ def refine(classifier, foregrounds: np.ndarray, masks: np.ndarray, backgrounds: 
     batched optimisation each."""
     crit = criterion if isinstance(criterion, Criterion) else Criterion(criterion)
     fg, mask, bg = _check_inputs(foregrounds, masks, backgrounds)
-    _label_index_for_backward()
     n = len(fg)
     true = np.asarray(true_class, np.int64).reshape(-1)
     bgc = np.full(n, -1, np.int64) if bg_class is None else np.asarray(bg_class, np.int64).reshape(-1)
