@@ -110,7 +110,7 @@ def test_two_stage_result_is_written_and_loads_back(indexed):
     with Store(path, "r+") as s:
         res = pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=4), progress=False)
         back = load_search(s, res.results_name)
-    assert res.results_name == "tinynet.seed0.any.exhaustive.neighbours-k4"
+    assert res.results_name == "tinynet.seed0.any.pruned-neighbours-k4"
     for f in FIELDS:
         np.testing.assert_array_equal(getattr(back, f), getattr(res, f), err_msg=f)
     assert back.run.forwards == 9 * 4 and back.run.pruning == "neighbours-k4"

@@ -186,3 +186,40 @@ def recall(r: SearchResult, everyone: Sequence[SearchResult]) -> Rate | None:
         return None
     found = truth & set(r.fg_id[r.fooled].tolist())
     return rate(len(found), len(truth))
+
+
+@dataclass(frozen=True)
+class PrunedRecall:
+    """A pruned (partial-pool) run against the exhaustive run ``reference`` of the same classifier, criterion and
+    store, over their common foregrounds: vulnerable ones found, worst backgrounds found, median margin gap."""
+
+    reference: str | None
+    vulnerable: Rate | None        # vulnerable foregrounds found / vulnerable in the exhaustive run
+    worst_found: Rate              # foregrounds whose worst background equals the exhaustive one / common ones
+    median_margin_gap: float       # median of (pruned worst margin - exhaustive worst margin), >= 0
+    n: int                         # common foregrounds
+
+    def line(self) -> str:
+        found = format_rate(self.vulnerable) if self.vulnerable else "- (the exhaustive run found none)"
+        return (f"recall against the exhaustive run {self.reference}: vulnerable found {found}; worst background "
+                f"found {format_rate(self.worst_found)}; median margin gap {self.median_margin_gap:.3f} "
+                f"(n={self.n}; {RATE_LEGEND})")
+
+
+def pruned_recall(r: SearchResult, everyone: Sequence[SearchResult]) -> PrunedRecall | None:
+    """``r``'s recall against an exhaustive run in ``everyone`` of the same setting; None when ``r`` is itself
+    exhaustive or there is no such run or no foreground in common."""
+    if r.run.mode == "exhaustive" and not r.run.pruning:
+        return None
+    ref = next((e for e in everyone if e is not r and e.run.mode == "exhaustive" and not e.run.pruning
+                and _same_setting(r, e)), None)
+    if ref is None:
+        return None
+    common, ri, ei = np.intersect1d(r.fg_id, ref.fg_id, return_indices=True)
+    if not common.size:
+        return None
+    same = int(np.count_nonzero(r.worst_bg[ri] == ref.worst_bg[ei]))
+    gap = r.worst_margin[ri] - ref.worst_margin[ei]
+    gap = gap[np.isfinite(gap)]
+    return PrunedRecall(ref.results_name, recall(r, [ref]), rate(same, int(common.size)),
+                        float(np.median(gap)) if gap.size else float("nan"), int(common.size))

@@ -11,7 +11,7 @@ import numpy as np
 from advbg.data.composite import composite
 from advbg.data.store import Store
 from advbg.files import save_figure
-from advbg.stats import Rate
+from advbg.stats import RATE_LEGEND, Rate, format_rate, rate
 
 
 def pyplot():
@@ -128,7 +128,7 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
         fooled = result.first_fooling_bg[k] >= 0
         titles = (f"fg {fg_id}: {label(int(result.true_class[k]))}",
                   f"bg {bg_id}: {label(int(store.backgrounds.labels[bg_id]))}",
-                  f"pred {label(int(result.worst_pred[k]))}, margin {result.worst_margin[k]:+.2f}"
+                  f"pred {result.prediction_text(k)}, margin {result.worst_margin[k]:+.2f}"
                   + (" FOOLED" if fooled else ""))
         for ax, im, t in zip(axes[row], (composite(img, mask, 0), bg, comp), titles):
             ax.imshow(im)
@@ -140,7 +140,8 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
         axes[0][1].set_title("no composites evaluated")
     run = result.run
     fig.suptitle(f"Worst backgrounds: {run.classifier['name']} ({run.classifier['architecture']}."
-                 f"{run.classifier['weight_tag']}), criterion {str(run.criterion).split(':')[0].split('(')[-1]}",
-                 fontsize=9)
+                 f"{run.classifier['weight_tag']}), criterion {str(run.criterion).split(':')[0].split('(')[-1]}"
+                 + (f"\nfooling rate {format_rate(rate(int(result.fooled.sum()), len(result)))}; {RATE_LEGEND}"
+                    if len(result) else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # leave room for the suptitle
     return save_figure(fig, path)

@@ -215,7 +215,7 @@ def _search_section(s: Store, name: str, cap: GalleryCap, thumbs: dict[int, str]
         fg_img, comp_img = images.get(k, (None, None))
         rows.append(GalleryRow(int(r.fg_id[k]), _label(names, int(r.true_class[k])), b,
                                _label(names, int(bg_labels[b])) if b >= 0 else "-",
-                               _label(names, int(r.worst_pred[k])), float(r.worst_margin[k]), bool(r.fooled[k]),
+                               r.prediction_text(k), float(r.worst_margin[k]), bool(r.fooled[k]),
                                int(r.n_fooling[k]), int(r.n_evaluated[k]), fg_img, comp_img))
     rows.sort(key=lambda row: (math.isnan(row.margin), row.margin if not math.isnan(row.margin) else 0.0))
     classes = sorted({row.true_class for row in rows}, key=lambda c: names.index(c) if c in names else len(names))

@@ -5,6 +5,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from advbg.analysis.compare import pruned_recall
 from advbg.analysis.plots import worst_grid
 from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
 from advbg.data.sidecar import sidecar_folder
@@ -15,22 +16,40 @@ from advbg.models.loading import ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import Criterion
-from advbg.search.results import SearchResult
+from advbg.errors import AdvbgError
+from advbg.search.results import SearchResult, complete_searches
 from advbg.search.runner import default_results_name, search
-from advbg.search.strategies import PruneSpec, prune_line, prune_summary, pruned_search
+from advbg.search.strategies import PruneSpec, prune_label, prune_line, prune_summary, pruned_search
+from advbg.stats import Rate, rate
 
 
 def headline(result: SearchResult, criterion: Criterion) -> str:
-    """The plain summary line users compare against the paper."""
+    """The plain summary line users compare against the paper: the rates with k/n and their 95% interval."""
     r = result.run
     c = r.classifier
     crit = criterion.name
     n = len(result)
-    return (f"fooling rate {result.fooling_rate:.1f}% ({int(result.fooled.sum())}/{n} vulnerable; challenge "
-            f"accuracy {result.challenge_accuracy:.1f}%) | "
-            f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
-            f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
-            f"({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))
+    fooling = rate(int(result.fooled.sum()), n)
+    acc = fooling.complement()
+    pruned = f" | {prune_label(r.pruning)}" if r.pruning else ""
+    return (f"fooling rate {_pct(fooling)} ({fooling.k}/{n} vulnerable; challenge accuracy {_pct(acc)}; "
+            f"95% Clopper-Pearson) | criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, "
+            f"label map {c['label_map']}){pruned} | {len(result)} foregrounds, {r.forwards} composites evaluated in "
+            f"{r.seconds:.1f} s ({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))
+
+
+def _pct(r: Rate) -> str:
+    """``54.5% [23.4, 83.3]``: a rate with its interval, k/n said beside it."""
+    return f"{r.rate:.1f}% [{r.low:.1f}, {r.high:.1f}]"
+
+
+def _recall(s: Store, result: SearchResult):
+    """The pruned run's recall against an exhaustive run of the same setting stored on ``s`` (None: there is none,
+    or the stored runs cannot be read: the recall is a comparison, never a reason to fail the search)."""
+    try:
+        return pruned_recall(result, [r for r in complete_searches(s) if r.results_name != result.results_name])
+    except AdvbgError:
+        return None
 
 
 def _invalid_note(result: SearchResult) -> str:
@@ -93,6 +112,12 @@ def _report(s: Store, result: SearchResult, criterion: Criterion, results_file: 
     if result.run.pruning:
         echo(prune_line(result, len(s.backgrounds)))
         summary.update(prune_summary(result, len(s.backgrounds)))
+        rec = _recall(s, result)
+        if rec is not None:
+            echo(rec.line())
+            summary["recall"] = dict(reference=rec.reference, n=rec.n, median_margin_gap=rec.median_margin_gap,
+                                     vulnerable=rec.vulnerable.to_dict() if rec.vulnerable else None,
+                                     worst_found=rec.worst_found.to_dict())
     if results_file:
         write_json(results_file, summary)
         echo(f"summary: {results_file}")

@@ -128,7 +128,7 @@ class _Step:
             else:  # bg-class: the prediction itself can flip where the top two scores are close
                 top2 = lm.reduce(logits).float().topk(2, dim=1).values
                 close = top2[:, 0] - top2[:, 1]
-        return margin, pred, fooled, close
+        return margin, pred, fooled, close, logits.argmax(1)
 
 
 class _Batcher:
@@ -259,6 +259,7 @@ class _UnitState:
     true: torch.Tensor
     M: torch.Tensor                # (n, L) float32 margin, NaN until evaluated
     P: torch.Tensor                # (n, L) int16 mapped prediction
+    R: torch.Tensor                # (n, L) int32 the model's own top-1 output (raw, before the label map)
     Fo: torch.Tensor               # (n, L) bool fooled
     E: torch.Tensor                # (n, L) bool evaluated
     C: torch.Tensor | None         # (n, L) closeness of the decision, +inf once verified (verify_close only)
@@ -329,6 +330,7 @@ class Engine:
         return _UnitState(
             n, L, BJ, BJd, pool, fg, mask, true,
             M=torch.full((n, L), float("nan"), **f32), P=torch.full((n, L), -2, dtype=torch.int16, device=dev),
+            R=torch.full((n, L), -1, dtype=torch.int32, device=dev),
             Fo=torch.zeros((n, L), dtype=torch.bool, device=dev), E=torch.zeros((n, L), dtype=torch.bool, device=dev),
             C=torch.full((n, L), float("inf"), **f32) if self.verify else None,
             first=np.full(n, _NEVER, np.int64))
@@ -342,9 +344,10 @@ class Engine:
 
     def _run(self, u: _UnitState, k: torch.Tensor, blk: torch.Tensor, j0: int, fp32: bool = False):
         a, bj, true, bgl = self._decode(u, k, j0)
-        margin, pred, fooled, close = self.batch(u.fg, u.mask, blk, a, bj, true, bgl, fp32=fp32)
+        margin, pred, fooled, close, raw = self.batch(u.fg, u.mask, blk, a, bj, true, bgl, fp32=fp32)
         u.M.view(-1).index_copy_(0, k, margin)
         u.P.view(-1).index_copy_(0, k, pred.to(torch.int16))
+        u.R.view(-1).index_copy_(0, k, raw.to(torch.int32))
         u.Fo.view(-1).index_copy_(0, k, fooled)
         u.E.view(-1).index_fill_(0, k, True)
         if u.C is not None:
@@ -457,9 +460,11 @@ class Engine:
         hasw = cv.any(1)
         wmargin = Mc.gather(1, wpos[:, None]).squeeze(1)
         wpred = P.gather(1, wpos[:, None]).squeeze(1).to(torch.int64)
+        wraw = u.R.gather(1, wpos[:, None]).squeeze(1).to(torch.int64)
         out = dict(n_evaluated=counted.sum(1), n_invalid=(counted & ~finite).sum(1),
                    n_fooling=(counted & fool).sum(1), first=first, wpos=torch.where(hasw, wpos, -1),
-                   wmargin=torch.where(hasw, wmargin.double(), float("nan")), wpred=torch.where(hasw, wpred, -1))
+                   wmargin=torch.where(hasw, wmargin.double(), float("nan")), wpred=torch.where(hasw, wpred, -1),
+                   wraw=torch.where(hasw, wraw, -1))
         outcome = None
         if self.config.record_outcomes:
             mapped = torch.where(P < 0, OUTCOME_NONE, P)
@@ -484,5 +489,5 @@ class Engine:
         vals = dict(worst_bg=bg_id(h["wpos"]), worst_margin=h["wmargin"].astype(np.float64),
                     worst_pred=h["wpred"].astype(np.int64), first_fooling_bg=bg_id(h["first"]),
                     n_fooling=h["n_fooling"].astype(np.int64), n_evaluated=h["n_evaluated"].astype(np.int64),
-                    n_invalid=h["n_invalid"].astype(np.int64))
+                    n_invalid=h["n_invalid"].astype(np.int64), worst_raw_top1=h["wraw"].astype(np.int64))
         return vals, (outcome.cpu().numpy() if outcome is not None else None)

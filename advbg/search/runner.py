@@ -47,15 +47,18 @@ from advbg.search.results import ResultsSink, RunId, RunRecord, SearchResult, ch
 
 # --------------------------------------------------------------------------------------------- driver
 def default_results_name(classifier: Classifier, config: SearchConfig) -> str:
-    """``<architecture>.<weight tag>.<criterion>.<mode>[.<pruning>]``; for weights read from a file (a checkpoint,
-    --weights) the tag carries the first 8 hex digits of their SHA-256, so two checkpoints of one architecture
+    """``<architecture>.<weight tag>.<criterion>.<mode>``, or for a pruned run
+    ``<architecture>.<weight tag>.<criterion>[.early-exit].pruned-<rule>-k<K>``; for weights read from a file (a
+    checkpoint, --weights) the tag carries the first 8 hex digits of their SHA-256, so two checkpoints of one architecture
     never share (and overwrite) a results group."""
     c = classifier.config
     tag = c.tag
     if c.weights_sha256 and c.source in ("checkpoint", "timm"):
         tag += f"-{c.weights_sha256[:8]}"
-    name = f"{tag}.{config.criterion}.{config.mode}"
-    return name + (f".{config.prune}" if config.prune else "")
+    if not config.prune:
+        return f"{tag}.{config.criterion}.{config.mode}"
+    mode = "" if config.mode == "exhaustive" else f".{config.mode}"   # a pruned run is not exhaustive: never say so
+    return f"{tag}.{config.criterion}{mode}.pruned-{config.prune}"
 
 
 class _StopRequest:
@@ -157,9 +160,9 @@ def _selection(store: Store, classifier: Classifier, config: SearchConfig) -> tu
 def _run_units(run: _Search, sink: ResultsSink, units: list[tuple[int, int]], show: bool,
                on_unit: Callable[[int], None] | None) -> tuple[int, int, int]:
     """The loop: each unit's foregrounds -> the engine -> the sink. Returns (forwards, verified, batch size)."""
-    n_pool = len(run.pool)
-    bar = progress_bar(total=sum(e - s for s, e in units) * n_pool, enabled=show and bool(units),
-                       desc=f"search {run.config.mode}", unit="comp", unit_scale=True)
+    planned = _planned(run, units)
+    desc = f"search {run.config.mode}" if run.candidates is None else f"search pruned {run.config.prune}"
+    bar = progress_bar(total=sum(planned), enabled=show and bool(units), desc=desc, unit="comp", unit_scale=True)
     if not units:   # every unit came from an earlier run: report the batch size it used
         bar.close()
         return 0, 0, sink.batch_size_used()
@@ -173,7 +176,7 @@ def _run_units(run: _Search, sink: ResultsSink, units: list[tuple[int, int]], sh
                 rows, outcome = engine.run_unit(*reader.foregrounds(ids), backgrounds, cands,
                                                 _ignore if engine.stop else bar.update)
                 if engine.stop:
-                    bar.update((e - s) * n_pool)
+                    bar.update(planned[n_done - 1])
                 sink.commit((s, e), rows, outcome, engine.batch.size)
                 if on_unit:
                     on_unit(int(s))
@@ -186,6 +189,13 @@ def _run_units(run: _Search, sink: ResultsSink, units: list[tuple[int, int]], sh
         sink.close()
         engine.close()
     return engine.forwards, engine.verified, engine.batch.size
+
+
+def _planned(run: _Search, units: list[tuple[int, int]]) -> list[int]:
+    """Composites each unit plans: its foregrounds x the pool, or their candidate lists (pruned)."""
+    if run.candidates is None:
+        return [(e - s) * len(run.pool) for s, e in units]
+    return [sum(len(c) for c in run.candidates.for_foregrounds(run.fg_ids[s:e])) for s, e in units]
 
 
 @contextlib.contextmanager

@@ -220,6 +220,7 @@ def merge_stages(r1: SearchResult, r2: SearchResult, pool: np.ndarray, run: RunR
     pick = lambda a, b: np.where(take2, b, a)  # noqa: E731
     return replace(r1, run=run, worst_bg=pick(r1.worst_bg, r2.worst_bg), worst_margin=pick(r1.worst_margin, r2.worst_margin),
                    worst_pred=pick(r1.worst_pred, r2.worst_pred), first_fooling_bg=first,
+                   worst_raw_top1=pick(r1.worst_raw_top1, r2.worst_raw_top1),
                    n_fooling=r1.n_fooling + r2.n_fooling, n_evaluated=r1.n_evaluated + r2.n_evaluated,
                    n_invalid=r1.n_invalid + r2.n_invalid)
 
@@ -327,6 +328,12 @@ def prune_summary(result: SearchResult, n_pool: int) -> dict:
     done = int(result.run.forwards)
     return dict(pruning=result.run.pruning, composites_exhaustive=total, composites_evaluated=done,
                 composites_skipped=total - done, skipped_share=(total - done) / total if total else float("nan"))
+
+
+def prune_label(pruning: str) -> str:
+    """What a pruned run is, in words: ``mix-k40`` -> ``pruned, 40 candidates per foreground (rule mix)``."""
+    rule, _, k = pruning.split(".")[0].rpartition("-k")
+    return f"pruned, {k} candidates per foreground (rule {rule})" if rule and k.isdigit() else f"pruned ({pruning})"
 
 
 def prune_line(result: SearchResult, n_pool: int) -> str:

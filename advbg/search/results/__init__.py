@@ -2,8 +2,9 @@
 commits its units to and that writes the results file (``sink``, over ``advbg.search.journal``), the checked
 reading every analysis uses (``read``) and the rules ``advbg verify`` applies to results files (``verify``).
 No other module writes or reads a results file."""
-from advbg.search.results.read import load_outcome, load_search, outcome_problem, result_names
+from advbg.search.results.read import complete_searches, load_outcome, load_search, outcome_problem, result_names
 from advbg.search.results.schema import (
+    ADDED_COLUMNS,
     COLUMNS,
     FIELDS,
     OUTCOME_INVALID,
@@ -15,6 +16,7 @@ from advbg.search.results.schema import (
     SearchResult,
     check_name,
     empty_columns,
+    raw_class_name,
     fingerprint,
     group_attrs,
 )
@@ -22,8 +24,9 @@ from advbg.search.results.sink import ResultsSink, RunId, Unit, merge_journal, p
 from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
-    "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND", "ForegroundResult",
-    "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name", "empty_columns", "fingerprint",
-    "group_attrs", "load_outcome", "load_search", "merge_journal", "outcome_problem", "pending_fingerprint", "result_names", "verify_all",
+    "ADDED_COLUMNS", "COLUMNS", "FIELDS", "ForegroundResult", "OUTCOME_INVALID", "OUTCOME_MISSING",
+    "OUTCOME_NONE", "PER_FOREGROUND", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name",
+    "complete_searches", "empty_columns", "fingerprint", "group_attrs", "load_outcome", "load_search",
+    "merge_journal", "outcome_problem", "pending_fingerprint", "raw_class_name", "result_names", "verify_all",
     "verify_results", "write_result",
 ]

@@ -9,12 +9,19 @@ import numpy as np
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError, StoreError
-from advbg.search.results.schema import FIELDS, PER_FOREGROUND, RunRecord, SearchResult
+from advbg.search.results.schema import ADDED_COLUMNS, COLUMNS, FIELDS, PER_FOREGROUND, RunRecord, SearchResult
 
 
 def result_names(store: Store, kind: str = "search") -> list[str]:
     """Names of the store's results of ``kind``."""
     return [k for k, g in store.results.items() if g.attrs.get("kind") == kind]
+
+
+def complete_searches(store: Store) -> list[SearchResult]:
+    """Every complete search of the store, checked (StoreError for a damaged one), oldest first."""
+    groups = {k: g for k, g in store.results.items() if g.attrs.get("kind") == "search" and g.attrs.get("complete")}
+    names = sorted(groups, key=lambda n: (str(groups[n].attrs.get("completed", "")), n))
+    return [load_search(store, n) for n in names]
 
 
 def _damaged(store: Store, name: str | None, why: str) -> StoreError:
@@ -48,8 +55,17 @@ def _load_search(store: Store, name: str | None, require_complete: bool) -> Sear
     if require_complete and not g.attrs.get("complete"):
         raise AdvbgError(f"results {name!r} are incomplete (interrupted); finish them with `advbg search --resume`")
     run = RunRecord.from_dict(json.loads(g.attrs["run"])) if "run" in g.attrs else None
-    return SearchResult(run=run, fg_id=g["fg_id"][()], true_class=g["true_class"][()],
-                        class_names=store.class_names, results_name=name, **{k: g[k][()] for k in FIELDS})
+    fg_id = g["fg_id"][()]
+    return SearchResult(run=run, fg_id=fg_id, true_class=g["true_class"][()], class_names=store.class_names,
+                        results_name=name, **{k: _column(g, k, fg_id.shape) for k in FIELDS})
+
+
+def _column(g, k: str, shape: tuple) -> np.ndarray:
+    """A stored column; one added after the file was written (ADDED_COLUMNS) reads as its fill."""
+    if k in ADDED_COLUMNS and k not in g:
+        dtype, fill = COLUMNS[k]
+        return np.full(shape, fill, dtype)
+    return g[k][()]
 
 
 def _check_rows(store: Store, res: SearchResult) -> None:

@@ -10,7 +10,9 @@ Layout of a results file ``<store>.d/results/<name>.h5`` (plain h5py; attrs and 
     bg_pool (B,) int64          the background pool, in trial order of an exhaustive search
     true_class (F,) int64
     COLUMNS (F,)                worst_bg, worst_margin (float64, NaN where nothing was evaluated), worst_pred,
-                                first_fooling_bg, n_fooling, n_evaluated, n_invalid (int64, -1 = none)
+                                first_fooling_bg, n_fooling, n_evaluated, n_invalid (int64, -1 = none),
+                                worst_raw_top1 (int64: the model's own top-1 output index on the worst composite,
+                                an ImageNet index for 1000-class models; -1 = none evaluated or not recorded)
     done (F,) uint8             1 for every foreground whose unit was merged
     outcome (F, B) uint8        mapped prediction per pair (OUTCOME_* codes below), if recorded
 """
@@ -22,8 +24,10 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from advbg._compat import import_timm
 from advbg.data.store import Store, check_derived_name
 from advbg.errors import AdvbgError, StoreError
+from advbg.stats import RATE_LEGEND, rate
 
 # Outcome matrix codes beside the mapped class indices 0..252.
 OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
@@ -34,9 +38,11 @@ OUTCOME_MISSING = 255       # pair not evaluated (early exit, pruning)
 COLUMNS: dict[str, tuple[type, float]] = {
     "worst_bg": (np.int64, -1), "worst_margin": (np.float64, np.nan), "worst_pred": (np.int64, -1),
     "first_fooling_bg": (np.int64, -1), "n_fooling": (np.int64, -1), "n_evaluated": (np.int64, -1),
-    "n_invalid": (np.int64, -1),
+    "n_invalid": (np.int64, -1), "worst_raw_top1": (np.int64, -1),
 }
 FIELDS = tuple(COLUMNS)
+# Columns added after results files were first written: a file without one reads as its fill (-1: not recorded).
+ADDED_COLUMNS = ("worst_raw_top1",)
 PER_FOREGROUND = ("fg_id", "true_class") + FIELDS       # every array of one row per searched foreground
 
 
@@ -90,6 +96,7 @@ class ForegroundResult:
     n_fooling: int
     n_evaluated: int
     fooled: bool
+    worst_raw_top1: int = -1   # the model's own top-1 output on the worst composite (-1: not recorded)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,11 @@ class SearchResult:
     n_invalid: np.ndarray      # composites with NaN/inf logits: reported, never counted as fooled
     class_names: tuple[str, ...]
     results_name: str | None = None
+    worst_raw_top1: np.ndarray | None = None   # model's own top-1 output on the worst composite; None -> all -1
+
+    def __post_init__(self):
+        if self.worst_raw_top1 is None:
+            object.__setattr__(self, "worst_raw_top1", np.full(len(self.fg_id), -1, np.int64))
 
     @property
     def fooled(self) -> np.ndarray:
@@ -128,7 +140,8 @@ class SearchResult:
     def __getitem__(self, k: int) -> ForegroundResult:
         return ForegroundResult(int(self.fg_id[k]), int(self.true_class[k]), int(self.worst_bg[k]),
                                 float(self.worst_margin[k]), int(self.worst_pred[k]), int(self.first_fooling_bg[k]),
-                                int(self.n_fooling[k]), int(self.n_evaluated[k]), bool(self.fooled[k]))
+                                int(self.n_fooling[k]), int(self.n_evaluated[k]), bool(self.fooled[k]),
+                                int(self.worst_raw_top1[k]))
 
     def summary(self) -> dict:
         """JSON-ready summary: headline numbers, run record, per-foreground rows."""
@@ -140,8 +153,45 @@ class SearchResult:
             seconds=self.run.seconds, composites_per_s=self.run.composites_per_s,
             invalid_composites=int(self.n_invalid.sum()), results_name=self.results_name,
             run=asdict(self.run), class_names=list(self.class_names),
-            foregrounds=[asdict(self[k]) for k in range(len(self))],
+            foregrounds=[dict(asdict(self[k]), worst_pred_text=self.prediction_text(k)) for k in range(len(self))],
+            **self.rates(),
         )
+
+    def rates(self) -> dict:
+        """Fooling rate and challenge accuracy with k, n and their 95% interval (advbg.stats), JSON-ready."""
+        if not len(self):
+            return {}
+        fooling = rate(int(self.fooled.sum()), len(self))
+        return dict(fooling=fooling.to_dict(), challenge=fooling.complement().to_dict(), rate_legend=RATE_LEGEND)
+
+    def prediction_text(self, k: int) -> str:
+        """What the model predicted on foreground k's worst composite: the mapped class, or for "none" what the
+        model itself saw, e.g. ``none: strawberry``; '-' when nothing was evaluated."""
+        if self.worst_bg[k] < 0:
+            return "-"
+        pred = int(self.worst_pred[k])
+        if 0 <= pred < len(self.class_names):
+            return self.class_names[pred]
+        raw = int(self.worst_raw_top1[k])
+        return f"none: {raw_class_name(self.run.classifier if self.run else {}, raw)}" if raw >= 0 else "none"
+
+
+def raw_class_name(classifier: dict, index: int) -> str:
+    """The name of the model's own output ``index``: the classifier's class for an ``identity`` label map, the
+    ImageNet class (timm's ImageNetInfo) for a 1000-output model, else ``output <index>``."""
+    names = classifier.get("class_names") or ()
+    if classifier.get("label_map") == "identity" and 0 <= index < len(names):
+        return str(names[index])
+    if classifier.get("num_outputs") == 1000 and 0 <= index < 1000:
+        return _imagenet_name(index)
+    return f"output {index}"
+
+
+def _imagenet_name(index: int) -> str:
+    import_timm()
+    from timm.data import ImageNetInfo  # deferred: timm is heavy
+
+    return ImageNetInfo().index_to_description(index).split(",")[0].strip()
 
 
 def fingerprint(store: Store, fg_ids: np.ndarray, pool: np.ndarray, classifier, config, amp: str) -> str:

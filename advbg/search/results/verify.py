@@ -16,7 +16,7 @@ from advbg.data.sidecar import sidecar_files, sidecar_folder
 from advbg.data.store import Store
 from advbg.data.verify import VerifyReport, verify_store
 from advbg.files import is_partial, leftover_partials
-from advbg.search.results.schema import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, PER_FOREGROUND
+from advbg.search.results.schema import ADDED_COLUMNS, OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, PER_FOREGROUND
 
 _GROUP_ROOTS = ("results", "embeddings", "evalsets")
 
@@ -119,7 +119,8 @@ def _check_digest(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> 
 
 
 def _check_search(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
-    missing = [k for k in PER_FOREGROUND + ("done", "bg_pool") if not isinstance(g.get(k), h5py.Dataset)]
+    missing = [k for k in PER_FOREGROUND + ("done", "bg_pool")
+               if k not in ADDED_COLUMNS and not isinstance(g.get(k), h5py.Dataset)]
     if missing:
         report.problem("group", f"{where} lacks {', '.join(missing)}")
         return
