@@ -207,7 +207,7 @@ def test_search_table_rows_equal_the_results_and_a_partial_run_shows_its_recall(
     other = replace(pruned, run=replace(pruned.run, criterion="Criterion('bg-class': ...)"))
     assert recall(other, [full, other]) is None                   # another criterion is no reference
     md = search_table([full, pruned]).to_markdown()
-    assert f"({len(fooled) - 1}/{len(fooled)})" in md and "pruned: knn 3 of 11" in md
+    assert f"({len(fooled) - 1}/{len(fooled)})" in md and "pruned (knn 3 of 11)" in md
 
 
 def _eval_file(tmp_path) -> Path:

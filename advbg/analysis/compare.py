@@ -22,6 +22,7 @@ from advbg.analysis.evaluate import ordered_variants
 from advbg.errors import AdvbgError
 from advbg.models.classifier import identity_of
 from advbg.search.results import SearchResult
+from advbg.search.strategies import prune_label
 from advbg.stats import GAP_LEGEND, RATE_LEGEND, Gap, Rate, format_gap, format_rate, rate
 
 FORMATS = ("md", "csv", "json")
@@ -159,7 +160,9 @@ def search_table(results: Sequence[SearchResult]) -> Table:
 def _search_row(r: SearchResult, everyone: Sequence[SearchResult]) -> dict:
     c, n, k = r.run.classifier, len(r), int(r.fooled.sum())
     fooling = rate(k, n)
-    mode = r.run.mode + (f" (pruned: {r.run.pruning})" if r.run.pruning else "")
+    mode = r.run.mode
+    if r.run.pruning:
+        mode = prune_label(r.run.pruning) + (", early exit" if r.run.mode == "early-exit" else "")
     return {"model": c["name"], "weights": (c.get("weights_sha256") or "")[:12] or "-",
             "criterion": criterion_name(r.run.criterion), "mode": mode, "n": n, "fooling rate": fooling,
             "challenge accuracy": fooling.complement(), "composites": int(r.run.forwards),

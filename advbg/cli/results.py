@@ -14,17 +14,24 @@ from advbg.commands.compare import run_compare
 
 @app.command(rich_help_panel=REPORT)
 def compare(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(
+        metavar="[STORE.h5|EVAL.json]...", help="Stores (a row per complete search run) and `advbg eval` JSON "
+                                                "files (a row per model).", show_default=False)] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option(
         "--eval", metavar="FILE.json", help="JSON of `advbg eval --results-file`; several after one --eval or "
                                             "--eval repeated.")] = None,
-    more: Annotated[Optional[list[Path]], typer.Argument(help="More eval JSON files.", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table here (default: print).")] = None,
     fmt: Annotated[Optional[str], typer.Option(
         "--format", help="md, csv or json (default: from the --out suffix, else md).")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Which top-k accuracy to tabulate.")] = 1,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, max=1000, help="Which top-k accuracy to tabulate.")] = 1,
 ) -> None:
-    """One table of evaluations: a row per model, every variant's accuracy and BG-Gap with n and 95% intervals."""
-    run_compare([*(eval_files or []), *(more or [])], out=out, fmt=fmt, top_k=top_k, echo=typer.echo)
+    """One table per store (every complete search run: model, weights, criterion, mode, n, fooling rate with its
+    95% interval, composites, date, a pruned run's recall) and one of evaluations (a row per model, every
+    variant's accuracy and BG-Gap with n and 95% intervals)."""
+    given = list(inputs or [])
+    stores = [p for p in given if p.suffix.lower() != ".json"]
+    evals = [*(eval_files or []), *(p for p in given if p.suffix.lower() == ".json")]
+    run_compare(evals, stores=stores, out=out, fmt=fmt, top_k=top_k, echo=typer.echo)
 
 
 @app.command(rich_help_panel=REPORT)
