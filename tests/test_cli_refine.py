@@ -42,7 +42,7 @@ def test_refine_searches_first_then_stores_what_it_reports(tmp_path, capsys):
     assert code == 0, err
     assert "searching first" in err
     lines = out.splitlines()
-    assert lines[0].startswith("real worst backgrounds: fooling rate ") and "/7; 95% CI " in lines[0]
+    assert lines[0].startswith("real worst backgrounds: fooling rate ") and "/7) | " in lines[0] and "Clopper-Pearson" in lines[0]
     assert any(ln.startswith("linf:8/255: fooling rate ") for ln in lines)
     assert any(ln.startswith("min-eps: background robustness radius ") for ln in lines)
     for png in ("c.png", "g.png"):

@@ -7,11 +7,12 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from advbg import stats
 from advbg._version import __version__
 from advbg.analysis.refineplots import refine_curve_png, refine_grid_png
 from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
@@ -36,31 +37,18 @@ from advbg.search.refine import (
 )
 from advbg.search.results import SearchResult, check_name, load_search
 from advbg.search.runner import search
+from advbg.stats import RATE_LEGEND, Rate, format_rate
 
 DEFAULT_BUDGETS = "linf:1/255,2/255,4/255,8/255;photometric;min-eps"
 
 
-@dataclass(frozen=True)
-class Rate:
-    """k of n, in %, with an exact (Clopper-Pearson) 95% interval."""
-
-    k: int
-    n: int
-    percent: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.percent:.1f}% ({self.k}/{self.n}; 95% CI {self.low:.1f}-{self.high:.1f}%)"
-
-
 def rate(fooled: np.ndarray) -> Rate:
-    """The share of True in ``fooled`` with its exact binomial 95% interval (NaNs for n = 0)."""
+    """The share of True in ``fooled`` with its 95% interval (advbg.stats: the one definition); NaNs for n = 0."""
     k, n = int(np.count_nonzero(fooled)), int(np.size(fooled))
     if not n:
         return Rate(0, 0, float("nan"), float("nan"), float("nan"))
-    ci = require_extra("scipy.stats").binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
-    return Rate(k, n, 100.0 * k / n, 100.0 * ci.low, 100.0 * ci.high)
+    require_extra("scipy.stats")            # one line when the extra is missing
+    return stats.rate(k, n)
 
 
 @dataclass(frozen=True)
@@ -83,8 +71,9 @@ class RefineRun:
     def lines(self) -> list[str]:
         """The headline: real worst case, then each budget."""
         c = self.record["classifier"]
-        out = [(f"real worst backgrounds: fooling rate {self.real} | model {c['name']} ({c['architecture']}."
-                f"{c['weight_tag']}), criterion {self.record['criterion']}, search {self.search.results_name}")]
+        out = [(f"real worst backgrounds: fooling rate {format_rate(self.real)} | model {c['name']} "
+                f"({c['architecture']}.{c['weight_tag']}), criterion {self.record['criterion']}, search "
+                f"{self.search.results_name} | {RATE_LEGEND}")]
         for r in self.refined:
             if isinstance(r.budget, MinEpsBudget):
                 out.append(radius_line(r))
@@ -92,7 +81,7 @@ class RefineRun:
                 changed = r.ssim[r.ssim < 1]          # SSIM is exactly 1 for an unchanged background
                 ssim = f"median SSIM {np.median(changed):.3f} over {len(changed)} changed" if len(changed) \
                     else "no background changed"
-                out.append(f"{r.budget.name}: fooling rate {rate(r.fooled_after)} | {ssim} | "
+                out.append(f"{r.budget.name}: fooling rate {format_rate(rate(r.fooled_after))} | {ssim} | "
                            f"{int(r.steps.sum())} gradient steps")
         return out
 
@@ -291,7 +280,7 @@ def _summary(run: RefineRun) -> dict:
     real = run.real
     budgets = []
     for r in run.refined:
-        row = dict(budget=r.budget.name, repr=repr(r.budget), fooling=asdict(rate(r.fooled_after)),
+        row = dict(budget=r.budget.name, repr=repr(r.budget), fooling=rate(r.fooled_after).to_dict(),
                    median_ssim=float(np.median(r.ssim)))
         if isinstance(r.budget, MinEpsBudget):
             row["radius"] = dict(zip(("median", "low", "high"), median_interval(r.eps)))
@@ -301,7 +290,7 @@ def _summary(run: RefineRun) -> dict:
         fooled_before=bool(r.fooled_before[k]), fooled_after=bool(r.fooled_after[k]), steps=int(r.steps[k]),
         ssim=float(r.ssim[k]), eps=float(r.eps[k])) for r in run.refined})
         for k, (f, b) in enumerate(zip(run.fg_id, run.start_bg))]
-    return dict(real_worst=asdict(real), budgets=budgets, results_name=run.results_name, run=run.record,
+    return dict(real_worst=real.to_dict(), budgets=budgets, results_name=run.results_name, run=run.record,
                 headline=run.lines(), foregrounds=rows)
 
 
@@ -312,10 +301,10 @@ def _curve(run: RefineRun, png: Path) -> None:
                                                                                                    MinEpsBudget))}
     real = run.real
     c = run.record["classifier"]
-    refine_curve_png(png, [r.budget.eps for r in linf], [(x.percent, x.low, x.high) for x in rates],
-                     (real.percent, real.low, real.high), real.n,
+    refine_curve_png(png, [r.budget.eps for r in linf], [(x.rate, x.low, x.high) for x in rates],
+                     (real.rate, real.low, real.high), real.n,
                      f"{c['name']} ({c['architecture']}.{c['weight_tag']}), criterion {run.record['criterion']}",
-                     {k: (v.percent, v.low, v.high) for k, v in others.items()})
+                     {k: (v.rate, v.low, v.high) for k, v in others.items()})
 
 
 def _grid(s: Store, run: RefineRun, png: Path, n: int = 8) -> None:
