@@ -57,25 +57,25 @@ def top_backgrounds_png(store: Store, result, path: str | os.PathLike) -> Path:
     """One row per class: its top backgrounds (highest ASR first) titled with bg_id and ASR."""
     classes = result.classes
     k = max([len(c.top_bg) for c in classes] + [1])
-    w, h = max(1.9 * k + 0.7, 4.5), 2.1 * len(classes) + 0.9
+    w, h = max(1.9 * k + 0.7, 4.5), 2.2 * len(classes) + 1.1
     fig, axes = subplots(len(classes), k, figsize=(w, h), squeeze=False)
     for row, c in zip(axes, classes):
         for ax in row:
             ax.set_xticks([]), ax.set_yticks([])
             for side in ax.spines.values():
                 side.set_visible(False)
-        row[0].set_ylabel(f"{c.class_name}\ntotal {_pct(c.union)}", fontsize=8)
+        row[0].set_ylabel(f"{c.class_name}\ntotal {format_rate(c.union_rate)}", fontsize=7)
         if c.message or not len(c.top_bg):
             row[0].text(0.05, 0.5, _short(c), fontsize=8, va="center", transform=row[0].transAxes)
             continue
         images = store.backgrounds.read(c.top_bg)
-        for ax, img, b, a in zip(row, images, c.top_bg, c.top_asr):
+        for ax, img, b, r in zip(row, images, c.top_bg, c.top_rates):
             ax.imshow(img)
-            ax.set_title(f"bg {int(b)}: ASR {_pct(a)}", fontsize=8)
-    fig.suptitle(f"Top backgrounds by ASR toward their class\n{_title(result)}", fontsize=9, y=1 - 0.08 / h,
-                 va="top")
+            ax.set_title(f"bg {int(b)}: ASR {format_rate(r)}".replace(" [", "\n["), fontsize=7)
+    fig.suptitle(f"Top backgrounds by ASR toward their class\n{_title(result)}\n{RATE_LEGEND}", fontsize=9,
+                 y=1 - 0.08 / h, va="top")
     # Fixed margins, not tight_layout: a text-only row would otherwise shrink every image.
-    fig.subplots_adjust(left=0.7 / w, right=1 - 0.1 / w, bottom=0.1 / h, top=1 - 0.85 / h, wspace=0.08, hspace=0.3)
+    fig.subplots_adjust(left=0.7 / w, right=1 - 0.1 / w, bottom=0.1 / h, top=1 - 1.05 / h, wspace=0.08, hspace=0.45)
     return _save(fig, path, tight=False)
 
 
@@ -102,7 +102,7 @@ def asr_histogram_png(store: Store, result, path: str | os.PathLike) -> Path:
         ax.set_ylabel("backgrounds", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=7, title=f"total fooled {_pct(c.union)}", title_fontsize=7)
+        ax.legend(fontsize=7, title=f"total fooled {format_rate(c.union_rate)}", title_fontsize=7)
     for ax in list(axes.flat)[len(classes):]:
         ax.axis("off")
     fig.suptitle(f"ASR over each class's backgrounds\n{_title(result)}", fontsize=9)

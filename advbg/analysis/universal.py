@@ -24,6 +24,7 @@ import numpy as np
 
 from advbg.errors import AdvbgError
 from advbg.files import _clean
+from advbg.stats import RATE_LEGEND, Rate, format_rate, rate, rate_or_none
 from advbg.search.criteria import CRITERIA, asr, asr_of, fooled_targets, target_mask  # noqa: F401 (asr: part of this API)
 
 TIE_RULE = "ties go to the lowest bg_id"
@@ -119,16 +120,39 @@ class ClassUniversal:
     top_asr: np.ndarray        # (k,)
     greedy: GreedyCover
     message: str | None = None  # why numbers are missing (no backgrounds / no targets)
+    asr_k: np.ndarray | None = None   # (Bc,) targets each background fools (the ASR's k; n = n_targets)
+    union_k: int = 0                  # targets fooled by at least one background of the class
 
     @property
     def n_backgrounds(self) -> int:
         return len(self.bg_id)
 
+    @property
+    def union_rate(self) -> Rate | None:
+        """Total fooled as k/n targets with its 95% interval (None when undefined)."""
+        return rate_or_none(self.union_k, self.n_targets) if self.n_backgrounds else None
+
+    def asr_rate(self, bg: int) -> Rate | None:
+        """The ASR of background ``bg`` (a bg_id of the class) as k/n targets with its 95% interval."""
+        if self.asr_k is None or not self.n_targets:
+            return None
+        return rate(int(self.asr_k[np.searchsorted(self.bg_id, bg)]), self.n_targets)
+
+    @property
+    def top_rates(self) -> list[Rate | None]:
+        return [self.asr_rate(int(b)) for b in self.top_bg]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["greedy"] = asdict(self.greedy)
         d["n_backgrounds"] = self.n_backgrounds
+        d["union_rate"] = _rate_dict(self.union_rate)
+        d["top_rates"] = [_rate_dict(r) for r in self.top_rates]
         return d
+
+
+def _rate_dict(r: Rate | None) -> dict | None:
+    return r.to_dict() if r is not None else None
 
 
 def analyse(outcome: np.ndarray, fg_class: np.ndarray, bg_class: np.ndarray, class_names: Sequence[str],
@@ -165,7 +189,8 @@ def _one_class(fooled, fg_class, bg_class, ids, c: int, name: str, criterion: st
     elif not n:
         message = f"no foregrounds of classes other than {name!r}: ASR undefined"
     return ClassUniversal(c, name, criterion, ids[cols], a, n, union, ids[cols][order], a[order],
-                          _greedy(sub, ids[cols], greedy), message)
+                          _greedy(sub, ids[cols], greedy), message, sub.sum(0).astype(np.int64),
+                          int(sub.any(1).sum()) if len(cols) else 0)
 
 
 # --------------------------------------------------------------------------------------------- whole run
@@ -192,6 +217,7 @@ class UniversalResult:
         d = {k: getattr(self, k) for k in ("criterion", "model", "label_map", "store", "sources", "forwards",
                                            "computed", "n_unlabelled_backgrounds", "top", "greedy", "notes")}
         d["tie_rule"] = TIE_RULE
+        d["rate_legend"] = RATE_LEGEND
         d["asr_definition"] = ("share (%) of the foregrounds of the other classes that the background fools "
                                f"under criterion {self.criterion!r}")
         d["classes"] = [c.to_dict() for c in self.classes]
@@ -210,6 +236,10 @@ class UniversalResult:
                 0.0 if c.n_backgrounds and c.n_targets else None)
             row["greedy_bg"] = " ".join(str(int(b)) for b in c.greedy.bg_id)
             row["note"] = c.message or ""
+            row.update(_interval_cells("total_fooled", c.union_rate))   # intervals after the paper's columns
+            tops = c.top_rates
+            for i in range(self.top):
+                row.update(_interval_cells(f"top{i + 1}_asr", tops[i] if i < len(tops) else None))
             rows.append(row)
         return rows
 
@@ -224,24 +254,36 @@ class UniversalResult:
         return buf.getvalue()
 
 
+def _interval_cells(col: str, r: Rate | None) -> dict:
+    """A rate's interval and counts beside its column: ``col_low``, ``col_high``, ``col_k`` (n: the targets)."""
+    return {f"{col}_low": r.low if r else None, f"{col}_high": r.high if r else None, f"{col}_k": r.k if r else None}
+
+
 def _pct(v: float) -> str:
     return "-" if v is None or not np.isfinite(v) else f"{v:.2f}"
 
 
+def _short_rate(r: Rate | None) -> str:
+    """``60.0 [26.2, 87.8]``: a table cell (k/n beside it in the detail and the JSON/CSV)."""
+    return "-" if r is None else f"{r.rate:.1f} [{r.low:.1f}, {r.high:.1f}]"
+
+
 def format_table(result: UniversalResult) -> str:
-    """The terminal per-class table: backgrounds, targets, total fooled (union) %, top ASRs %, greedy cover."""
-    tops = f"top-{result.top} ASR %"
-    head = (f"{'class':<12}{'bgs':>6}{'targets':>9}{'total fooled %':>16}  {tops:<{7 * result.top}}"
+    """The terminal per-class table: backgrounds, targets, total fooled (union) % and top ASRs % with their 95%
+    intervals (n = the class's targets), greedy cover."""
+    w = 20 * result.top
+    tops = f"top-{result.top} ASR % [95% Clopper-Pearson] of the targets"
+    head = (f"{'class':<12}{'bgs':>6}{'targets':>9}  {'total fooled % [95% CI] (k/n)':<30}  {tops:<{w}}"
             f"{f'greedy-{result.greedy} %':>12}")
     lines = [head, "-" * len(head)]
     for c, row in zip(result.classes, result.table_rows()):
         if c.message:
-            lines.append(f"{c.class_name:<12}{c.n_backgrounds:>6}{c.n_targets:>9}{'-':>16}  {c.message}")
+            lines.append(f"{c.class_name:<12}{c.n_backgrounds:>6}{c.n_targets:>9}  {'-':<30}  {c.message}")
             continue
-        tops = " ".join(f"{a:6.2f}" for a in c.top_asr)
+        tops = " ".join(f"{_short_rate(r):<19}" for r in c.top_rates)
         g = row[f"greedy{result.greedy}_coverage"]
-        lines.append(f"{c.class_name:<12}{c.n_backgrounds:>6}{c.n_targets:>9}{_pct(c.union):>16}  "
-                     f"{tops:<{7 * result.top}}{_pct(g) if result.greedy else '-':>12}")
+        lines.append(f"{c.class_name:<12}{c.n_backgrounds:>6}{c.n_targets:>9}  {format_rate(c.union_rate):<30}  "
+                     f"{tops:<{w}}{_pct(g) if result.greedy else '-':>12}")
     return "\n".join(lines)
 
 
@@ -251,15 +293,17 @@ def format_class(c: ClassUniversal, source_ids: Sequence[str] | None = None) -> 
         return c.message
     src = (lambda b: f"  {source_ids[b]}") if source_ids is not None else (lambda b: "")
     lines = [f"top {len(c.top_bg)} {c.class_name} backgrounds ({TIE_RULE}):",
-             f"  {'rank':>4} {'bg_id':>7} {'ASR %':>7}"]
-    lines += [f"  {i + 1:>4} {int(b):>7} {a:>7.2f}{src(int(b))}" for i, (b, a) in enumerate(zip(c.top_bg, c.top_asr))]
+             f"  {'rank':>4} {'bg_id':>7} {'ASR % [95% Clopper-Pearson] (k/n)':<34}"]
+    lines += [f"  {i + 1:>4} {int(b):>7} {format_rate(r, 2):<34}{src(int(b))}"
+              for i, (b, r) in enumerate(zip(c.top_bg, c.top_rates))]
     g = c.greedy
     lines.append(f"greedy cover of the {c.n_targets} targets ({len(g.bg_id)} pick{'' if len(g.bg_id) == 1 else 's'}"
                  + (f", stopped early: {_why_stopped(g)}" if g.stopped_early else "") + "):")
     lines.append(f"  {'pick':>4} {'bg_id':>7} {'+fooled':>8} {'coverage %':>11}")
     lines += [f"  {i + 1:>4} {int(b):>7} {int(n):>8} {cv:>11.2f}"
               for i, (b, n, cv) in enumerate(zip(g.bg_id, g.gain, g.coverage))]
-    lines.append(f"union of all {c.n_backgrounds} {c.class_name} backgrounds: {_pct(c.union)}% of targets fooled")
+    lines.append(f"union of all {c.n_backgrounds} {c.class_name} backgrounds: {format_rate(c.union_rate)} of targets "
+                 f"fooled")
     return "\n".join(lines)
 
 
