@@ -185,3 +185,17 @@ def test_headline_of_a_rate_at_the_ends(tmp_path):
         m = re.match(r"fooling rate ([\d.]+)% \[([\d.]+), ([\d.]+)\] \((\d+)/(\d+) vulnerable", text)
         assert m and (int(m[4]), int(m[5])) == (k, n)
         assert float(m[2]) == pytest.approx(100 * lo, abs=0.051) and float(m[3]) == pytest.approx(100 * hi, abs=0.051)
+
+
+def test_export_prints_the_results_rate_with_its_interval(tmp_path, capsys):
+    store = make_random_store(tmp_path / "s.h5")
+    code, _, err = run_cli(["search", "--store", str(store), "--model", "test/tiny", "--grid", "-", "-q"], capsys)
+    assert code == 0, err
+    with Store(store) as s:
+        res = load_search(s)
+    k, n = int(res.fooled.sum()), len(res)
+    lo, hi = reference.clopper_pearson(k, n)
+    code, out, err = run_cli(["export", "--store", str(store), "--out", str(tmp_path / "exp"), "--what", "composites"],
+                             capsys)
+    assert code == 0, err
+    assert f"fooling rate {100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({k}/{n})" in out

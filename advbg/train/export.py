@@ -40,6 +40,7 @@ from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
 from advbg.search.criteria import Criterion, asr, check_invalid_marked, decode_outcome
 from advbg.search.results import OUTCOME_MISSING, load_outcome, load_search
+from advbg.stats import RATE_LEGEND, format_rate, rate_or_none
 
 WHAT = ("backgrounds", "composites", "both")
 FORMATS = ("folder", "h5")
@@ -268,6 +269,8 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
             write_json(tmp / "manifest.json", dict(export=meta, items=rows))
     n_bg = sum(r["kind"] == "background" for r in rows)
     if echo:
+        fooling = rate_or_none(int(result.fooled.sum()), len(result))
         echo(f"exported {n_bg} fooling backgrounds and {len(rows) - n_bg} worst composites of results "
-             f"{name!r} (model {ident['model']}, criterion {ident['criterion']}) to {out}")
+             f"{name!r} (model {ident['model']}, criterion {ident['criterion']}, its fooling rate "
+             f"{format_rate(fooling)} of foregrounds; {RATE_LEGEND}) to {out}")
     return ExportResult(out, n_bg, len(rows) - n_bg, rows)
