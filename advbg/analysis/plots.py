@@ -117,7 +117,7 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
     """PNG: for the n foregrounds with the lowest worst margin, foreground | worst background | composite."""
     order = [k for k in np.argsort(result.worst_margin, kind="stable") if result.worst_bg[k] >= 0][:n]
     names = list(store.class_names)
-    label = lambda c: names[c] if 0 <= c < len(names) else "none"  # noqa: E731
+    label = lambda c: names[c] if 0 <= c < len(names) else "no class"  # noqa: E731
     fig, axes = subplots(max(1, len(order)), 3, figsize=(7.5, 2.6 * max(1, len(order))), squeeze=False)
     for row, k in enumerate(order):
         fg_id, bg_id = int(result.fg_id[k]), int(result.worst_bg[k])

@@ -199,7 +199,7 @@ def _check_groups(s: Store, skip_incomplete: bool) -> list[str]:
 
 
 def _label(names: Sequence[str], c: int) -> str:
-    return names[c] if 0 <= c < len(names) else "none"
+    return names[c] if 0 <= c < len(names) else "no class"   # "none" is only a prediction (README, Terms)
 
 
 def _search_section(s: Store, name: str, cap: GalleryCap, thumbs: dict[int, str], progress: bool) -> SearchSection:
