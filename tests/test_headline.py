@@ -199,3 +199,39 @@ def test_export_prints_the_results_rate_with_its_interval(tmp_path, capsys):
                              capsys)
     assert code == 0, err
     assert f"fooling rate {100 * k / n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({k}/{n})" in out
+
+
+def test_a_run_journalled_before_the_raw_column_resumes_with_its_fill(tmp_path, monkeypatch):
+    """Units committed by a build without ``worst_raw_top1`` resume: their rows read -1, the new units' the argmax."""
+    from advbg.search import engine
+    from advbg.search.results import sink
+
+    path = make_random_store(tmp_path / "s.h5", n_fg=9, n_bg=7, seed=13)
+    clf = parity_classifier("identity")
+    cfg = SearchConfig(fg_block=2, batch_size=5)
+    old_run_unit = engine.Engine.run_unit
+
+    def without_raw(self, *a, **kw):
+        rows, outcome = old_run_unit(self, *a, **kw)
+        rows.pop("worst_raw_top1")
+        return rows, outcome
+
+    calls = []
+
+    def stop_after_two(_):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(engine.Engine, "run_unit", without_raw)
+        m.setattr(sink, "COLUMNS", {k: v for k, v in sink.COLUMNS.items() if k != "worst_raw_top1"})
+        with Store(path, "r+") as s, pytest.raises(KeyboardInterrupt):
+            search(s, clf, cfg, results_name="r", progress=False, on_unit=stop_after_two)
+    with Store(path, "r+") as s:
+        res = search(s, clf, cfg, results_name="r", progress=False, resume=True)
+        assert res.run.resumed_units == 2
+        back = load_search(s, "r")
+        assert (back.worst_raw_top1[:4] == -1).all()
+        for k in range(4, len(back)):
+            assert back.worst_raw_top1[k] == _raw_top1(s, clf, int(back.fg_id[k]), int(back.worst_bg[k]))

@@ -157,7 +157,7 @@ class Journal:
         for path in self.files():
             for _, _, payload in _scan(path):
                 with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-                    yield {k: z[k] for k in (keys or z.files)}
+                    yield {k: z[k] for k in (keys or z.files) if k in z.files}   # a later column may be absent
 
     def done_rows(self, n: int) -> np.ndarray:
         """Boolean (n,): rows of the searched foregrounds whose unit is committed."""

@@ -23,6 +23,7 @@ from advbg.search.distributed import Ranks
 from advbg.search.journal import Journal, JournalWriter, journal_folder
 from advbg.search.results.read import load_search
 from advbg.search.results.schema import (
+    ADDED_COLUMNS,
     COLUMNS,
     FIELDS,
     OUTCOME_MISSING,
@@ -147,7 +148,8 @@ class ResultsSink:
         for r in recs:
             s, e = int(r["start"]), int(r["stop"])
             for k in FIELDS:
-                cols[k][s:e] = r[k]
+                if k in r or k not in ADDED_COLUMNS:   # a unit journalled before a column existed keeps its fill
+                    cols[k][s:e] = r[k]
             have[s:e] = True
         if not have.all():
             where = f" in {self.journal.folder}" if self.journal else ""
@@ -213,7 +215,8 @@ class _FileWriter:
     def write_rows(self, start: int, stop: int, rows: dict[str, np.ndarray], outcome: np.ndarray | None) -> None:
         g = self.group
         for k in FIELDS:
-            g[k][start:stop] = rows[k]
+            if k in rows or k not in ADDED_COLUMNS:
+                g[k][start:stop] = rows[k]
         if outcome is not None and "outcome" in g:
             g["outcome"][start:stop] = outcome
         g["done"][start:stop] = 1
