@@ -155,6 +155,10 @@ def test_a_pruned_run_says_so_and_states_its_recall(tmp_path, capsys):
         assert len(names) == 1 and "exhaustive" not in names[0] and names[0].endswith(".pruned-mix-k3")
         pruned = load_search(s, names[0])
         full = load_search(s, next(n for n in s.results if n.endswith(".exhaustive")))
+        from advbg.analysis.report import _headline
+
+        assert dict(_headline(s, names[0], pruned))["search"].startswith("pruned, 3 candidates per foreground")
+        assert dict(_headline(s, full.results_name, full))["search"].startswith("exhaustive")
     assert "pruned, 3 candidates per foreground (rule mix)" in out.splitlines()[0]
     line = next(ln for ln in out.splitlines() if ln.startswith("recall against the exhaustive run"))
     truth = set(full.fg_id[full.fooled].tolist())

@@ -40,6 +40,7 @@ from advbg.files import now
 from advbg.models.classifier import identity_of
 from advbg.progress import progress as progress_bar
 from advbg.search.results import SearchResult, load_search, result_names, verify_all
+from advbg.search.strategies import prune_label
 from advbg.stats import Rate, rate_or_none
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
@@ -266,14 +267,14 @@ def _headline(s: Store, name: str, r: SearchResult) -> list[tuple[str, str]]:
         return [("results", name), ("foregrounds", str(len(r)))]
     c = run.classifier
     crit = str(g.attrs.get("criterion", run.criterion))
-    pruning = f", pruning {run.pruning}" if run.pruning else ""
     return [
         ("criterion", f"{crit}: {run.criterion}" if not str(run.criterion).startswith("Criterion(") else
          str(run.criterion)),
         ("model", f"{c.get('name')} ({c.get('architecture')}.{c.get('weight_tag')}, label map "
                   f"{c.get('label_map')}, source {c.get('source')})"),
         ("weights SHA-256", c.get("weights_sha256") or "not recorded (no weights file)"),
-        ("search", f"{run.mode}{pruning}; {len(r)} foregrounds x {_n_backgrounds(s, run)} backgrounds"),
+        ("search", f"{prune_label(run.pruning) if run.pruning else run.mode}; {len(r)} foregrounds x "
+                   f"{_n_backgrounds(s, run)} backgrounds"),
         ("composites evaluated", f"{run.forwards:,}" + (f" ({int(r.n_invalid.sum())} with non-finite logits)"
                                                         if r.n_invalid.sum() else "")),
         ("rate", f"{run.composites_per_s:,.1f} composites/s ({run.seconds:.1f} s on {run.device}, "
