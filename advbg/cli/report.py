@@ -23,6 +23,10 @@ def report(
     eval_files: Annotated[Optional[list[Path]], typer.Option(
         "--eval", metavar="FILE.json", help="JSON written by `advbg eval --results-file` (repeatable): adds the accuracy table, BG-Gap "
                        "and plot.")] = None,
+    saliency_files: Annotated[Optional[list[Path]], typer.Option(
+        "--saliency", metavar="FILE.json", help="JSON written by `advbg saliency --results-file` (repeatable): adds "
+                       "the foreground share per variant and class, and overlays beside the worst composites when its "
+                       "maps (--maps, or the .npz of the same name) are there.")] = None,
     gallery_worst: Annotated[int, typer.Option(
         help="Gallery rows with images: this many lowest margins ...")] = _CAP.worst,
     gallery_fooled: Annotated[int, typer.Option(
@@ -39,5 +43,5 @@ def report(
 ) -> None:
     """Write one self-contained HTML page (no network, opens from disk) of every complete results group:
     search runs with a sortable gallery, universal backgrounds per class, evaluations, provenance."""
-    run_report(store, out, eval_files=eval_files or (), cap=GalleryCap(gallery_worst, gallery_fooled, thumb, page_rows),
+    run_report(store, out, eval_files=eval_files or (), saliency_files=saliency_files or (), cap=GalleryCap(gallery_worst, gallery_fooled, thumb, page_rows),
                verify=not no_verify, skip_incomplete=skip_incomplete, progress=not quiet, echo=typer.echo)

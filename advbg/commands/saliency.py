@@ -51,7 +51,8 @@ def run_saliency(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier |
             if fmt == "csv":
                 atomic_write_text(results_file, to_csv(report))
             else:
-                write_json(results_file, report.to_dict())
+                # the maps file, named so that `advbg report --saliency` finds the overlays' maps
+                write_json(results_file, dict(report.to_dict(), **({"maps": str(Path(maps).resolve())} if maps else {})))
             echo(f"results: {results_file}")
         if maps:
             save_maps(maps, report)
