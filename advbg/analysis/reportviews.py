@@ -38,6 +38,7 @@ class EvalView:
     """One measure of an eval file: a row per variant, a column per model (None: not measured)."""
 
     title: str
+    short: str                          # the column heading under each model
     variants: list[str]
     cells: list[list[Rate | None]]      # [variant][model]
 
@@ -61,11 +62,11 @@ def eval_views(d: dict, variants: list[str]) -> list[EvalView]:
     for k in ks:
         cells = [[_topk_rate(a.get(v), k) for a in acc] for v in variants]
         if any(c is not None for row in cells for c in row):
-            views.append(EvalView(f"top-{k} accuracy", variants, cells))
+            views.append(EvalView(f"top-{k} accuracy", f"top-{k}", variants, cells))
     none = [[count_rate((a.get(v) or {}).get("none_rate"), (a.get(v) or {}).get("n")) for a in acc]
             for v in variants]
     if any(c is not None for row in none for c in row):
-        views.append(EvalView("'none' rate (top-1 in no class)", variants, none))
+        views.append(EvalView("'none' rate (top-1 in no class)", "none", variants, none))
     return views
 
 
@@ -108,34 +109,40 @@ def gap_of(m: dict) -> Gap | float | None:
 
 # --------------------------------------------------------------------------------------------- comparison
 @dataclass(frozen=True)
+class Transposed:
+    """A comparison table turned on its side for the page: a column per row of ``table`` (headed by its
+    ``head`` cells), a row per measured column, so many variants make a longer table, not a wider one."""
+
+    table: Table
+    head: list[str]
+    measures: list[str]
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """The comparison tables (search runs of the store; evaluation files) and why any is missing."""
+    """The comparison tables (search runs of the store; evaluation files, top-1) and why any is missing."""
 
     tables: list[Table]
+    eval_tables: list[Transposed] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
+EVAL_HEAD = ("model", "weights", "store", "file")
+
+
 def comparison(searches: Sequence[SearchResult], eval_files: Sequence[str | os.PathLike]) -> Comparison:
-    """``compare.search_table`` over the store's complete searches, ``compare.eval_table`` per top-k of the files."""
-    tables, notes = [], []
+    """``compare.search_table`` over the store's complete searches and ``compare.eval_table`` (top-1) of the files;
+    every other top-k is in each file's own views."""
+    tables, evals, notes = [], [], []
     recorded = [r for r in searches if r.run is not None]
     if recorded:
         tables.append(search_table(recorded))
     if len(recorded) < len(searches):
         notes.append(f"{len(searches) - len(recorded)} search run(s) without a run record left out")
     if eval_files:
-        ks = sorted({int(k[3:]) for f in eval_files for m in _models(f) for s in (m.get("accuracy") or {}).values()
-                     for k in (s.get("correct") or {})} | {1})
-        for k in ks:
-            try:
-                tables.append(eval_table(list(eval_files), k))
-            except AdvbgError as e:
-                notes.append(f"top-{k}: {e}")
-    return Comparison(tables, notes)
-
-
-def _models(path) -> list[dict]:
-    return json.loads(Path(path).read_text()).get("models") or []
+        t = eval_table(list(eval_files), 1)
+        evals.append(Transposed(t, list(EVAL_HEAD), [c for c in t.columns if c not in EVAL_HEAD]))
+    return Comparison(tables, evals, notes)
 
 
 def cell(v: Any) -> tuple[str, str]:
