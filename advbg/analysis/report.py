@@ -465,7 +465,7 @@ def _eval_plot(variants: list[str], rows: list[dict], view: EvalView | None = No
         return None
     x = np.arange(len(variants))
     width = 0.8 / len(rows)
-    fig, ax = subplots(figsize=(max(5.0, 0.9 * len(variants) + 2.5), 3.0))
+    fig, ax = subplots(figsize=(max(5.0, 0.9 * len(variants) + 2.5), 3.0 + 0.15 * len(rows)), layout="constrained")
     for j, r in enumerate(rows):
         rates = r["rates"] if view is None else [view.cells[i][j] for i in range(len(variants))]
         vals = [np.nan if q is None else q.rate for q in rates] if view is not None else \
@@ -480,8 +480,8 @@ def _eval_plot(variants: list[str], rows: list[dict], view: EvalView | None = No
     ax.set(ylim=(0, 100), ylabel=("top-1 accuracy" if view is None else view.title) + " (%)")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, 1.22), ncol=min(3, len(rows)))
-    fig.tight_layout()
+    # the legend above the axes, in the figure's layout (constrained: long model names never push the axes out)
+    fig.legend(fontsize=7, frameon=False, loc="outside upper center", ncol=min(3, len(rows)))
     return png_uri(fig)
 
 
