@@ -404,11 +404,12 @@ def test_cli_options_reach_run_report(monkeypatch, capsys, tmp_path):
     seen = {}
     monkeypatch.setattr("advbg.cli.report.run_report", lambda store, out, **kw: seen.update(store=store, out=out, **kw))
     code, _, err = run_cli(["report", "-s", "s.h5", "-o", "p.html", "--eval", "a.json", "--eval", "b.json",
+                            "--saliency", "c.json",
                             "--gallery-worst", "7", "--gallery-fooled", "3", "--thumb", "64", "--page-rows", "9",
                             "--no-verify", "--skip-incomplete", "-q"], capsys)
     assert code == 0, err
     assert seen["store"] == Path("s.h5") and seen["out"] == Path("p.html")
-    assert seen["eval_files"] == [Path("a.json"), Path("b.json")]
+    assert seen["eval_files"] == [Path("a.json"), Path("b.json")] and seen["saliency_files"] == [Path("c.json")]
     assert seen["cap"] == GalleryCap(worst=7, fooled=3, thumb=64, page_rows=9)
     assert (seen["verify"], seen["skip_incomplete"], seen["progress"]) == (False, True, False)
 
@@ -440,8 +441,8 @@ def rate_cell(k: int, n: int) -> str:
 
 @pytest.fixture
 def full_store(searched_store, tmp_path, capsys):
-    """The searched store, plus an eval sweep of three models (top-1 and top-5 on every variant, as `advbg eval` does by default) and a
-    saliency run with its maps: (store, eval JSON, saliency JSON)."""
+    """The searched store, plus an eval sweep of three models (top-1 and top-5 on every variant, as `advbg eval`
+    does by default) and a saliency run with its maps: (store, eval JSON, saliency JSON)."""
     ev, sal = tmp_path / "eval.json", tmp_path / "sal.json"
     code, _, err = run_cli(["eval", "-s", str(searched_store), "-m", ",".join(SWEEP), "--label-map", "in9",
                             "-V", "all", "--top-k", "1,5", "--results-file", str(ev), "-q"], capsys)
@@ -599,7 +600,8 @@ def test_at_1280_px_no_table_cell_is_wider_than_its_card(full_store, tmp_path):
     html = render_html(build_report(store, [ev], saliency_files=[sal], verify=False, progress=False,
                                     echo=lambda _: None))
     # The probe works: a card holding a cell too wide for it is reported.
-    wide = '<div class="card"><table><tr><td style="white-space: nowrap">' + "BG-Gap " * 400 + "</td></tr></table></div>"
+    wide = ('<div class="card"><table><tr><td style="white-space: nowrap">' + "BG-Gap " * 400
+            + "</td></tr></table></div>")
     control = probe_layout(tmp_path, html.replace("</main>", wide + "</main>"), "control.html")
     assert json.loads(control["data-overflow"]) and int(control["data-scroll"]) > 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from PIL import Image
 
 from advbg.analysis.compare import Table, eval_table, search_table
 from advbg.analysis.evaluate import ordered_variants
@@ -277,8 +278,6 @@ def overlay_images(store: Store, d: dict, maps: dict[str, np.ndarray], fg_ids: S
 
 def blend(img: np.ndarray, m: np.ndarray, cmap, alpha: float = 0.45) -> np.ndarray:
     """The image with the map (scaled to its own maximum, resized to the image) over it in ``cmap`` colours."""
-    from PIL import Image
-
     if m.shape != img.shape[:2]:
         m = np.asarray(Image.fromarray(m.astype(np.float32)).resize(img.shape[1::-1], Image.BILINEAR))
     peak = float(np.nanmax(m)) if m.size else 0.0

@@ -12,7 +12,8 @@ from advbg.files import atomic_write_text, check_output
 
 
 def run_report(store: str | Path = DEMO_STORE, out: str | Path | None = None, *,
-               eval_files: Sequence[str | Path] = (), saliency_files: Sequence[str | Path] = (), cap: GalleryCap = GalleryCap(), verify: bool = True,
+               eval_files: Sequence[str | Path] = (), saliency_files: Sequence[str | Path] = (),
+               cap: GalleryCap = GalleryCap(), verify: bool = True,
                skip_incomplete: bool = False, progress: bool = True,
                echo: Callable[[str], None] = print) -> Path:
     """`advbg report`: read every complete results group, write the page atomically, print where it is.
@@ -31,7 +32,8 @@ def run_report(store: str | Path = DEMO_STORE, out: str | Path | None = None, *,
     except OSError as e:
         raise AdvbgError(f"cannot write {out}: {e.strerror or e}") from None
     echo(f"report: {out} ({len(html.encode()) / 1e6:.2f} MB; {len(report.searches)} search run(s), "
-         f"{len(report.universals)} universal analysis(es), {len(report.evals)} evaluation file(s), {len(report.saliency)} saliency file(s))")
+         f"{len(report.universals)} universal analysis(es), {len(report.evals)} evaluation file(s), "
+         f"{len(report.saliency)} saliency file(s))")
     return out
 
 
