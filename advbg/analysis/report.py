@@ -518,7 +518,8 @@ def _overlay_rows(s: Store, d: dict, maps: dict[str, np.ndarray], searches: list
                   cap: GalleryCap) -> list[OverlayRow]:
     have = [int(f) for v in d["variants"] for f in maps.get(f"{v['variant']}_fg_index", [])]
     gallery = {row.fg_id: row for sec in reversed(searches) for row in sec.rows}   # the first search wins
-    ranked = [row.fg_id for sec in searches[:1] for row in sec.rows if row.fg_id in set(have)]
+    mapped = set(have)
+    ranked = [row.fg_id for sec in searches[:1] for row in sec.rows if row.fg_id in mapped]
     chosen = list(dict.fromkeys(ranked + have))[:OVERLAY_ROWS]
     images = overlay_images(s, d, maps, chosen, cap.thumb, thumb_uri)
     names = s.class_names
