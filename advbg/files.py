@@ -57,6 +57,7 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
     path = Path(path)
     tmp = partial_path(path)
     _remove(tmp)                     # left by a killed writer of this output
+    restore_replaced(path)
     try:
         if folder:
             tmp.mkdir()
@@ -68,6 +69,26 @@ def atomic_output(path: str | os.PathLike, *, folder: bool = False) -> Iterator[
         if err is not None:
             raise err from None
         raise
+
+
+def restore_replaced(path: str | os.PathLike) -> bool:
+    """Put back an older folder output that a writer killed between its two renames left aside (``.NAME.old``,
+    nothing at ``path``); True when it did."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if old.is_dir() and not old.is_symlink() and not os.path.lexists(path):
+        os.replace(old, path)
+        return True
+    return False
+
+
+def commit_partial(path: str | os.PathLike, *, folder: bool = False) -> Path:
+    """Move a finished ``partial_path(path)`` into place as ``atomic_output`` does (fsync, rename over ``path``,
+    fsync of the folder), for writers that fill the temporary themselves: a new store (kept across runs to resume
+    it), an unpacked archive."""
+    path = Path(path)
+    _commit(partial_path(path), path, folder)
+    return path
 
 
 def _commit(tmp: Path, path: Path, folder: bool) -> None:
@@ -100,6 +121,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (``atomic_output``)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def leftover_partials(folder: str | os.PathLike) -> list[Path]:
+    """The temporaries (``partial_path``) that killed writers left in ``folder``, by name."""
+    return sorted(Path(folder).glob(".*.partial"))
+
+
+def is_partial(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names an output's temporary (``partial_path``), not an output."""
+    return str(path).endswith(".partial")
 
 
 def check_output(path: str | os.PathLike | None, suffixes: tuple[str, ...] = (),

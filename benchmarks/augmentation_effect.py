@@ -39,7 +39,7 @@ import torch
 
 from advbg.data.store import Store
 from advbg.data.synth import SynthConfig, make_synthetic
-from advbg.models.classifier import load_classifier
+from advbg.models.loading import load_classifier
 from advbg.search.compositor import composite_pairs
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search

@@ -21,9 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from advbg.analysis.evaluate import EvalConfig, evaluate  # noqa: E402
 from advbg.data.labels import IN9_CLASSES  # noqa: E402
-from advbg.data.store import Store, write_store  # noqa: E402
+from advbg.data.store import Store  # noqa: E402
 from advbg.data.variants import iter_variant, variant_names  # noqa: E402
-from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.data.writer import write_store  # noqa: E402
+from advbg.models.loading import load_classifier  # noqa: E402
 
 
 def synthetic_store(path: Path, n: int, size: int = 224) -> Path:

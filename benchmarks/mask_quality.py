@@ -53,10 +53,11 @@ from advbg._compat import import_timm
 from advbg.analysis.evaluate import EvalConfig, evaluate
 from advbg.data.extract import ExtractConfig, extract
 from advbg.data.segment import only_bg_t
-from advbg.data.store import Store, StoreWriter
+from advbg.data.store import Store
 from advbg.data.synth import SynthConfig, render_photo, style_background
 from advbg.data.variants import make_variant
-from advbg.models.classifier import load_classifier
+from advbg.data.writer import StoreWriter
+from advbg.models.loading import load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import Criterion
 from advbg.search.results import load_outcome

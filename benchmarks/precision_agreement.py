@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from search_memory import build_store  # noqa: E402
 
 from advbg.data.store import Store  # noqa: E402
-from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.models.loading import load_classifier  # noqa: E402
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_NONE
 from advbg.search.results import load_outcome  # noqa: E402

@@ -40,13 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
-from advbg.models.classifier import (
-    Classifier,
-    ClassifierConfig,
-    identity_map,
-    load_classifier,
-)
+from advbg.data.store import Store
+from advbg.data.writer import write_store
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map
+from advbg.models.loading import load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.index import build_index
 from advbg.search.runner import search

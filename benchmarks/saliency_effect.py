@@ -36,7 +36,7 @@ from advbg.analysis.evaluate import EvalConfig, evaluate
 from advbg.analysis.saliency import SaliencyConfig, saliency
 from advbg.data.store import Store
 from advbg.data.synth import SynthConfig, make_synthetic
-from advbg.models.classifier import load_classifier
+from advbg.models.loading import load_classifier
 from advbg.train.finetune import FinetuneConfig, finetune
 
 POLICIES = ("original", "mixed-rand")

@@ -30,7 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from advbg.data.labels import IN9_CLASSES  # noqa: E402
-from advbg.data.store import _STR, SCHEMA_VERSION, item_checksum  # noqa: E402
+from advbg.data.store import SCHEMA_VERSION, item_checksum  # noqa: E402
+from advbg.data.writer import _STR  # noqa: E402
 from advbg.files import now as _now  # noqa: E402
 
 
@@ -114,7 +115,8 @@ def probe_classifier(size: int):
     import torch
     from torch import nn
 
-    from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+    from advbg.models.classifier import Classifier, ClassifierConfig
+    from advbg.models.label_map import identity_map
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.AdaptiveAvgPool2d(8), nn.Flatten(), nn.Linear(3 * 64, 9))
@@ -126,7 +128,7 @@ def probe_classifier(size: int):
 
 
 def make_classifier(name: str, size: int, device: str):
-    from advbg.models.classifier import load_classifier
+    from advbg.models.loading import load_classifier
 
     if name == "probe":
         return probe_classifier(size).to(device)

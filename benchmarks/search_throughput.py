@@ -9,6 +9,14 @@ For each model and setting it measures, on a synthetic store at 224 px:
     again for each foreground (OpenCV, faster than the original PIL), float32 numpy composites, batches of 32,
     fp32, NCHW — with the same model (targets: >= 2x on CPU, >= 50x on a GPU);
 and projects the time of the full IN-9 grid, 4,050 x 4,050 = 16.4 M composites, from the steady rate.
+Each row also gives the model's FLOPs per image (counted by torch.utils.flop_counter.FlopCounterMode on one forward,
+not typed in), the GFLOP/s the search and the bare forward reach, the CPU's (or GPU's) peak for the row's precision
+and the share of it reached. The CPU peak is cores x clock x FLOP per cycle from the CPU's reported features
+(advbg.hardware.peak_gflops says how, and prints its arithmetic); on a GPU the measured bf16 matmul rate.
+CPU rows: fp32, bf16 and bf16+verify (bf16 with --verify-close at the tolerance `--amp auto`'s calibration derives
+from the measured bf16-vs-fp32 margin error of the model on a batch of the store's composites), channels_last on;
+opt-in (--compile) fp32+compile and bf16+verify+compile. Before the rows it prints, per model, what `--amp auto`
+would choose on this machine and why.
 Rows with torch.compile run in a child process under ``--row-timeout``: a compilation that fails or runs too
 long gives a row that says why, and the rest of the run goes on.
 
@@ -21,6 +29,8 @@ long gives a row that says why, and the rest of the run goes on.
     python benchmarks/search_throughput.py --section gpu --dry      # the GPU section's code on the CPU, tiny sizes
     python benchmarks/search_throughput.py --section cpu --ab BEFORE_DIR --cpu-models advbg/lite0
         # search/bare of the advbg package in BEFORE_DIR and of this checkout, alternating in child processes
+    python benchmarks/search_throughput.py --section cpu --bare-only --repeat 3
+        # only the bare forward, fp32 and bf16 alternating side by side (images/s, GFLOP/s, share of peak)
 
 Models given by timm name get random weights (speed does not depend on them); advbg/lite0 is the embedded one.
 The GPU section also measures the bf16 matmul ceiling and reports the gap to the compute floor of the grid.
@@ -58,8 +68,10 @@ import advbg  # noqa: E402,F401  (first, so that search_memory's own path settin
 
 from search_memory import build_store  # noqa: E402
 
+from advbg import hardware  # noqa: E402
 from advbg.data.store import Store  # noqa: E402
-from advbg.models.classifier import load_classifier  # noqa: E402
+from advbg.models.loading import load_classifier  # noqa: E402
+from advbg.models.precision import choose_precision, margin_error_bound, tolerance_from_bound  # noqa: E402
 from advbg.search.config import SearchConfig  # noqa: E402
 from advbg.search.runner import search  # noqa: E402
 
@@ -74,13 +86,16 @@ class Variant:
     channels_last: bool
     compile: bool = False
     cuda_graphs: bool = False
+    verify: bool = False           # --verify-close at the model's calibrated tolerance (low precision only)
 
 
 GPU_VARIANTS = (Variant("fp32", "off", False), Variant("bf16", "bf16", False),
                 Variant("bf16+channels_last", "bf16", True),
                 Variant("bf16+channels_last+compile", "bf16", True, True),
                 Variant("bf16+channels_last+compile+cuda_graphs", "bf16", True, True, True))
-CPU_VARIANTS = (Variant("fp32", "off", True), Variant("fp32+compile", "off", True, True))
+CPU_VARIANTS = (Variant("fp32", "off", True), Variant("bf16", "bf16", True),
+                Variant("bf16+verify", "bf16", True, verify=True), Variant("fp32+compile", "off", True, True),
+                Variant("bf16+verify+compile", "bf16", True, True, verify=True))
 
 
 def sync(device: torch.device) -> None:
@@ -100,10 +115,11 @@ def load_now() -> float:
 
 # --------------------------------------------------------------------------------------------- measurements
 def measure_search(clf, store: Store, v: Variant, n_fg: int, device: torch.device, fg_block: int,
-                   batch: int | None) -> dict:
+                   batch: int | None, tol: float = 0.0) -> dict:
     times = []
     cfg = SearchConfig(amp=v.amp, channels_last=v.channels_last, compile=v.compile, cuda_graphs=v.cuda_graphs,
-                       foregrounds=tuple(range(n_fg)), fg_block=fg_block, batch_size=batch, device=str(device))
+                       foregrounds=tuple(range(n_fg)), fg_block=fg_block, batch_size=batch, device=str(device),
+                       verify_close=tol if v.verify else 0.0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -112,26 +128,59 @@ def measure_search(clf, store: Store, v: Variant, n_fg: int, device: torch.devic
     per_unit = fg_block * len(store.backgrounds)
     steady = (len(times) - 1) * per_unit / (times[-1] - times[0]) if len(times) > 1 else float("nan")
     out = dict(end_to_end=res.run.forwards / total, steady=steady, batch=res.run.batch_size,
-               composites=res.run.forwards, seconds=total, first_unit_s=times[0] - t0 if times else float("nan"))
+               composites=res.run.forwards, seconds=total, first_unit_s=times[0] - t0 if times else float("nan"),
+               verified=getattr(res.run, "verified", 0), verify_close=cfg.verify_close)
     if device.type == "cuda":
         out.update(peak_gpu_allocated_gb=torch.cuda.max_memory_allocated(device) / 2**30,
                    peak_gpu_reserved_gb=torch.cuda.max_memory_reserved(device) / 2**30)
     return out
 
 
-def measure_bare(clf, store: Store, v: Variant, batch: int, device: torch.device, seconds: float = 3.0) -> float:
-    """Images/s of clf.model on a pre-built, normalised batch of real composites (same settings as the search)."""
+def example_composites(store: Store, batch: int, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """A batch of real composites of the store in [0, 1] (4 foregrounds cycled over up to 64 backgrounds)."""
     from advbg.search.compositor import composite_pairs
 
-    fmt = torch.channels_last if v.channels_last else torch.contiguous_format
-    clf.to(device).to(memory_format=fmt)
     fg = torch.as_tensor(store.foregrounds.read(np.arange(4))).to(device)
     mask = torch.as_tensor(store.foregrounds.read_masks(np.arange(4))).to(device)
     bg = torch.as_tensor(store.backgrounds.read(np.arange(min(64, len(store.backgrounds))))).to(device)
     fi = torch.arange(batch, device=device) % 4
     bj = torch.arange(batch, device=device) % bg.shape[0]
+    return composite_pairs(fg, mask, bg, fi, bj, dtype)
+
+
+def model_gflop(clf) -> float:
+    """GFLOP of one image's forward, counted by torch's FlopCounterMode (convolutions and matmuls: 2 per MAC)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand((1, *clf.config.input_size), device=clf.device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        clf.model(clf.preprocess(x))
+    return counter.get_total_flops() / 1e9
+
+
+def calibrate(clf, store: Store, batch: int, device: torch.device) -> tuple[dict, float]:
+    """What `--amp auto` chooses for this model and batch (choose_precision on real composites), and the
+    --verify-close tolerance of the bf16+verify rows: the calibration's, or derived the same way from the measured
+    error bound where the calibration chose fp32 (or, without native bf16, did not measure one)."""
+    x = example_composites(store, batch, device)
+    choice = choose_precision(clf, x, channels_last=True)
+    bound = choice.error_bound
+    if bound is None:
+        with torch.inference_mode():
+            xin = clf.preprocess(x).contiguous(memory_format=torch.channels_last)
+            ref = clf.model(xin).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                low = clf.model(xin).float()
+        bound = margin_error_bound(clf.label_map, ref, low)
+    return choice.to_record(), tolerance_from_bound(bound)
+
+
+def measure_bare(clf, store: Store, v: Variant, batch: int, device: torch.device, seconds: float = 3.0) -> float:
+    """Images/s of clf.model on a pre-built, normalised batch of real composites (same settings as the search)."""
+    fmt = torch.channels_last if v.channels_last else torch.contiguous_format
+    clf.to(device).to(memory_format=fmt)
     low = device.type == "cuda" and v.amp != "off"
-    x = composite_pairs(fg, mask, bg, fi, bj, torch.bfloat16 if low else torch.float32)
+    x = example_composites(store, batch, device, torch.bfloat16 if low else torch.float32)
     x = ((x - clf.mean.to(x.dtype)) / clf.std.to(x.dtype)).contiguous(memory_format=fmt)
     model = clf.model
     if v.compile:
@@ -202,7 +251,7 @@ def matmul_tflops(device: torch.device, size: int = 8192) -> float:
 
 # --------------------------------------------------------------------------------------------- one row
 def row(model: str, v: Variant, device: torch.device, store_path: Path, fg_block: int, batch: int,
-        row_seconds: float, max_fg: int, clf=None, n_fg: int | None = None) -> dict:
+        row_seconds: float, max_fg: int, clf=None, n_fg: int | None = None, tol: float = 0.0) -> dict:
     """A search sized to take about ``row_seconds`` in steady state (at least 3 units; ``n_fg`` foregrounds when
     given, else sized by a first bare forward), then the bare forward. The bare forward comes after the search so
     that anything the search sets for the process (advbg.search.engine.keep_freed_memory) holds for both."""
@@ -212,11 +261,12 @@ def row(model: str, v: Variant, device: torch.device, store_path: Path, fg_block
         if n_fg is None:
             est = measure_bare(clf, store, v, batch, device, seconds=min(1.0, row_seconds / 8))
             n_fg = min(max_fg, max(3, math.ceil(est * row_seconds / per_unit)) * fg_block)
-        s = measure_search(clf, store, v, n_fg, device, fg_block, batch)
+        s = measure_search(clf, store, v, n_fg, device, fg_block, batch, tol)
         bare = measure_bare(clf, store, v, batch, device, seconds=min(3.0, row_seconds / 3))
     return dict(model=model, variant=v.name, batch=s["batch"], n_fg=n_fg, search=s["steady"],
                 search_end_to_end=s["end_to_end"], bare=bare, ratio=s["steady"] / bare,
-                grid_minutes=GRID / s["steady"] / 60, first_unit_s=s["first_unit_s"],
+                grid_minutes=GRID / s["steady"] / 60, first_unit_s=s["first_unit_s"], verified=s["verified"],
+                verify_close=s["verify_close"], composites=s["composites"],
                 load_average=load_now(), **{k: v_ for k, v_ in s.items() if k.startswith("peak_")})
 
 
@@ -247,12 +297,13 @@ def _reason(text: str, code: int) -> str:
     return f"failed (exit {code}): {pick[:300]}"
 
 
-def variant_row(model, v, device, store_path, fg_block, batch, row_seconds, max_fg, timeout, dry, clf=None) -> dict:
+def variant_row(model, v, device, store_path, fg_block, batch, row_seconds, max_fg, timeout, dry, clf=None,
+                tol: float = 0.0) -> dict:
     if not v.compile:
-        return row(model, v, device, store_path, fg_block, batch, row_seconds, max_fg, clf)
+        return row(model, v, device, store_path, fg_block, batch, row_seconds, max_fg, clf, tol=tol)
     args = ["--child-row", json.dumps(dict(model=model, variant=asdict(v), device=str(device),
                                            store=str(store_path), fg_block=fg_block, batch=batch,
-                                           row_seconds=row_seconds, max_fg=max_fg))]
+                                           row_seconds=row_seconds, max_fg=max_fg, tol=tol))]
     t0 = time.perf_counter()
     got, why = child(args, timeout)
     if got is None:
@@ -263,16 +314,19 @@ def variant_row(model, v, device, store_path, fg_block, batch, row_seconds, max_
 
 # --------------------------------------------------------------------------------------------- sections
 def run_rows(models, variants, device, store_path, jpgs, fg_block, ref_fg, batch, row_seconds, max_fg,
-             repeat, timeout, dry, deadline, refs: dict) -> list[dict]:
-    """One row per model and variant; ``refs`` caches each model's reference-loop rate."""
+             repeat, timeout, dry, deadline, refs: dict, peaks: dict) -> list[dict]:
+    """One row per model and variant; ``refs`` caches each model's reference-loop rate, FLOPs per image and (CPU)
+    `--amp auto` calibration; ``peaks`` maps a precision to its peak GFLOP/s."""
     rows = []
     for name in models:
         clf = classifier(name, device)
         if name not in refs:
             with Store(store_path) as store:
-                refs[name] = measure_reference(clf, store, jpgs, ref_fg, device)
-            print(json.dumps(dict(model=name, reference=refs[name], load_average=load_now())), flush=True)
-        ref = refs[name]
+                ref_rate = measure_reference(clf, store, jpgs, ref_fg, device)
+                cal, tol = calibrate(clf, store, batch, device) if device.type == "cpu" else (None, 0.0)
+            refs[name] = dict(reference=ref_rate, gflop=model_gflop(clf), calibration=cal, tol=tol)
+            print(json.dumps(dict(model=name, **refs[name], load_average=load_now())), flush=True)
+        ref, tol, gflop = refs[name]["reference"], refs[name]["tol"], refs[name]["gflop"]
         for v in variants:
             left = deadline - time.monotonic()
             if left < 10:
@@ -281,7 +335,7 @@ def run_rows(models, variants, device, store_path, jpgs, fg_block, ref_fg, batch
                 continue
             # On a shared machine the load changes between measurements: `repeat` rows, medians kept.
             reps = [variant_row(name, v, device, store_path, fg_block, batch, row_seconds, max_fg,
-                                min(timeout, left), dry, clf) for _ in range(1 if v.compile else repeat)]
+                                min(timeout, left), dry, clf, tol) for _ in range(1 if v.compile else repeat)]
             ok = [r for r in reps if "failed" not in r]
             if not ok:
                 r = reps[-1]
@@ -293,6 +347,10 @@ def run_rows(models, variants, device, store_path, jpgs, fg_block, ref_fg, batch
                 r["repeats"] = len(ok)
                 r["reference"] = ref
                 r["speedup"] = r["search"] / ref
+                peak = peaks.get("bf16" if v.amp == "bf16" else "fp32")
+                r.update(gflop_per_image=gflop, search_gflops=r["search"] * gflop, bare_gflops=r["bare"] * gflop,
+                         peak_gflops=peak, search_share=r["search"] * gflop / peak if peak else None,
+                         bare_share=r["bare"] * gflop / peak if peak else None)
             rows.append(r)
             print(json.dumps(r), flush=True)
     return rows
@@ -321,7 +379,7 @@ def long_run(model: str, v: Variant, device: torch.device, workdir: Path, n_bg: 
 def _child_row(spec: dict) -> dict:
     v = Variant(**spec["variant"])
     out = row(spec["model"], v, torch.device(spec["device"]), Path(spec["store"]), spec["fg_block"],
-              spec["batch"], spec["row_seconds"], spec["max_fg"], n_fg=spec.get("n_fg"))
+              spec["batch"], spec["row_seconds"], spec["max_fg"], n_fg=spec.get("n_fg"), tol=spec.get("tol", 0.0))
     out.update(page_faults=resource.getrusage(resource.RUSAGE_SELF).ru_minflt, advbg=str(Path(advbg.__file__).parent))
     return out
 
@@ -338,14 +396,21 @@ def _child_long(spec: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     out = ["| model | setting | batch | search (steady) | search (end to end) | bare forward | search/bare | "
-           "reference loop | speed-up | 4,050 x 4,050 grid |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "GFLOP/image | search GFLOP/s | peak GFLOP/s | share of peak (search / bare) | re-checked in fp32 | "
+           "reference loop | speed-up | 4,050 x 4,050 grid |", "|---" * 15 + "|"]
     for r in rows:
         if "failed" in r:
-            out.append(f"| {r['model']} | {r['variant']} | {r.get('batch', '')} | {r['failed']} | | | | | | |")
+            out.append(f"| {r['model']} | {r['variant']} | {r.get('batch', '')} | {r['failed']} |" + " |" * 11)
             continue
+        peak = r.get("peak_gflops")
+        share = f"{r['search_share']:.1%} / {r['bare_share']:.1%}" if peak else "-"
+        checked = (f"{r['verified'] / r['composites']:.1%} (tol {r['verify_close']:.3g})"
+                   if r.get("verify_close") else "-")
         out.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {_rate(r['search'])} | "
                    f"{_rate(r['search_end_to_end'])} | {_rate(r['bare'])} | {r['ratio']:.2f} | "
-                   f"{_rate(r['reference'])} | {r['speedup']:.1f}x | {_duration(r['grid_minutes'])} |")
+                   f"{r['gflop_per_image']:.2f} | {r['search_gflops']:,.1f} | {f'{peak:,.0f}' if peak else '-'} | "
+                   f"{share} | {checked} | {_rate(r['reference'])} | {r['speedup']:.1f}x | "
+                   f"{_duration(r['grid_minutes'])} |")
     return "\n".join(out)
 
 
@@ -407,11 +472,47 @@ def ab(args, before: Path) -> dict:
     return dict(rounds=res, summary=summary)
 
 
+# --------------------------------------------------------------------------------------------- bare, side by side
+def bare_only(args, device: torch.device, store_path: Path, batch: int, peaks: dict) -> list[dict]:
+    """fp32 and bf16 bare forwards of each model, alternating (order swapped each round), medians per precision."""
+    seconds = max(1.0, (args.row_seconds or 20.0) / 4)
+    out = []
+    for name in args.cpu_models.split(","):
+        clf = classifier(name, device)
+        gflop = model_gflop(clf)
+        rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+        with Store(store_path) as store:
+            for r in range(args.repeat):
+                for p in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
+                    v = Variant(p, "bf16" if p == "bf16" else "off", True)
+                    rates[p].append(measure_bare(clf, store, v, batch, device, seconds))
+                    print(json.dumps(dict(model=name, precision=p, round=r, rate=rates[p][-1],
+                                          load_average=load_now())), flush=True)
+        for p, rs in rates.items():
+            med = statistics.median(rs)
+            out.append(dict(model=name, precision=p, batch=batch, rates=rs, median=med, gflop_per_image=gflop,
+                            gflops=med * gflop, peak_gflops=peaks.get(p),
+                            share=med * gflop / peaks[p] if peaks.get(p) else None,
+                            speedup=med / statistics.median(rates["fp32"])))
+    print()
+    print("| model | precision | batch | images/s per round | median | bf16 / fp32 | GFLOP/image | GFLOP/s | "
+          "peak GFLOP/s | share of peak |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in out:
+        peak = f"{r['peak_gflops']:,.0f}" if r["peak_gflops"] else "-"
+        share = f"{r['share']:.1%}" if r["share"] is not None else "-"
+        print(f"| {r['model']} | {r['precision']} | {r['batch']} | {', '.join(f'{x:.1f}' for x in r['rates'])} | "
+              f"{r['median']:.1f}/s | {r['speedup']:.2f}x | {r['gflop_per_image']:.2f} | {r['gflops']:,.1f} | "
+              f"{peak} | {share} |")
+    print(f"load average at the end {load_now():.2f}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------- main
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=("auto", "cpu", "gpu"), default="auto")
-    ap.add_argument("--cpu-models", default="advbg/lite0,mobilenetv3_small_100")
+    ap.add_argument("--cpu-models", default="advbg/lite0,resnet50")
     ap.add_argument("--gpu-models", default="resnet50")
     ap.add_argument("--n-bg", type=int, default=None, help="backgrounds of the rows' store (default: 64 CPU, "
                     "1024 GPU, 8 dry)")
@@ -437,6 +538,8 @@ def main() -> None:
                     "(checks the script, measures nothing worth quoting)")
     ap.add_argument("--ab", type=Path, default=None, metavar="BEFORE_DIR", help="CPU: compare search/bare of the "
                     "advbg package in BEFORE_DIR (e.g. from `git archive REV advbg`) with this checkout's")
+    ap.add_argument("--bare-only", action="store_true", help="only the bare forward of each model, fp32 and bf16 "
+                    "alternating for --repeat rounds of --row-seconds / 4 each (images/s, GFLOP/s, share of peak)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "advbg-bench")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child-row", help=argparse.SUPPRESS)
@@ -449,6 +552,7 @@ def main() -> None:
         return
 
     t_start = time.monotonic()
+    threads = hardware.configure_threads()      # as the CLI does: the usable cores unless the user said otherwise
     section = args.section if args.section != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     gpu, dry = section == "gpu", args.dry
     device = torch.device("cuda" if gpu and not dry else "cpu")
@@ -475,8 +579,29 @@ def main() -> None:
                 platform.processor() or "cpu", cpu_count=os.cpu_count(), torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d %H:%M"), load_average=load_now(), n_bg=n_bg, fg_block=fg_block,
                 batch=batch, threads=torch.get_num_threads(), row_seconds=row_seconds,
-                cudnn_tf32=torch.backends.cudnn.allow_tf32)
+                cudnn_tf32=torch.backends.cudnn.allow_tf32, threads_source=threads.source)
+    peaks: dict = {}
+    if device.type == "cpu":
+        cpu, support = hardware.read_cpu(), hardware.bf16_support()
+        cores = min(hardware.usable_cores(), torch.get_num_threads())
+        peak = {p: hardware.peak_gflops(p, cpu, cores, support) for p in ("fp32", "bf16")}
+        peaks = {p: x.gflops for p, x in peak.items()}
+        info.update(device=cpu.model, cpu_flags_bf16=cpu.bf16_flags(), bf16_support=support.describe(),
+                    usable_cores=hardware.usable_cores(), peak_how={p: x.how for p, x in peak.items()},
+                    torch_cpu_capability=torch.backends.cpu.get_cpu_capability())
     print(json.dumps(info), flush=True)
+    if device.type == "cpu":
+        print(f"CPU: {info['device']}; bf16-related flags: {' '.join(info['cpu_flags_bf16']) or 'none'}; native bf16: "
+              f"{info['bf16_support']}; torch CPU capability {info['torch_cpu_capability']}; "
+              f"{info['usable_cores']} usable cores, {info['threads']} intra-op threads ({threads.source}); "
+              f"load average {info['load_average']:.2f}")
+        for p, how in info["peak_how"].items():
+            print(f"peak {p}: {how}")
+    if args.bare_only:
+        out = bare_only(args, device, store_path, batch, peaks)
+        if args.json:
+            args.json.write_text(json.dumps(dict(info=info, bare=out, load_after=load_now()), indent=2))
+        return
     if args.ab:
         out = ab(args, args.ab.resolve())
         if args.json:
@@ -493,7 +618,7 @@ def main() -> None:
     refs: dict = {}
     eager, compiled = [v for v in variants if not v.compile], [v for v in variants if v.compile]
     rows = run_rows(models, eager, device, store_path, jpgs, fg_block, ref_fg, batch, row_seconds, max_fg,
-                    args.repeat, args.row_timeout, dry, deadline, refs)
+                    args.repeat, args.row_timeout, dry, deadline, refs, peaks)
     extra: dict = {}
     if gpu:
         tflops = matmul_tflops(device, 8192 if device.type == "cuda" else 512)
@@ -511,7 +636,7 @@ def main() -> None:
         elif best:
             extra["long_run"] = dict(failed=f"skipped: {max(0, left):.0f} s left before the deadline")
     rows += run_rows(models, compiled, device, store_path, jpgs, fg_block, ref_fg, batch, row_seconds, max_fg,
-                     args.repeat, args.row_timeout, dry, deadline, refs)
+                     args.repeat, args.row_timeout, dry, deadline, refs, peaks)
     if gpu:
         best = max((r for r in rows if "failed" not in r and r["model"] == models[0]), key=lambda r: r["search"],
                    default=None)
@@ -524,6 +649,9 @@ def main() -> None:
           f"{n_bg} backgrounds at 224 px, units of {fg_block}, batch {batch}; reference over {ref_fg} foregrounds; "
           f"medians of up to {args.repeat} runs" + (" (DRY RUN on the CPU: not a measurement)" if dry else ""))
     print(table(rows))
+    for name, got in refs.items():
+        if got.get("calibration"):
+            print(f"--amp auto for {name}: {got['calibration']['reason']}")
     if "matmul_bf16_tflops" in extra:
         print(f"\nbf16 matmul {extra['matmul_bf16_tflops']:.1f} TFLOP/s", end="")
         if "floor_minutes" in extra:
@@ -541,7 +669,8 @@ def main() -> None:
     elif lr:
         print(f"long run: {lr['failed']}")
     if args.json:
-        args.json.write_text(json.dumps(dict(info=info, rows=rows, **extra, load_after=load_now()), indent=2))
+        args.json.write_text(json.dumps(dict(info=info, rows=rows, **extra, models=refs, load_after=load_now()),
+                                        indent=2))
 
 
 if __name__ == "__main__":

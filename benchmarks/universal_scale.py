@@ -28,8 +28,11 @@ from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
 from advbg.analysis.universal import analyse
 from advbg.commands.universal import run_universal
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, sidecar_folder, write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+from advbg.data.sidecar import sidecar_folder
+from advbg.data.store import Store
+from advbg.data.writer import write_store
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_NONE
 from advbg.search.results import (

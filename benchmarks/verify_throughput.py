@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from advbg.data.store import StoreWriter
 from advbg.data.verify import verify_store
+from advbg.data.writer import StoreWriter
 
 IN9_ITEMS = 4050 + 4050
 

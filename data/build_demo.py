@@ -29,7 +29,7 @@ import numpy as np
 
 from advbg.data.labels import IN9_CLASSES, imagenet_to_in9
 from advbg.data.segment import grabcut_mask, only_bg_t, resize_crop
-from advbg.data.store import StoreWriter
+from advbg.data.writer import StoreWriter
 
 HERE = Path(__file__).resolve().parent
 SOURCES = HERE / "demo_sources.json"

@@ -14,8 +14,10 @@ import torch
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map, register
+from advbg.data.writer import write_store
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map, in9_map
+from advbg.models.weights import register
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

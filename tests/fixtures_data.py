@@ -15,7 +15,7 @@ from PIL import Image
 
 from advbg.data import segment as segment
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import write_store
+from advbg.data.writer import write_store
 
 SIZE = 32  # released images are 224x224; small ones keep the tests fast
 

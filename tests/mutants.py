@@ -22,13 +22,13 @@ def _restore(*_):
 
 
 # (what the mutation breaks, file, the line as it is, the line mutated)
-C, L, K = "advbg/models/classifier.py", "advbg/data/labels.py", "advbg/search/criteria.py"
+C, L, K = "advbg/models/label_map.py", "advbg/data/labels.py", "advbg/search/criteria.py"
 M = [
  ("label map: none group merged into class 0 (_index)", C, "torch.where(t < 0, torch.full_like(t, self.num_classes), t)", "torch.where(t < 0, torch.full_like(t, 0), t)"),
  ("label map: none group column dropped (reduce)", C, "return out if self.has_none else out[:, : self.num_classes]", "return out[:, : self.num_classes]"),
  ("label map: max-per-group -> sum", C, 'reduce="amax"', 'reduce="sum"'),
  ("label map: max-per-group -> mean", C, 'reduce="amax"', 'reduce="mean"'),
- ("label map: top-1 argmax -> argmin (predict)", C, "pred = self.reduce(logits).argmax(1)", "pred = self.reduce(logits).argmin(1)"),
+ ("label map: top-1 argmax -> argmin (predict)", C, "top = logits.argmax(1)", "top = logits.argmin(1)"),
  ("label map: none not decoded to -1 (>= -> >)", C, "pred >= self.num_classes, torch.full_like", "pred > self.num_classes, torch.full_like"),
  ("table: dog 171,172 mapped (151-268)", L, '"dog": _r(151, 170) + _r(173, 268)', '"dog": _r(151, 268)'),
  ("table: domestic cats mapped to carnivore (269-299)", L, '"carnivore": _r(269, 280) + _r(286, 299)', '"carnivore": _r(269, 299)'),

@@ -8,7 +8,8 @@ from torch import nn
 
 from advbg.errors import ModelError
 from advbg.models.checkpoints import normalize_state_dict_keys
-from advbg.models.classifier import NORMS, load_classifier
+from advbg.models.loading import load_classifier
+from advbg.models.norm import NORMS
 
 IMAGENET_MEAN, IMAGENET_STD = NORMS["imagenet"]
 

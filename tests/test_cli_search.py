@@ -44,7 +44,7 @@ def _bad_mask_store(path):
 
 
 def _empty_store(path):
-    from advbg.data.store import write_store
+    from advbg.data.writer import write_store
 
     return write_store(path, class_names=["a"], fg_images=np.zeros((0, 8, 8, 3), np.uint8),
                        fg_masks=np.zeros((0, 8, 8)), fg_labels=[], bg_images=np.zeros((2, 8, 8, 3), np.uint8),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advbg.errors import AdvbgError
-from advbg.models.classifier import make_label_map
+from advbg.models.label_map import make_label_map
 from advbg.search.criteria import (
     CRITERIA,
     OUTCOME_MISSING,

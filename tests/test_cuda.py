@@ -38,7 +38,8 @@ from advbg.commands.evaluate import run_eval
 from advbg.commands.index import run_index
 from advbg.commands.universal import run_universal
 from advbg.data.store import Store
-from advbg.models.classifier import Classifier, ModelSpec, load_classifier
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec, load_classifier
 from advbg.search.config import SearchConfig
 from advbg.search.results import FIELDS, load_outcome, load_search
 from advbg.search.runner import search

@@ -9,7 +9,7 @@ from test_evaluate import full_store
 from advbg.analysis import evaluate as evaluate_mod
 from advbg.analysis.evaluate import IN9_VARIANTS
 from advbg.data.labels import IN9_CLASSES
-from advbg.models import classifier as models_mod
+from advbg.models import weights as model_weights
 
 
 def _builder(seed: int):
@@ -23,7 +23,7 @@ def _builder(seed: int):
 @pytest.fixture(autouse=True)
 def sweep_models(monkeypatch):
     for i in range(3):
-        monkeypatch.setitem(models_mod._REGISTRY, f"test/sweep{i}", _builder(10 + i))
+        monkeypatch.setitem(model_weights._REGISTRY, f"test/sweep{i}", _builder(10 + i))
 
 
 def _rows(out: str) -> list[str]:

@@ -21,11 +21,13 @@ from advbg.analysis.evaluate import (
     variant_score,
 )
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
 from advbg.data.variants import EvalsetWriter, variant_names
+from advbg.data.writer import write_store
 from advbg.errors import AdvbgError
-from advbg.models import classifier as models_mod
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map, in9_map
+from advbg.models import weights as model_weights
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map, in9_map
 
 SIZE = 16
 
@@ -233,7 +235,7 @@ def registered_test_models(monkeypatch):
     for name, n, seed, names in (("test/eval9", 9, 0, IN9_CLASSES), ("test/eval9b", 9, 1, IN9_CLASSES),
                                  ("test/eval1000", 1000, 2, None), ("test/eval5", 5, 3, ("a", "b", "c", "d", "e")),
                                  ("test/eval9n", 9, 4, None)):   # class names "0".."8" (a bare checkpoint)
-        monkeypatch.setitem(models_mod._REGISTRY, name, _builder(n, seed, names))
+        monkeypatch.setitem(model_weights._REGISTRY, name, _builder(n, seed, names))
 
 
 def test_cli_multi_model_table_json_csv_and_bar_chart(tmp_path, capsys):
@@ -333,7 +335,7 @@ def test_models_lists_what_runs_offline_and_cached_timm_weights_evaluate(tmp_pat
 
     from advbg._compat import import_timm
     from advbg.analysis.evaluate import model_record
-    from advbg.models.classifier import load_classifier
+    from advbg.models.loading import load_classifier
 
     net = import_timm().create_model("test_resnet", pretrained=False)     # timm's tiny model for tests
     _fake_hf_cache(tmp_path / "hf", "test_resnet.r160_in1k", {k: v.contiguous() for k, v in net.state_dict().items()})

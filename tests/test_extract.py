@@ -202,7 +202,7 @@ def test_interrupted_run_resumes_without_redoing_finished_photos(drawn, tmp_path
     monkeypatch.setattr(ex, "process_photo", flaky)
     with pytest.raises(KeyboardInterrupt):
         extract(images, boxes, tmp_path / "r.h5", config=CFG, workers=1, progress=False)
-    assert not (tmp_path / "r.h5").exists() and (tmp_path / "r.h5.partial").exists()
+    assert not (tmp_path / "r.h5").exists() and (tmp_path / ".r.h5.partial").exists()
 
     first, calls = list(seen), []
     monkeypatch.setattr(ex, "process_photo", lambda job, cfg: calls.append(job.source_id) or real(job, cfg))
@@ -224,7 +224,7 @@ def test_resume_with_other_options_is_refused(drawn, tmp_path, monkeypatch):
 
 
 def test_photo_interrupted_between_its_foreground_and_background_is_redone(drawn, tmp_path, monkeypatch):
-    from advbg.data.store import StoreWriter
+    from advbg.data.writer import StoreWriter
 
     images, boxes, _ = drawn
     real, calls = StoreWriter.add_background, []

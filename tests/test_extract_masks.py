@@ -20,8 +20,9 @@ from fixtures_data import draw_object, save_png, write_csv
 from PIL import Image
 
 from advbg.data.extract import ExtractConfig, extract
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
 from advbg.data.variants import make_variant, write_variants
+from advbg.data.writer import write_store
 
 S = 24                                       # square photos: resize 0 + crop S leaves the pixels as they are
 IDENTITY = ExtractConfig(resize=0, crop=S)

@@ -11,7 +11,8 @@ from advbg.cli import main
 from advbg.data.store import Store
 from advbg.data.synth import SynthConfig, make_synthetic
 from advbg.errors import AdvbgError
-from advbg.models.classifier import load_classifier, read_state_dict
+from advbg.models.checkpoints import read_state_dict
+from advbg.models.loading import load_classifier
 from advbg.search.results import load_search
 from advbg.train.finetune import FinetuneConfig, _schedule, checkpoint_paths, finetune
 

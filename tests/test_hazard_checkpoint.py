@@ -10,7 +10,7 @@ from conftest import make_random_store
 from conftest import run_cli as run
 
 from advbg.errors import ModelError
-from advbg.models.classifier import load_classifier
+from advbg.models.loading import load_classifier
 
 
 class Evil:
@@ -70,7 +70,7 @@ def test_timm_weights_file_loads_through_the_safe_reader(tmp_path):
 
     from advbg._compat import import_timm
     from advbg.files import sha256_file
-    from advbg.models.classifier import load_classifier
+    from advbg.models.loading import load_classifier
 
     net = import_timm().create_model("resnet18", pretrained=False)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")

@@ -16,8 +16,9 @@ from conftest import assert_one_line_error as one_line_error
 from conftest import make_random_store
 from conftest import run_cli as run
 
-from advbg.data.store import Store, StoreWriter, write_store
+from advbg.data.store import Store
 from advbg.data.verify import verify_store
+from advbg.data.writer import StoreWriter, write_store
 from advbg.errors import StoreError
 
 HOLDER = textwrap.dedent("""

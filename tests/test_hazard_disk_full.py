@@ -20,8 +20,9 @@ from conftest import assert_one_line_error as one_line_error
 from conftest import make_random_store
 from conftest import run_cli as run
 
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
 from advbg.data.verify import verify_store
+from advbg.data.writer import write_store
 from advbg.errors import StoreError
 from advbg.search.journal import journal_folder
 from advbg.search.results import load_search
@@ -197,11 +198,11 @@ def test_any_other_output_on_a_full_disk_is_one_line_naming_it(store, monkeypatc
 def test_new_store_stops_cleanly_while_the_disk_still_has_room_for_hdf5(tmp_path, monkeypatch):
     import shutil
 
-    from advbg.data import store as store_module
+    from advbg.data import writer as writer_module
 
     real = shutil.disk_usage
-    monkeypatch.setattr(store_module.shutil, "disk_usage",
-                        lambda p: real(p)._replace(free=store_module.DISK_HEADROOM + 100))  # < one item
+    monkeypatch.setattr(writer_module.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=writer_module.DISK_HEADROOM + 100))  # < one item
     rng = np.random.default_rng(6)
     with pytest.raises(StoreError, match=r"cannot write .*s\.h5\.partial: no space left on device"):
         write_store(tmp_path / "s.h5", class_names=["a"], fg_images=rng.integers(0, 256, (5, 8, 8, 3), np.uint8),

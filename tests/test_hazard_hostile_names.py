@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import make_tiny_classifier
 
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.errors import AdvbgError
-from advbg.models.classifier import identity_map
+from advbg.models.label_map import identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

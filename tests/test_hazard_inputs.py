@@ -9,7 +9,7 @@ import h5py
 import pytest
 from conftest import assert_one_line_error, make_random_store, run_cli
 
-from advbg.data.store import sidecar_files
+from advbg.data.sidecar import sidecar_files
 
 
 def digest(path) -> str:

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from conftest import make_random_store
 
-from advbg.data.store import Store, StoreWriter
+from advbg.data.store import Store
 from advbg.data.verify import verify_store
+from advbg.data.writer import StoreWriter
 from advbg.errors import StoreError
 
 SIZE = (8, 8)
@@ -40,10 +41,10 @@ def test_exception_mid_write_leaves_no_store_and_an_incomplete_partial(tmp_path)
             add(w, 0)
             raise RuntimeError("boom")
     assert not path.exists() and not (tmp_path / "s.h5.lock").exists()
-    with pytest.raises(StoreError, match="does not exist .an interrupted write left a .partial"):
+    with pytest.raises(StoreError, match=r"does not exist \(an interrupted write left its temporary \.s\.h5\.partial"):
         Store(path)
     with pytest.raises(StoreError, match="is incomplete"):
-        Store(tmp_path / "s.h5.partial")  # even opened (or renamed) by hand it never reads as complete
+        Store(tmp_path / ".s.h5.partial")  # even opened (or renamed) by hand it never reads as complete
 
 
 def test_interrupted_overwrite_keeps_the_old_store_intact(tmp_path):
@@ -79,7 +80,7 @@ def test_class_names_hdf5_cannot_hold_are_refused_with_a_reason(tmp_path):
 
 WRITER = textwrap.dedent("""
     import numpy as np
-    from advbg.data.store import StoreWriter
+    from advbg.data.writer import StoreWriter
     with StoreWriter({path!r}, class_names=["a", "b", "c"], image_size=(8, 8), resume=True) as w:
         k = len(w.done_source_ids)
         while True:
@@ -134,7 +135,7 @@ def test_resume_cuts_a_half_written_item_so_items_stay_aligned(tmp_path):
             add(w, 0)
             add(w, 1)
             raise KeyboardInterrupt
-    with h5py.File(tmp_path / "s.h5.partial", "r+") as f:  # as if killed after the image, before the rest
+    with h5py.File(tmp_path / ".s.h5.partial", "r+") as f:  # as if killed after the image, before the rest
         ds = f["foregrounds/image"]
         ds.resize(3, axis=0)
         ds[2] = 7

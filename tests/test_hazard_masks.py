@@ -66,7 +66,8 @@ def test_name_appears_in_messages():
 
 def test_store_writer_applies_the_same_binarisation(tmp_path):
     """The store's own rule (values > 0 are foreground) agrees with check_mask, so both paths store the same bits."""
-    from advbg.data.store import Store, write_store
+    from advbg.data.store import Store
+    from advbg.data.writer import write_store
 
     soft = BASE * 0.4
     write_store(tmp_path / "s.h5", class_names=["a"], fg_images=np.zeros((1,) + SHAPE, np.uint8),

@@ -12,8 +12,10 @@ from conftest import run_cli as run
 from torch import nn
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
-from advbg.models.classifier import Classifier, ClassifierConfig, identity_map
+from advbg.data.store import Store
+from advbg.data.writer import write_store
+from advbg.models.classifier import Classifier, ClassifierConfig
+from advbg.models.label_map import identity_map
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

@@ -82,7 +82,7 @@ def test_a_matrix_that_records_invalid_pairs_as_predictions_is_refused(copy, tmp
     _outcome(copy, "inf", name="old")
     import h5py
 
-    from advbg.data.store import sidecar_files
+    from advbg.data.sidecar import sidecar_files
 
     with h5py.File(sidecar_files(copy, "results")["old"], "r+") as f:   # what a search before OUTCOME_INVALID
         o = f["outcome"][()]                                             # stored: the argmax (class 0)

@@ -12,7 +12,8 @@ from conftest import assert_one_line_error as one_line_error
 from conftest import make_random_store
 from conftest import run_cli as run
 
-from advbg.data.store import Store, sidecar_folder
+from advbg.data.sidecar import sidecar_folder
+from advbg.data.store import Store
 from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError, StoreError
 from advbg.search.config import SearchConfig

@@ -1,10 +1,10 @@
 """The package's shape stays as README's "How the code is organised" describes it.
 
 Imports point one way, cli -> commands -> analysis/train -> search -> models -> data -> the leaf modules
-(errors, files, progress, stats, _version, _compat); analysis and train do not import each other; nothing outside advbg/cli imports
-the CLI; there are no import cycles; imports of advbg modules sit at the top of their file, and a function-level
-import of anything else is marked as a deliberate deferral ("deferred" on its line). The checker reads the source
-with ast (nothing is imported), so it sees imports inside functions too.
+(errors, files, progress, stats, hardware, _version, _compat); analysis and train do not import each other; nothing
+outside advbg/cli imports the CLI; there are no import cycles; imports of advbg modules sit at the top of their file,
+and a function-level import of anything else is marked as a deliberate deferral ("deferred" on its line). The
+checker reads the source with ast (nothing is imported), so it sees imports inside functions too.
 """
 from __future__ import annotations
 

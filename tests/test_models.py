@@ -10,12 +10,9 @@ from conftest import TinyNet
 
 from advbg.data.labels import IN9_CLASSES, IN9_IMAGENET_INDICES, imagenet_to_in9
 from advbg.errors import ModelError
-from advbg.models.classifier import (
-    in9_map,
-    load_classifier,
-    make_label_map,
-    read_state_dict,
-)
+from advbg.models.checkpoints import read_state_dict
+from advbg.models.label_map import in9_map, make_label_map
+from advbg.models.loading import load_classifier
 
 
 def test_in9_table_equals_the_reference_table_typed_in_from_the_protocol():

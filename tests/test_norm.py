@@ -12,7 +12,8 @@ from conftest import TinyNet, make_random_store, register_tiny
 from advbg.data.labels import IN9_CLASSES
 from advbg.data.store import Store
 from advbg.errors import ModelError
-from advbg.models.classifier import NORMS, load_classifier
+from advbg.models.loading import load_classifier
+from advbg.models.norm import NORMS
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 

@@ -20,7 +20,8 @@ from scipy.stats import beta
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
 from advbg.commands.report import run_report
-from advbg.data.store import Store, sidecar_files
+from advbg.data.sidecar import sidecar_files
+from advbg.data.store import Store
 from advbg.search.config import SearchConfig
 from advbg.search.results import SearchWriter, load_search
 from advbg.search.runner import search

@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
 from advbg.data.verify import verify_store
+from advbg.data.writer import write_store
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
                 derandomize=True)

@@ -10,7 +10,8 @@ from torch import nn
 
 from advbg.analysis.saliency import bootstrap_mean, foreground_share, grad_cam, target_layer
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.errors import ModelError
 
 captum = pytest.importorskip("captum", reason="the [saliency] extra (captum) is not installed: Grad-CAM NOT checked")

@@ -5,7 +5,8 @@ from conftest import make_random_store, make_tiny_classifier
 from reference import naive_search
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import OUTCOME_MISSING, OUTCOME_NONE
 from advbg.search.results import load_outcome, load_search

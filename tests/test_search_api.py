@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from advbg.data.store import Store
-from advbg.models.classifier import ModelSpec
+from advbg.models.loading import ModelSpec
 from advbg.search.config import SearchConfig
 from advbg.search.runner import search
 from advbg.search.strategies import PruneSpec
@@ -55,7 +55,7 @@ def test_a_model_whose_named_classes_are_in_another_order_is_refused(tmp_path):
     import pytest
 
     from advbg.errors import AdvbgError
-    from advbg.models.classifier import identity_map
+    from advbg.models.label_map import identity_map
 
     path = make_random_store(tmp_path / "s.h5", n_fg=3, n_bg=2)
     clf = make_tiny_classifier()

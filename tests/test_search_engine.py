@@ -12,7 +12,8 @@ from reference import naive_search
 from test_search import assert_equals_reference, make_parity_store, parity_classifier
 
 from advbg.data.labels import IN9_CLASSES
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.models.classifier import Classifier
 from advbg.search.config import SearchConfig
 from advbg.search.results import FIELDS

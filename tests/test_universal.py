@@ -207,7 +207,7 @@ def test_results_of_another_classifier_are_not_reused(tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli_model(monkeypatch):
-    from advbg.models.classifier import ModelSpec
+    from advbg.models.loading import ModelSpec
 
     clf = make_tiny_classifier()
     seen = {}

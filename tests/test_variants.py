@@ -14,7 +14,8 @@ from PIL import Image
 import advbg.data.variants as V
 from advbg.data import segment
 from advbg.data.labels import IN9_FOLDERS
-from advbg.data.store import Store, write_store
+from advbg.data.store import Store
+from advbg.data.writer import write_store
 from advbg.data.variants import (
     VariantOptions,
     make_variant,
@@ -254,7 +255,7 @@ def test_folder_output_mirrors_the_release_with_a_manifest(store_path, store, tm
         assert row["bg_source_id"] == store.backgrounds.source_ids[batch.bg_id[i]]
         png = np.asarray(Image.open(root / "mixed_next" / row["file"]))
         assert np.array_equal(png, batch.images[i])   # lossless
-    assert not (tmp_path / "sets.partial").exists()
+    assert not (tmp_path / ".sets.partial").exists()
 
 
 def test_h5_output_is_a_new_file_of_evalsets(store_path, store, tmp_path):

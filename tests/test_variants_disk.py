@@ -20,7 +20,7 @@ def test_variants_stop_cleanly_when_the_disk_is_full(tmp_path, monkeypatch, caps
     code, _, err = run_cli(["variants", "--store", str(store), "--out", str(out), "--variants", "only_fg", "-q"],
                            capsys)
     assert_one_line_error(code, err, "no space left")
-    assert not out.exists() and not list(tmp_path.glob(f"{fmt}.partial*"))
+    assert not out.exists() and not list(tmp_path.glob(f".{fmt}.partial*"))
 
 
 def test_variants_h5_on_a_read_only_folder_is_one_line(tmp_path, monkeypatch, capsys):

@@ -20,7 +20,7 @@ from advbg.analysis.evaluate import (
 from advbg.analysis.plots import pyplot, rate_yerr, subplots
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, save_figure, write_json
-from advbg.stats import GAP_LEGEND, RATE_LEGEND, Gap, Rate, format_gap, format_rate, rate_or_none
+from advbg.stats import GAP_LEGEND, RATE_LEGEND, Rate, format_gap, format_rate, rate_or_none
 
 RESULTS_FORMATS = ("json", "csv")
 

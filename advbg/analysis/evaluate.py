@@ -28,7 +28,6 @@ from typing import Callable, Iterator, Mapping, Sequence
 import h5py
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
@@ -44,6 +43,7 @@ from advbg.files import now, sha256_file
 from advbg.models.classifier import Classifier
 from advbg.models.precision import autocast, check_amp
 from advbg.models.zoo import cached_weights_file
+from advbg.progress import progress as progress_bar
 from advbg.search.compositor import to_device_u8
 from advbg.stats import Gap, Rate, paired_gap, rate_or_none
 
@@ -422,7 +422,7 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
     names = list(store.class_names)
     scores: list[dict[str, VariantScore]] = [{} for _ in everyone]   # per classifier: variant -> score
     skipped: dict[str, str] = {}
-    bar = tqdm(total=sum(variant_size(p, store, files) for p in plans), unit="img", disable=not progress)
+    bar = progress_bar(total=sum(variant_size(p, store, files) for p in plans), unit="img", enabled=progress)
     t0, n_images = time.perf_counter(), 0
     try:
         for plan in plans:

@@ -26,7 +26,6 @@ from typing import Callable, Sequence
 import jinja2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from advbg._version import __version__
 from advbg.analysis.evalreport import load_results
@@ -59,6 +58,7 @@ from advbg.data.verify import verify_store
 from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import identity_of
+from advbg.progress import progress as progress_bar
 from advbg.search.results import SearchResult, load_search, result_names
 from advbg.stats import GAP_LEGEND, RATE_LEGEND, Rate, rate, rate_or_none
 
@@ -273,7 +273,7 @@ def _gallery_images(s: Store, r: SearchResult, imaged: np.ndarray, size: int, th
                     progress: bool, block: int = 64) -> dict[int, tuple[str, str]]:
     """{row: (masked foreground, composite)} data URIs; worst backgrounds go to the shared ``thumbs``."""
     out = {}
-    bar = tqdm(total=len(imaged), desc=f"gallery {r.results_name}", unit="fg", disable=not progress, leave=False)
+    bar = progress_bar(total=len(imaged), desc=f"gallery {r.results_name}", unit="fg", enabled=progress, leave=False)
     for start in range(0, len(imaged), block):
         rows = imaged[start:start + block]
         fg_ids, bg_ids = r.fg_id[rows], r.worst_bg[rows]

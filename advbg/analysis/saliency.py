@@ -26,26 +26,23 @@ from __future__ import annotations
 import csv
 import difflib
 import io
-import os
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from advbg.analysis.evaluate import VARIANT_GROUPS, model_record
 from advbg.analysis.plots import subplots
 from advbg.data.store import Store
 from advbg.data.variants import make_variant, variant_names
 from advbg.errors import AdvbgError, ModelError, StoreError
-from advbg.files import now, save_figure
+from advbg.files import atomic_output, now, save_figure
 from advbg.models.classifier import Classifier
 from advbg.stats import format_interval
+from advbg.progress import progress as progress_bar
 
 TARGETS = ("true", "pred")
 RULE = ("last module whose output is a 4-D (N,C,H,W) map with H*W > 1 and after which only pooled (1x1) or <= 2-D "
@@ -305,7 +302,7 @@ def saliency(store: Store, clf: Classifier, config: SaliencyConfig = SaliencyCon
     name, layer = target_layer(clf.model, clf.config.input_size)
     names = list(store.class_names)
     out = []
-    bar = tqdm(total=n * len(config.variants), unit="img", disable=not progress)
+    bar = progress_bar(total=n * len(config.variants), unit="img", enabled=progress)
     try:
         for variant in config.variants:
             bar.set_description(variant)
@@ -397,21 +394,12 @@ def to_csv(report: SaliencyReport) -> str:
 
 def save_maps(path, report: SaliencyReport) -> None:
     """An .npz with, per variant, ``<variant>``: (n, H, W) float16 maps and ``<variant>_fg_index``; atomically."""
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        arrays = {}
-        for v in report.variants:
-            arrays[v.variant] = v.maps.astype(np.float16)
-            arrays[f"{v.variant}_fg_index"] = v.fg_index
-        np.savez_compressed(tmp, **arrays)
-        os.chmod(tmp, 0o644)   # mkstemp makes 0600; an output gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    arrays = {}
+    for v in report.variants:
+        arrays[v.variant] = v.maps.astype(np.float16)
+        arrays[f"{v.variant}_fg_index"] = v.fg_index
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:   # a file object: numpy would add ".npz" to a name
+        np.savez_compressed(fh, **arrays)
 
 
 def overlay_grid(report: SaliencyReport, store: Store, path, rows: int = 8):

@@ -78,7 +78,7 @@ def extract(
     iterations: Annotated[int, typer.Option(help="GrabCut iterations.")] = 5,
     seed: Annotated[int, typer.Option(help="GrabCut RNG seed.")] = 0,
     workers: o.WorkersOpt = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run (its .partial file).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run (its temporary store file).")] = False,
     overwrite: OverwriteOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:

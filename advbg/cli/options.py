@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from advbg.commands.common import DEMO_STORE
-from advbg.models.classifier import ModelSpec
+from advbg.models.loading import ModelSpec
 
 DEFAULT_STORE = DEMO_STORE   # shipped inside the package: a wheel install runs `advbg search` with no options
 

@@ -8,7 +8,9 @@ from typing import Callable
 
 import h5py
 
-from advbg.models.classifier import Classifier, ModelSpec
+from advbg.files import atomic_output
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec
 
 # The demo store ships inside the package (advbg/data/demo.h5), so a wheel install runs `advbg search` with no
 # options. It is never written: commands that write work on a copy in the current folder (WORKING_DEMO).
@@ -25,9 +27,8 @@ def working_store(store: str | Path, echo: Callable[[str], None] | None = None) 
     copy = WORKING_DEMO
     if not _same_build(copy, store):
         copy.parent.mkdir(exist_ok=True)
-        tmp = copy.with_suffix(".h5.partial")
-        shutil.copyfile(store, tmp)
-        tmp.replace(copy)
+        with atomic_output(copy) as tmp:
+            shutil.copyfile(store, tmp)
         if echo:
             echo(f"working copy of the demo store: {copy} (the bundled {DEMO_STORE.name} stays unchanged)")
     return copy

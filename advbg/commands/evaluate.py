@@ -29,7 +29,7 @@ from advbg.commands.common import DEMO_STORE, model_inputs
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import check_output
-from advbg.models.classifier import ModelSpec
+from advbg.models.loading import ModelSpec
 
 
 def read_models_file(path: str | Path) -> list[str]:

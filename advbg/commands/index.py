@@ -7,7 +7,8 @@ from typing import Callable
 from advbg.commands.common import DEMO_STORE, working_store
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.models.classifier import Classifier, ModelSpec, as_classifier
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.index import IndexKind, IndexReport, build_index, choose_kind
 
 

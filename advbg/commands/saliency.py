@@ -19,7 +19,8 @@ from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, check_output, write_json
-from advbg.models.classifier import Classifier, ModelSpec, as_classifier
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec, as_classifier
 
 
 def run_saliency(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,

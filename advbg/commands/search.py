@@ -7,9 +7,11 @@ from typing import Callable
 
 from advbg.analysis.plots import worst_grid
 from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, working_store
-from advbg.data.store import Store, sidecar_folder
+from advbg.data.sidecar import sidecar_folder
+from advbg.data.store import Store
 from advbg.files import check_output, write_json
-from advbg.models.classifier import Classifier, ModelSpec, as_classifier, resolve_device
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
 from advbg.search.results import SearchResult

@@ -18,7 +18,8 @@ from advbg.data.labels import class_index
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import atomic_write_text, check_output, write_json
-from advbg.models.classifier import Classifier, ModelSpec, as_classifier
+from advbg.models.classifier import Classifier
+from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.criteria import CRITERIA
 
 

@@ -31,14 +31,14 @@ import cv2
 import h5py
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from advbg.data import segment
 from advbg.data.imageio import DEFAULT_MAX_PIXELS, read_image
 from advbg.data.labels import IN9_CLASSES, class_index, imagenet_to_in9
-from advbg.data.store import StoreWriter
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
+from advbg.progress import progress as progress_bar
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_EXTS = (".png", ".npy", ".bmp", ".tif", ".tiff")   # lossless only: a JPEG mask's edges are noise
@@ -594,7 +594,7 @@ def _mask_source_dataset(f: h5py.File) -> h5py.Dataset:
     """/foregrounds/mask_source, one entry per foreground (created for a new store; optional for readers)."""
     g = f["foregrounds"]
     if "mask_source" not in g:
-        n = g["source_id"].shape[0]  # a .partial from before mask sources were recorded: GrabCut's
+        n = g["source_id"].shape[0]  # a temporary store from before mask sources were recorded: GrabCut's
         g.create_dataset("mask_source", data=np.array([GRABCUT] * n, dtype=object), dtype=_STR, maxshape=(None,),
                          chunks=(1024,))
     return g["mask_source"]
@@ -649,7 +649,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
     Returns the summary. A photo with a mask file uses it instead of GrabCut (see the module docstring).
 
     ``workers`` processes (default: all cores) run the pixel work; the store is written in photo order, so the
-    result does not depend on ``workers``. ``resume`` continues an interrupted run (its ``.partial`` file),
+    result does not depend on ``workers``. ``resume`` continues an interrupted run (its temporary store file),
     skipping every photo it already finished.
     """
     cfg = (config or ExtractConfig()).validate()
@@ -673,7 +673,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
         if w.file.attrs.get("extract_config") != cfg_json or tuple(
                 _text(s) for s in w.file["class_names"][()]) != names or w.file.attrs.get(
                 "extract_inputs", inputs) != inputs:
-            raise AdvbgError(f"{w.partial} was started with other options, inputs or classes; rerun without "
+            raise AdvbgError(f"{w.temporary} was started with other options, inputs or classes; rerun without "
                              f"--resume to start over")
         mask_source = _mask_source_dataset(w.file)
         log_src, log_out = _log_datasets(w.file)
@@ -682,8 +682,8 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
         _tally(summary, (_text(c) for c in log_out[()]))
         pending = [j for j in jobs if j.source_id not in done]
         t0 = time.perf_counter()
-        for o in tqdm(_outcomes(pending, cfg, workers), total=len(pending), desc="extract", unit="img",
-                      disable=not progress):
+        for o in progress_bar(_outcomes(pending, cfg, workers), total=len(pending), desc="extract", unit="img",
+                              enabled=progress):
             if o.fg is not None:
                 w.add_foreground(o.fg[0], o.fg[1], o.label, o.source_id, o.fg[2])
                 _append(mask_source, o.mask_source)
@@ -691,7 +691,7 @@ def extract(images: str | os.PathLike, boxes: str | os.PathLike | None, out: str
                 w.add_background(o.bg, o.label, o.source_id)
             _append(log_src, o.source_id)
             _append(log_out, o.code)
-            w.flush()  # a killed run leaves a .partial that --resume can open, losing at most this photo
+            w.flush()  # a killed run leaves a temporary that --resume can open, losing at most this photo
             _tally(summary, [o.code])
             summary.worker_s += o.total_s
             summary.grabcut_s += o.grabcut_s

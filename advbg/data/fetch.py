@@ -10,16 +10,14 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from advbg.errors import AdvbgError
-from advbg.files import sha256_file
+from advbg.files import atomic_output, commit_partial, partial_path, sha256_file
+from advbg.progress import progress as progress_bar
 
 IN9_URL = "https://github.com/MadryLab/backgrounds_challenge/releases/download/data/backgrounds_challenge_data.tar.gz"
 # Pinned by a downstream project; advbg has not re-derived it from a download (no network where it was built).
@@ -47,24 +45,21 @@ def verify_sha256(path: str | os.PathLike, expected: str) -> None:
 
 
 def download(url: str, path: str | os.PathLike, *, timeout: float = TIMEOUT_S, progress: bool = True) -> Path:
-    """Download ``url`` to ``path`` (via ``<path>.partial``, renamed when complete) with a tqdm progress bar."""
+    """Download ``url`` to ``path`` (``atomic_output``: renamed when complete) with a progress bar."""
     path = Path(path)
-    partial = Path(str(path) + ".partial")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(partial, "wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_output(path) as tmp, \
+                open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
-                      disable=not progress) as bar:
+            with progress_bar(total=total, unit="B", unit_scale=True, desc=path.name, enabled=progress) as bar:
                 for chunk in iter(lambda: resp.read(_CHUNK), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, ValueError) as e:
-        partial.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or e
         raise AdvbgError(f"could not download {url} ({reason}). Offline? Download the archive on another machine, "
                          f"place it here by hand and run: advbg fetch in9 --dest {path.parent} --archive "
                          f"PATH/{path.name}") from None
-    os.replace(partial, path)
     return path
 
 
@@ -128,19 +123,41 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
             raise AdvbgError("safe unpacking needs Python >= 3.10.12 (or >= 3.11.4) for tarfile's data filter; "
                              "upgrade Python, or unpack the archive yourself and run `advbg ingest in9`")
         dest.mkdir(parents=True, exist_ok=True)   # only now: a refused archive leaves no folder behind
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=dest))
+        _remove_staged(dest, tops)                  # left by a killed unpack
         try:
-            for m in tqdm(members, desc="unpacking", unit="file", disable=not progress):
-                tar.extract(m, tmp, set_attrs=False, filter="data")
+            for m in progress_bar(members, desc="unpacking", unit="file", enabled=progress):
+                tar.extract(m, dest, set_attrs=False, filter=_staged)
             for t in tops:
-                os.replace(tmp / t, dest / t)
+                commit_partial(dest / t, folder=partial_path(dest / t).is_dir())
         except _READ_ERRORS as e:
             why = ("the archive ends early (truncated)" if isinstance(e, (EOFError, zlib.error))
                    or "unexpected end" in str(e).lower() else "the archive is damaged")
             raise AdvbgError(f"unpacking {archive} failed ({type(e).__name__}: {e}); {why}") from None
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_staged(dest, tops)
     return tops
+
+
+def _stage_name(name: str) -> str:
+    """An archive path with its top-level name replaced by that name's temporary (``partial_path``)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    return str(PurePosixPath(partial_path(parts[0]).name, *parts[1:])) if parts else name
+
+
+def _staged(m: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's ``data`` filter, after moving the member under its top-level name's temporary: every top-level
+    entry appears at its real name only once all members were written (``commit_partial``)."""
+    link = _stage_name(m.linkname) if m.islnk() else m.linkname    # hard links name archive paths
+    return tarfile.data_filter(m.replace(name=_stage_name(m.name), linkname=link, deep=False), path)
+
+
+def _remove_staged(dest: Path, tops: list[str]) -> None:
+    for t in tops:
+        tmp = partial_path(dest / t)
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def fetch_in9(dest: str | os.PathLike, *, archive: str | os.PathLike | None = None, sha256: str | None = None,

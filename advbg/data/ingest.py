@@ -18,7 +18,6 @@ import json
 import os
 import re
 import stat
-import sys
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,14 +26,15 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from advbg.data.imageio import check_mask, read_image
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import StoreWriter
 from advbg.data.variants import EvalsetWriter
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
+from advbg.progress import progress as progress_bar
+from advbg.progress import progress_write
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FG_VARIANT, BG_VARIANT, MASK_DIR = "original", "only_bg_t", "fg_mask"
@@ -282,7 +282,7 @@ def _reference_size(paths: list[Path]) -> tuple[int, int]:
 
 
 def _stderr_report(line: str) -> None:
-    tqdm.write(line, file=sys.stderr)
+    progress_write(line)
 
 
 class _Ingest:
@@ -340,7 +340,7 @@ class _Ingest:
 
     def ingest_items(self, items: list[tuple[int, str, Path]]) -> None:
         has_bg = self.release.listing(BG_VARIANT) is None or (self.root / BG_VARIANT / "val").is_dir()
-        for label, folder, path in tqdm(items, desc="foregrounds", unit="img", disable=not self.progress):
+        for label, folder, path in progress_bar(items, desc="foregrounds", unit="img", enabled=self.progress):
             image, why = read_rgb(path, self.size, self.root)
             bad = [(path, why)] if why else []
             mask_path, why = self._companion(MASK_DIR, folder, path.stem, f"mask {path.stem}.npy")
@@ -375,7 +375,7 @@ class _Ingest:
             origin="released", provenance="fg_id/bg_id from file names, checked against the pixels; "
                                           "-1 where the name is absent or the pixels disagree"))
         counts = Counter()
-        for label, p in tqdm(files, desc=variant, unit="img", disable=not self.progress):
+        for label, p in progress_bar(files, desc=variant, unit="img", enabled=self.progress):
             image, why = read_rgb(p, self.size, self.root)
             if why:
                 self.problem(p, why)
@@ -452,7 +452,7 @@ def ingest_in9(path: str | os.PathLike, out: str | os.PathLike, *, skip_bad: boo
                                  missing_from_evalsets=report.missing_from_evalsets or 0)
     except BaseException:
         writer.close(success=False)
-        writer.partial.unlink(missing_ok=True)
+        writer.temporary.unlink(missing_ok=True)
         raise
     writer.close(success=True)
     return report

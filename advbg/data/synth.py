@@ -28,7 +28,7 @@ import numpy as np
 
 from advbg.data.composite import composite
 from advbg.data.segment import only_bg_t
-from advbg.data.store import StoreWriter
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import check_output
 

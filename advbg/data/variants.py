@@ -31,14 +31,15 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import h5py
 import numpy as np
-from tqdm import tqdm
 
 from advbg.data import segment
 from advbg.data.composite import composite
 from advbg.data.labels import IN9_CLASSES, IN9_FOLDERS
-from advbg.data.store import DISK_HEADROOM, Store
-from advbg.errors import AdvbgError, disk_error
-from advbg.files import check_output
+from advbg.data.store import Store
+from advbg.data.writer import DISK_HEADROOM
+from advbg.errors import AdvbgError
+from advbg.files import atomic_output, check_output, partial_path
+from advbg.progress import progress as progress_bar
 
 _STR = h5py.string_dtype("utf-8")
 # Level 1: photos shrink by ~15% at any gzip level, and level 1 costs about half the time of level 4.
@@ -582,10 +583,10 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
                    on_skip: Callable[[str, str], None] | None = None) -> dict[str, int]:
     """Write variant sets of a store to ``out`` (a folder in the released layout, or a new .h5 file).
 
-    Returns the number of images per variant. ``out`` appears only when everything was written (built under
-    ``<out>.partial`` and renamed). A variant the store cannot make (``why_not``) fails the call when it was
-    named in ``names``; with ``names=None`` (all) it is skipped, reported to ``on_skip(name, reason)`` and listed
-    under ``skipped`` in the output's metadata.
+    Returns the number of images per variant. ``out`` appears only when everything was written (built under a
+    hidden temporary and renamed: ``atomic_output``). A variant the store cannot make (``why_not``) fails the call
+    when it was named in ``names``; with ``names=None`` (all) it is skipped, reported to ``on_skip(name, reason)``
+    and listed under ``skipped`` in the output's metadata.
     """
     out = Path(out)
     fmt = fmt or ("h5" if out.suffix.lower() in (".h5", ".hdf5") else "folder")
@@ -603,8 +604,6 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
     check_output(out, inputs=[store_path], folder=fmt == "folder")
     if out.exists() and not overwrite:
         raise AdvbgError(f"{out} already exists; pass --overwrite to replace it")
-    tmp = Path(str(out) + ".partial")
-    _remove(tmp)
     counts: dict[str, int] = {}
     with Store(store_path) as store:
         skipped = {n: r for n in names if (r := why_not(store, n, options))}
@@ -617,38 +616,30 @@ def write_variants(store_path: str | os.PathLike, out: str | os.PathLike, *, fmt
         meta = dict(seed=int(seed), options=json.dumps(asdict(options)), store=str(Path(store_path).resolve()),
                     store_digest=store.digest(), skipped=json.dumps(skipped),
                     mask_sources=json.dumps(mask_source_counts(store)))
-        bar = tqdm(total=len(names) * len(store.foregrounds), unit="img", desc="variants", disable=not progress)
+        bar = progress_bar(total=len(names) * len(store.foregrounds), unit="img", desc="variants", enabled=progress)
 
         def batches(name: str) -> Iterator[VariantBatch]:
             for b in iter_variant(store, name, block=block, rng_seed=seed, options=options):
-                _require_room(tmp, b.images.nbytes)
+                _require_room(partial_path(out), b.images.nbytes)
                 bar.update(len(b))
                 yield b
         try:
-            if fmt == "folder":
-                tmp.mkdir()
-                for name in names:
-                    counts[name] = _write_folder(store, tmp, name, batches(name))
-                (tmp / "variants.json").write_text(json.dumps(dict(meta, counts=counts,
-                                                                   class_names=list(store.class_names)), indent=2))
-            else:
-                with h5py.File(tmp, "w") as f:
-                    f.attrs.update(advbg_evalsets=EVALSETS_SCHEMA, complete=False, **meta)
-                    f.create_dataset("class_names", data=np.array(list(store.class_names), dtype=object), dtype=_STR)
+            with atomic_output(out, folder=fmt == "folder") as tmp:
+                if fmt == "folder":
                     for name in names:
-                        counts[name] = _write_h5(store, f, name, batches(name), meta)
-                    f.attrs["complete"] = True
-        except BaseException as e:
-            _remove(tmp)
-            err = disk_error(e, out)
-            if err is not None:
-                raise err from None
-            raise
+                        counts[name] = _write_folder(store, tmp, name, batches(name))
+                    (tmp / "variants.json").write_text(json.dumps(dict(meta, counts=counts,
+                                                                       class_names=list(store.class_names)), indent=2))
+                else:
+                    with h5py.File(tmp, "w") as f:
+                        f.attrs.update(advbg_evalsets=EVALSETS_SCHEMA, complete=False, **meta)
+                        f.create_dataset("class_names", data=np.array(list(store.class_names), dtype=object),
+                                         dtype=_STR)
+                        for name in names:
+                            counts[name] = _write_h5(store, f, name, batches(name), meta)
+                        f.attrs["complete"] = True
         finally:
             bar.close()
-    if out.exists():
-        _remove(out)
-    os.replace(tmp, out)
     return counts
 
 
@@ -657,10 +648,3 @@ def _require_room(tmp: Path, nbytes: int) -> None:
     process (the same rule as the store writer's)."""
     if shutil.disk_usage(tmp.parent).free < nbytes + DISK_HEADROOM:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

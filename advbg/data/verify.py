@@ -20,18 +20,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm import tqdm
 
-from advbg.data.store import (
-    OUTCOME_INVALID,
-    OUTCOME_MISSING,
-    OUTCOME_NONE,
-    ItemSet,
-    Store,
-    item_checksum,
-    sidecar_files,
-    sidecar_folder,
-)
+from advbg.data.sidecar import sidecar_files, sidecar_folder
+from advbg.data.store import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, ItemSet, Store, item_checksum
+from advbg.files import is_partial, leftover_partials
+from advbg.progress import progress as progress_bar
 
 # Problems of one kind listed one per line up to this many; the rest are counted (a store with every item
 # corrupted should not print 8,000 lines).
@@ -98,7 +91,7 @@ def _check_counts(s: Store, report: VerifyReport) -> None:
 def _check_items(s: Store, items: ItemSet, what: str, report: VerifyReport, block: int, progress: bool) -> None:
     masks = getattr(items, "masks", None)
     n, ok, empty, full = len(items), 0, [], []
-    for start in tqdm(range(0, n, block), desc=f"verify {what}", unit="block", disable=not progress):
+    for start in progress_bar(range(0, n, block), desc=f"verify {what}", unit="block", enabled=progress):
         idx = range(start, min(start + block, n))
         try:
             imgs = items.images[idx.start:idx.stop]
@@ -157,7 +150,7 @@ def _check_derived(s: Store, report: VerifyReport) -> None:
                                         f"and rerun the command that wrote it")
                 continue
             _check_group_safely(s, where, kind, f, report)
-        left = sorted(p.name for p in (sidecar_folder(s.path) / kind).glob(".*.partial"))
+        left = [p.name for p in leftover_partials(sidecar_folder(s.path) / kind)]
         if left:
             report.lines.append(f"{kind}: {len(left)} temporary file(s) of an interrupted write ({', '.join(left)}); "
                                 f"ignored, removed by the next write")
@@ -207,7 +200,7 @@ def _check_group(s: Store, where: str, root: str, g, report: VerifyReport) -> No
     report.lines.append(f"{where}: {kind}, {state}{progress}")
     if complete is None:
         report.problem("group", f"{where} has no completion flag (attrs['complete']); it may be half-written")
-    elif not complete or where.endswith(".partial"):
+    elif not complete or is_partial(where):
         how = ("`advbg search --resume` with the same settings" if kind == "search"
                else "rerun the command that wrote it")
         report.problem("group", f"{where} is incomplete (its write was interrupted); finish it ({how}) "

@@ -1,4 +1,5 @@
-"""Checkpoint key layouts: match a state dict's keys to an architecture's, and say how well they matched.
+"""Checkpoint files: read them safely (safetensors, or a state dict loaded with ``weights_only=True``), read their
+advbg metadata (safetensors metadata or a JSON sidecar), match their keys to an architecture's and load strictly.
 
 Checkpoints of the reference release (the `robustness` library) hold an ``AttackerModel`` wrapped in
 ``DataParallel``: the weights sit under ``module.model.``, beside ``module.normalizer.`` (the input
@@ -9,12 +10,22 @@ unless the weights cover the architecture exactly.
 """
 from __future__ import annotations
 
+import difflib
+import json
+import os
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 from torch import nn
 
+from advbg._compat import import_timm
 from advbg.errors import ModelError
+from advbg.files import sha256_file
+from advbg.models.norm import check_stats
 
 # Wrapper prefixes stripped (in any order, repeatedly) until a key names a tensor of the architecture.
 WRAPPER_PREFIXES = ("module.", "model.")
@@ -130,3 +141,135 @@ def normalize_state_dict_keys(sd: dict[str, torch.Tensor], model: nn.Module) -> 
                        ignored=tuple(ignored), missing=tuple(missing), unexpected=tuple(unexpected),
                        filled=tuple(filled), normalizer=_normalizer(sd, ignored))
     return out, report
+
+
+# --------------------------------------------------------------------------------------------- files
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint. Never unpickles arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint {p} does not exist")
+    if p.suffix == ".safetensors":
+        try:
+            with safe_open(str(p), "pt") as f:
+                meta = dict(f.metadata() or {})
+            return load_file(str(p)), meta
+        except Exception as e:
+            raise ModelError(f"{p} is not a readable safetensors file: {e}") from None
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing: one line is enough
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelError(f"refusing to load {p}: it is not a plain tensor checkpoint (torch.load with "
+                         f"weights_only=True failed: {reason}); save a state dict or safetensors instead") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"{p} does not hold a state dict of tensors")
+    return obj, {}
+
+
+def _sidecar(path: Path, meta: dict[str, str]) -> dict:
+    """advbg checkpoint metadata: safetensors metadata key 'advbg', or a JSON file beside the checkpoint."""
+    if "advbg" in meta:
+        where, text = f"the 'advbg' metadata of {path}", meta["advbg"]
+    else:
+        side = path.with_suffix(".json")
+        if not side.is_file():
+            return {}
+        try:
+            where, text = str(side), side.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelError(f"cannot read checkpoint metadata {side}: {e}") from None
+    try:
+        side = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{where} is not valid JSON: {e}") from None
+    if not isinstance(side, dict):
+        raise ModelError(f"{where} is not a JSON object (got {type(side).__name__})")
+    return _check_sidecar(side, where)
+
+
+def _check_sidecar(side: dict, where: str) -> dict:
+    """The metadata fields advbg reads, with the types it needs (ModelError naming the field otherwise)."""
+    arch = side.get("architecture")
+    if arch is not None and not (isinstance(arch, str) and arch):
+        raise ModelError(f"{where}: architecture must be a timm name (a string), got {arch!r}")
+    size = side.get("input_size")
+    if size is not None:
+        ok = (isinstance(size, (list, tuple)) and len(size) == 3 and all(isinstance(v, int) for v in size)
+              and size[0] == 3 and all(1 <= v <= 8192 for v in size[1:]))
+        if not ok:
+            raise ModelError(f"{where}: input_size must be [3, H, W] with 1 <= H, W <= 8192, got {size!r}")
+    names = side.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ModelError(f"{where}: class_names must be a list of strings")
+    for k in ("label_map", "num_outputs"):
+        v = side.get(k)
+        if v is not None and not isinstance(v, str if k == "label_map" else int):
+            raise ModelError(f"{where}: {k} has the wrong type ({v!r})")
+    if "mean" in side or "std" in side:
+        check_stats(side.get("mean") or (), side.get("std") or (), "checkpoint-metadata")
+    return side
+
+
+def _classifier_key(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return str(cfg.get("classifier", "fc"))
+
+
+def load_checkpoint_model(path: str | os.PathLike, arch: str | None = None) -> tuple[nn.Module, dict]:
+    """Build ``arch`` (or the architecture recorded in the checkpoint) and load every tensor strictly."""
+    p = Path(path)
+    sd, meta = read_state_dict(p)
+    side = _sidecar(p, meta)
+    arch = arch or side.get("architecture")
+    if not arch:
+        raise ModelError(f"{p} does not record its architecture; pass arch= (--arch), e.g. --arch resnet50")
+    timm = import_timm()
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        raise ModelError(f"unknown architecture {arch!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    probe = timm.create_model(arch, pretrained=False)
+    # robustness-library layout (module./model. prefixes, normaliser/attacker entries): see the module docstring
+    sd, key_report = normalize_state_dict_keys(sd, probe)
+    key_report.require_complete(p, arch)
+    head = _classifier_key(probe) + ".weight"
+    num_classes = int(sd[head].shape[0]) if head in sd else int(side.get("num_outputs", probe.num_classes))
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    load_strict(model, sd, p, arch)
+    model.checkpoint_keys = key_report  # how many tensors matched; reported by `advbg eval`
+    info = dict(architecture=arch, weight_tag="checkpoint", source="checkpoint", weights_file=str(p),
+                weights_sha256=sha256_file(p))
+    info.update(normalizer_info(key_report.normalizer))
+    for k in ("class_names", "input_size", "label_map"):
+        if k in side:
+            info[k] = side[k]
+    if "mean" in side or "std" in side:
+        info.update(mean=side.get("mean"), std=side.get("std"), norm_source="checkpoint-metadata")
+    return model, info
+
+
+def normalizer_info(stats: dict | None) -> dict:
+    """mean/std of a robustness checkpoint's normalizer buffers, as ``info`` entries (none when absent)."""
+    if not stats or len(stats.get("mean", ())) != 3 or len(stats.get("std", ())) != 3:
+        return {}
+    return dict(mean=tuple(stats["mean"]), std=tuple(stats["std"]), norm_source="checkpoint-normalizer")
+
+
+def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path, arch: str) -> None:
+    own = model.state_dict()
+    # load_state_dict casts silently: int32/bool "weights" would load as whole numbers into a float model
+    wrong = [k for k, v in sd.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if wrong:
+        raise ModelError(f"{path}: {len(wrong)} tensors that must be floating point are stored as integers or "
+                         f"booleans (e.g. {wrong[0]!r}: {sd[wrong[0]].dtype}); this is not a checkpoint of {arch!r}")
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1:3]
+        raise ModelError(f"{path} does not fit architecture {arch!r}: {'; '.join(first) or e}") from None

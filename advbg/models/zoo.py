@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from advbg._compat import import_timm
 from advbg.errors import AdvbgError
-from advbg.models.classifier import lite_weights_path, registered_names
+from advbg.models.weights import lite_weights_path, registered_names
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "advbg" / "checkpoints"

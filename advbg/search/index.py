@@ -36,7 +36,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advbg._version import __version__
-from advbg.data.store import Store, sidecar_folder
+from advbg.data.sidecar import sidecar_folder
+from advbg.data.store import Store
 from advbg.errors import AdvbgError, disk_error
 from advbg.files import now, sha256_file, write_json
 from advbg.models.classifier import Classifier

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, fields
 import h5py
 import numpy as np
 
-from advbg.data.store import Store, check_derived_name
+from advbg.data.sidecar import check_derived_name
+from advbg.data.store import Store
 from advbg.errors import AdvbgError, StoreError
 from advbg.files import now
 from advbg.search.journal import Journal

@@ -1,6 +1,6 @@
 """`advbg export`: the fooling backgrounds and worst composites of a stored search, in forms training reads.
 
-Output folder ``DIR`` (built as a hidden sibling ``.DIR.partial-<pid>`` and renamed when complete)::
+Output folder ``DIR`` (built as a hidden temporary sibling and renamed when complete: ``atomic_output``)::
 
     folder format                                       h5 format
     backgrounds/<NN_class>/bg<bg_id>.png                export.h5   an advbg store: backgrounds = the fooling
@@ -22,10 +22,8 @@ foreground are exported. Composites: each fooled foreground on its worst backgro
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,10 +32,11 @@ import cv2
 import numpy as np
 
 from advbg.data.composite import composite
-from advbg.data.store import Store, StoreWriter
+from advbg.data.store import Store
 from advbg.data.variants import class_folders
+from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
-from advbg.files import check_output, now, write_json
+from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
 from advbg.search.criteria import OUTCOME_MISSING, Criterion, asr, check_invalid_marked, decode_outcome
 from advbg.search.checked import load_outcome_checked, load_search_checked
 
@@ -238,48 +237,10 @@ def _check_out(out: Path, overwrite: bool, store: str | os.PathLike) -> None:
         raise AdvbgError(f"{out} is not empty; pass --overwrite to replace it, or choose another --out")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True      # someone else's live process (or a name that is not ours): leave its folder alone
-    return True
-
-
 def recover_interrupted(out: Path, echo: Callable[[str], None] | None = None) -> None:
-    """Undo what a killed export left beside ``out``: its previous contents moved aside (``.OUT.old-PID``) are put
-    back when ``out`` is missing, and unfinished ``.OUT.partial-PID`` folders are removed — only those of
-    processes that no longer run."""
-    if not out.parent.is_dir():
-        return
-    for p in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
-        kind, _, pid = p.name[len(out.name) + 2:].rpartition("-")
-        if kind not in ("old", "partial") or not pid.isdigit() or _pid_alive(int(pid)) or not p.is_dir():
-            continue
-        if kind == "old" and not os.path.lexists(out):
-            os.replace(p, out)
-            if echo:
-                echo(f"restored {out} from an export killed while replacing it")
-        else:
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed only afterwards."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old)
+    """Put back ``out``'s previous contents when an export was killed while replacing them (``.OUT.old``)."""
+    if restore_replaced(out) and echo:
+        echo(f"restored {out} from an export killed while replacing it")
 
 
 def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | None = None,
@@ -295,20 +256,13 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
         name = result.results_name
         ident = _provenance(result, name, s)
         rows = _rows(s, result, ident, config)
-        tmp = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
+        with atomic_output(out, folder=True) as tmp:
             (_write_folder if config.fmt == "folder" else _write_h5)(tmp, s, rows)
             (tmp / "manifest.csv").write_text(_manifest_csv(rows))
             meta = dict(store=str(s.path), store_digest=s.digest(), results=name, created=now(),
                         config=asdict(config), class_names=list(s.class_names), columns=list(COLUMNS),
                         run=asdict(result.run) if result.run else None)
             write_json(tmp / "manifest.json", dict(export=meta, items=rows))
-            _move_into_place(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     n_bg = sum(r["kind"] == "background" for r in rows)
     if echo:
         echo(f"exported {n_bg} fooling backgrounds and {len(rows) - n_bg} worst composites of results "

@@ -14,7 +14,6 @@ metadata and the per-epoch history. Both are written under temporary names and r
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -28,14 +27,15 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
-from advbg.files import check_output, now, sha256_file, write_json
-from advbg.models.classifier import load_classifier, resolve_device
+from advbg.files import atomic_output, check_output, now, sha256_file, write_json
+from advbg.models.loading import load_classifier, resolve_device
 from advbg.models.precision import AMPS, resolve_amp
+from advbg.models.precision import autocast as amp_autocast
+from advbg.progress import progress as progress_bar
 from advbg.search.compositor import to_device_u8
 from advbg.train.augment import (
     CompositeDataset,
@@ -156,13 +156,10 @@ def _schedule(opt: torch.optim.Optimizer, cfg: FinetuneConfig, total: int) -> to
 def _amp(device: torch.device, amp: str):
     """(autocast context, GradScaler or None)."""
     amp = resolve_amp(device, amp)
-    if amp == "off":
-        return contextlib.nullcontext(), None
-    if device.type != "cuda":
+    if amp != "off" and device.type != "cuda":
         raise AdvbgError(f"amp {amp} needs CUDA; on {device.type} use --amp off (or auto)")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    return torch.autocast("cuda", dtype=dtype), scaler
+    return amp_autocast(device, amp), scaler
 
 
 class _Adversary:
@@ -237,7 +234,6 @@ def finetune(model: str, store: str | os.PathLike, out: str | os.PathLike, confi
     record = dict(meta, checkpoint=ckpt.name, checkpoint_sha256=sha256_file(ckpt), history=history)
 
     write_json(recipe_file, record)
-    _default_permissions(recipe_file)
     echo(f"wrote {ckpt} and {recipe_file.name} ({meta['recipe']['steps']} steps in {seconds:.1f} s); "
          f"evaluate with: advbg search --model {ckpt} --store {store}")
     return FinetuneResult(ckpt, recipe_file, meta, history, net)
@@ -257,7 +253,7 @@ def _train(net: Normalised, dataset: CompositeDataset, sampler: PairSampler, cfg
     step, history, t0 = 0, [], time.perf_counter()
     if adversary:
         adversary.refresh(net)   # before the first epoch's batches are drawn
-    bar = tqdm(total=total, disable=not progress, desc=f"finetune {cfg.policy}", unit="step", dynamic_ncols=True)
+    bar = progress_bar(total=total, enabled=progress, desc=f"finetune {cfg.policy}", unit="step")
     try:
         for epoch in range(cfg.epochs):
             sampler.set_epoch(epoch)
@@ -300,21 +296,7 @@ def _train(net: Normalised, dataset: CompositeDataset, sampler: PairSampler, cfg
 
 
 def _save(model: nn.Module, meta: dict, path: Path) -> None:
-    """safetensors with metadata key ``advbg``, written to a temporary name and renamed."""
-
+    """safetensors with metadata key ``advbg``, written atomically (``atomic_output``)."""
     sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_output(path) as tmp:
         save_file(sd, str(tmp), metadata={"advbg": json.dumps(meta)})
-        _default_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _default_permissions(path: Path) -> None:
-    """safetensors and mkstemp create files 0600; give them the permissions a plain open() would (umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
