@@ -33,16 +33,16 @@ from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.outcomes import stored_outcome
 from advbg.analysis.plots import pyplot, rate_yerr, subplots
 from advbg.analysis.reportviews import (
-    ClassView as EvalClassView,
     Comparison,
     EvalView,
     OverlayRow,
+    PerClassView,
     SaliencySection,
+    cell,
+    class_views,
     comparison,
     count_rate,
     eval_views,
-    class_views,
-    cell,
     gap_of,
     load_saliency,
     maps_file,
@@ -168,7 +168,7 @@ class EvalSection:
     store_note: str
     models: list[str] = field(default_factory=list)
     views: list[EvalView] = field(default_factory=list)
-    per_class: list[EvalClassView] = field(default_factory=list)
+    per_class: list[PerClassView] = field(default_factory=list)
     plots: list[tuple[str, str]] = field(default_factory=list)    # (view title, data URI) beyond top-1
 
 

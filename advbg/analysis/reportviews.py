@@ -18,7 +18,6 @@ import numpy as np
 from PIL import Image
 
 from advbg.analysis.compare import Table, eval_table, search_table
-from advbg.analysis.evaluate import ordered_variants
 from advbg.data.store import Store
 from advbg.data.variants import make_variant
 from advbg.errors import AdvbgError
@@ -30,7 +29,7 @@ def count_rate(pct: float | None, n: int | None) -> Rate | None:
     """A percentage of n items (as stored in JSON) back to k/n with its interval: k = round(pct * n / 100)."""
     if pct is None or not n or not np.isfinite(float(pct)):
         return None
-    return rate(int(round(float(pct) * int(n) / 100.0)), int(n))
+    return rate(round(float(pct) * int(n) / 100.0), int(n))
 
 
 # --------------------------------------------------------------------------------------------- eval views
@@ -45,7 +44,7 @@ class EvalView:
 
 
 @dataclass(frozen=True)
-class ClassView:
+class PerClassView:
     """Per-class top-1 accuracy of one model: a row per class, a column per variant."""
 
     model: str
@@ -79,7 +78,7 @@ def _topk_rate(score: dict | None, k: int) -> Rate | None:
     return rate(int(hits), int(n))
 
 
-def class_views(d: dict, variants: list[str], names: list[str]) -> list[ClassView]:
+def class_views(d: dict, variants: list[str], names: list[str]) -> list[PerClassView]:
     """Per model: per-class top-1 accuracy on every variant, k/n from the file's per-class counts."""
     out = []
     for m, name in zip(d["models"], names):
@@ -88,7 +87,7 @@ def class_views(d: dict, variants: list[str], names: list[str]) -> list[ClassVie
         if not classes:
             continue
         cells = [[_class_rate(acc.get(v), c) for v in variants] for c in classes]
-        out.append(ClassView(name, variants, classes, cells))
+        out.append(PerClassView(name, variants, classes, cells))
     return out
 
 
