@@ -444,6 +444,8 @@ def rate_cell(k: int, n: int) -> str:
 def full_store(searched_store, tmp_path, capsys):
     """The searched store, plus an eval sweep of three models (top-1 and top-5 on every variant, as `advbg eval`
     does by default) and a saliency run with its maps: (store, eval JSON, saliency JSON)."""
+    pytest.importorskip("captum", reason="the [saliency] extra (captum) is not installed: the report's saliency "
+                                         "section and intervals NOT checked")
     ev, sal = tmp_path / "eval.json", tmp_path / "sal.json"
     code, _, err = run_cli(["eval", "-s", str(searched_store), "-m", ",".join(SWEEP), "--label-map", "in9",
                             "-V", "all", "--top-k", "1,5", "--results-file", str(ev), "-q"], capsys)

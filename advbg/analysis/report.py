@@ -422,7 +422,8 @@ def _class_plot(c: ClassUniversal) -> str:
                         label="95% interval")
     ga.plot(picks, cover, marker="o", ms=3, color="#e45756")
     ga.axhline(c.union, ls="--", lw=1, color="gray", label=f"union of all: {c.union:.1f}%")
-    ga.set(xlim=(0, max(1, len(picks) - 1)), ylim=(0, max(5.0, min(100.0, c.union * 1.25 + 2))),
+    top = max([c.union * 1.25 + 2] + [b.high + 2 for b in band if b is not None])
+    ga.set(xlim=(0, max(1, len(picks) - 1)), ylim=(0, max(5.0, min(100.0, top))),
            xlabel="backgrounds picked (greedy)", ylabel="targets fooled (%)")
     ga.set_title(f"greedy cover of {c.n_targets} targets", fontsize=8)
     ga.legend(fontsize=7, loc="lower right", frameon=False)
