@@ -295,6 +295,7 @@ def test_eval_file_adds_table_and_bg_gap(searched_store, tmp_path):
     (e,) = rep.evals
     assert e.variants == ["original", "mixed_same", "mixed_rand"]
     assert e.rows[0]["top1"] == [90.0, 80.0, 67.5] and e.rows[0]["bg_gap"] == 12.5
+    assert [row[0] for row in e.views[0].cells] == [90.0, 80.0, 67.5]     # no counts in the file: the bare %
     html = render_html(rep)
     assert "12.5" in html and "NOT this store" in html and e.plot.startswith("data:image/png;base64,")
     d = json.loads(ev.read_text())

@@ -468,9 +468,10 @@ def _eval_plot(variants: list[str], rows: list[dict], view: EvalView | None = No
     width = 0.8 / len(rows)
     fig, ax = subplots(figsize=(max(5.0, 0.9 * len(variants) + 2.5), 3.0 + 0.15 * len(rows)), layout="constrained")
     for j, r in enumerate(rows):
-        rates = r["rates"] if view is None else [view.cells[i][j] for i in range(len(variants))]
-        vals = [np.nan if q is None else q.rate for q in rates] if view is not None else \
-            [np.nan if v is None else v for v in r["top1"]]
+        cells = [view.cells[i][j] for i in range(len(variants))] if view is not None else []
+        rates = r["rates"] if view is None else [q if isinstance(q, Rate) else None for q in cells]
+        vals = ([np.nan if q is None else getattr(q, "rate", q) for q in cells] if view is not None else
+                [np.nan if v is None else v for v in r["top1"]])
         gap = r.get("gap")
         bg = "-" if gap is None else (f"{gap.diff:.1f} [{gap.low:.1f}, {gap.high:.1f}]" if hasattr(gap, "diff")
                                       else f"{gap:.1f}")

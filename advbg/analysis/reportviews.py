@@ -40,7 +40,7 @@ class EvalView:
     title: str
     short: str                          # the column heading under each model
     variants: list[str]
-    cells: list[list[Rate | None]]      # [variant][model]
+    cells: list[list[Rate | float | None]]   # [variant][model]; a bare % where an older file has no counts
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def eval_views(d: dict, variants: list[str]) -> list[EvalView]:
     """Every top-k the file holds, then the 'none' rate where the label map has one."""
     models = d["models"]
     acc = [m.get("accuracy") or {} for m in models]
-    ks = sorted({int(k[3:]) for a in acc for s in a.values() for k in (s.get("correct") or {})} | {1})
+    ks = sorted({int(k[3:]) for a in acc for s in a.values() for k in (s.get("topk") or {})} | {1})
     views = []
     for k in ks:
         cells = [[_topk_rate(a.get(v), k) for a in acc] for v in variants]
@@ -70,12 +70,12 @@ def eval_views(d: dict, variants: list[str]) -> list[EvalView]:
     return views
 
 
-def _topk_rate(score: dict | None, k: int) -> Rate | None:
+def _topk_rate(score: dict | None, k: int) -> Rate | float | None:
     s = score or {}
-    hits, n = (s.get("correct") or {}).get(f"top{k}"), s.get("n")
-    if hits is None or not n or (s.get("topk") or {}).get(f"top{k}") is None:
+    hits, n, pct = (s.get("correct") or {}).get(f"top{k}"), s.get("n"), (s.get("topk") or {}).get(f"top{k}")
+    if pct is None:
         return None
-    return rate(int(hits), int(n))
+    return rate(int(hits), int(n)) if hits is not None and n else float(pct)   # older files: no counts
 
 
 def class_views(d: dict, variants: list[str], names: list[str]) -> list[PerClassView]:
