@@ -58,13 +58,8 @@ from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import identity_of
 from advbg.progress import progress as progress_bar
-<<<<<<< HEAD
 from advbg.search.results import SearchResult, load_search, result_names, verify_all
-from advbg.stats import Rate, rate_or_none
-=======
-from advbg.search.results import SearchResult, load_search, result_names
 from advbg.stats import GAP_LEGEND, RATE_LEGEND, Rate, rate, rate_or_none
->>>>>>> report
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
 TOP_K, GREEDY_K = 5, 20
