@@ -82,17 +82,17 @@ def restore_replaced(path: str | os.PathLike) -> bool:
     return False
 
 
-def commit_partial(path: str | os.PathLike, *, folder: bool = False) -> Path:
-    """Move a finished ``partial_path(path)`` into place as ``atomic_output`` does (fsync, rename over ``path``,
-    fsync of the folder), for writers that fill the temporary themselves: a new store (kept across runs to resume
-    it), an unpacked archive."""
+def commit_partial(path: str | os.PathLike, *, folder: bool = False, src: str | os.PathLike | None = None) -> Path:
+    """Move a finished ``partial_path(path)`` (or ``src``, a temporary elsewhere on the same file system) into place
+    as ``atomic_output`` does (fsync, rename over ``path``, fsync of the folder), for writers that fill the
+    temporary themselves: a new store (kept across runs to resume it), an unpacked archive."""
     path = Path(path)
-    _commit(partial_path(path), path, folder)
+    _commit(Path(src) if src is not None else partial_path(path), path, folder)
     return path
 
 
 def _commit(tmp: Path, path: Path, folder: bool) -> None:
-    if not tmp.exists():
+    if not os.path.lexists(tmp):
         raise AdvbgError(f"internal error: nothing was written to {path}")
     if folder:
         for f in sorted(tmp.rglob("*")):
