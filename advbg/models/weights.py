@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from advbg._compat import import_timm
 from advbg.errors import ModelError
 from advbg.files import sha256_file
 from advbg.models.checkpoints import load_strict, normalize_state_dict_keys, normalizer_info, read_state_dict
+from advbg.models.hub import cached_weights_file, download_blocker, pretrained_cfg
 
 Builder = Callable[[], tuple[nn.Module, dict]]
 _REGISTRY: dict[str, Builder] = {}
@@ -132,6 +135,28 @@ def _lite2() -> tuple[nn.Module, dict]:
 
 
 # --------------------------------------------------------------------------------------------- timm
+# Architectures whose timm default weights are not the ones the paper evaluated: arch -> the timm name that are.
+PAPER_WEIGHTS = {"resnet50": ("resnet50.tv_in1k", "torchvision's weights")}
+
+
+def not_cached_message(name: str, blocker: str) -> str:
+    """One line: ``name``'s pretrained weights are not cached and why they cannot be fetched; how to get them."""
+    cfg = pretrained_cfg(name)
+    full = f"{cfg.architecture}.{cfg.tag}" if cfg is not None and cfg.tag else name
+    said = name if full == name else f"{name} (timm's default: {full})"
+    paper, why = PAPER_WEIGHTS.get(name.split(".", 1)[0], (None, ""))
+    hint = ""
+    if paper and paper != full:
+        hint = f"; the paper's weights are {paper} ({why}): ask for --model {paper}"
+        full = paper
+    fetch = f"python -c \"import timm; timm.create_model('{full}', pretrained=True)\""
+    url = getattr(pretrained_cfg(full), "url", None) or ""
+    same = f" (or {os.path.basename(url.split('?', 1)[0])} from {urlparse(url).hostname})" if url else ""
+    return (f"pretrained weights for {said} are not in the local cache and not available offline ({blocker}){hint}. "
+            f"Download them once on a machine with network ({fetch} fills the Hugging Face cache), or pass a local "
+            f"file with --model {full} --weights PATH: the {full} weights file{same}")
+
+
 def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, dict]:
     """A timm model and its ``info``: pretrained weights from the local cache, ``weights`` (a file), or random."""
     timm = import_timm()
@@ -152,15 +177,18 @@ def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mod
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
                            source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
                            **normalizer_info(report.normalizer))
-    try:
-        model = timm.create_model(name, pretrained=pretrained)
+    cached = cached_weights_file(name) if pretrained else None
+    if pretrained and cached is None:
+        blocker = download_blocker(name)
+        if blocker:
+            raise ModelError(not_cached_message(name, blocker))
+    try:   # weights found in a cache are read from that file: no hub call, not even a freshness check
+        model = timm.create_model(name, pretrained=pretrained,
+                                  **({"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}))
     except (RuntimeError, OSError, ValueError) as e:
         if not pretrained:
             raise ModelError(f"cannot build {name!r}: {e}") from None
-        raise ModelError(
-            f"pretrained weights for {name!r} are not available offline ({type(e).__name__}). Download them once "
-            f"on a machine with network (python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
-            f"fills the Hugging Face cache), or pass a local file with --weights PATH") from None
+        raise ModelError(not_cached_message(name, f"the download failed: {type(e).__name__}")) from None
     tag = model.pretrained_cfg.get("tag") or "default"
     info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
                 source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
