@@ -188,9 +188,9 @@ def test_json_model_tag_of_a_checkpoint_is_the_tag_of_its_results_name(robust100
     clf = load_classifier(str(ckpt), arch="test_resnet", device="cpu")
     store = make_random_store(tmp_path / "s.h5", n_fg=2, n_bg=2, size=clf.config.input_size[1])
     with Store(store, mode="r+") as s:
-        res = search(s, clf, SearchConfig(), progress=False)
+        res = search(s, clf, SearchConfig(criterion="any", mode="exhaustive"), progress=False)
     summary = res.summary()
     sha = clf.config.weights_sha256[:8]
     assert sha in summary["model_tag"]
-    assert summary["results_name"] == f"{summary['model_tag']}.{summary['criterion']}.{summary['mode']}"
+    assert summary["results_name"] == f"{summary['model_tag']}.any.exhaustive"
     json.dumps(summary)
