@@ -114,6 +114,30 @@ def test_plain_resnet50_names_the_papers_weights_and_the_offline_way(no_network,
     assert "resnet50.tv_in1k" in msg and "torchvision" in msg and "--weights" in msg and "\n" not in msg
 
 
+def test_a_weight_tag_timm_does_not_have_is_named_without_a_connection(no_network):
+    with pytest.raises(ModelError, match=r"timm has no pretrained weights named 'test_resnet.bogus'.*--filter"):
+        load_classifier("test_resnet.bogus", device="cpu")
+    assert no_network == []
+
+
+def test_hub_probe_reports_why_and_succeeds_when_a_connection_opens(no_network, monkeypatch):
+    from advbg.models import hub
+
+    for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    assert "huggingface.co:443" in hub.unreachable("https://huggingface.co") and len(no_network) == 1
+
+    class Opened:
+        def close(self):
+            pass
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Opened())
+    assert hub.unreachable("https://huggingface.co") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    seen = []
+    monkeypatch.setattr(socket, "create_connection", lambda addr, **k: seen.append(addr) or Opened())
+    assert hub.unreachable("https://huggingface.co") is None and seen == [("proxy.example", 3128)]
+
+
 # --------------------------------------------------------------------------------------------- FAISS first
 def test_index_without_faiss_refuses_before_any_embedding_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
     path = make_random_store(tmp_path / "s.h5")

@@ -177,6 +177,9 @@ def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mod
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
                            source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
                            **normalizer_info(report.normalizer))
+    if pretrained and pretrained_cfg(name) is None:
+        raise ModelError(f"timm has no pretrained weights named {name!r}; `advbg models --filter '{arch}*'` lists "
+                         f"those it has")
     cached = cached_weights_file(name) if pretrained else None
     if pretrained and cached is None:
         blocker = download_blocker(name)
