@@ -104,6 +104,25 @@ def test_cached_timm_weights_load_without_any_connection(no_network, tmp_path):
     assert no_network == [] and clf.config.weight_tag == "r160_in1k"
 
 
+def test_a_pickle_in_the_cache_is_never_unpickled(no_network, tmp_path):
+    import os
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    root = tmp_path / "hf" / "models--timm--test_resnet.r160_in1k"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text("1" * 40)
+    (root / "snapshots" / ("1" * 40)).mkdir(parents=True)
+    (root / "snapshots" / ("1" * 40) / "pytorch_model.bin").write_bytes(pickle.dumps({"model": Evil()}))
+    with pytest.raises(ModelError, match="refusing to load"):
+        load_classifier("test_resnet.r160_in1k", device="cpu")
+    assert not marker.exists() and no_network == []
+
+
 def test_plain_resnet50_names_the_papers_weights_and_the_offline_way(no_network, monkeypatch):
     from huggingface_hub import constants
 

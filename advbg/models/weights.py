@@ -185,13 +185,15 @@ def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mod
         blocker = download_blocker(name)
         if blocker:
             raise ModelError(not_cached_message(name, blocker))
-    try:   # weights found in a cache are read from that file: no hub call, not even a freshness check
-        model = timm.create_model(name, pretrained=pretrained,
-                                  **({"pretrained_cfg_overlay": {"file": str(cached)}} if cached else {}))
+    # Cached weights are read here, by the safe reader: no hub call (not even a freshness check) and no unpickling.
+    overlay = {"pretrained_cfg_overlay": {"state_dict": read_state_dict(cached)[0]}} if cached else {}
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **overlay)
     except (RuntimeError, OSError, ValueError) as e:
         if not pretrained:
             raise ModelError(f"cannot build {name!r}: {e}") from None
         raise ModelError(not_cached_message(name, f"the download failed: {type(e).__name__}")) from None
+    model.pretrained_cfg.pop("state_dict", None)   # a second copy of every weight otherwise
     tag = model.pretrained_cfg.get("tag") or "default"
     info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
                 source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
