@@ -123,6 +123,13 @@ def test_a_pickle_in_the_cache_is_never_unpickled(no_network, tmp_path):
     assert not marker.exists() and no_network == []
 
 
+def test_cached_weights_of_another_shape_are_named_not_called_a_failed_download(no_network, tmp_path):
+    _fake_hf_cache(tmp_path / "hf", "timm/test_resnet.r160_in1k", {"fc.weight": torch.zeros(3, 3)})
+    with pytest.raises(ModelError, match=r"cached weights .*model.safetensors do not load into 'test_resnet"):
+        load_classifier("test_resnet.r160_in1k", device="cpu")
+    assert no_network == []
+
+
 def test_plain_resnet50_names_the_papers_weights_and_the_offline_way(no_network, monkeypatch):
     from huggingface_hub import constants
 

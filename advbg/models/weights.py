@@ -177,24 +177,39 @@ def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mod
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
                            source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
                            **normalizer_info(report.normalizer))
-    if pretrained and pretrained_cfg(name) is None:
+    if pretrained:
+        model = _pretrained_timm(timm, name, arch)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=False)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise ModelError(f"cannot build {name!r}: {e}") from None
+    tag = model.pretrained_cfg.get("tag") or "default"
+    info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
+                source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
+    return model, info
+
+
+def _pretrained_timm(timm, name: str, arch: str) -> nn.Module:
+    """timm's ``name`` with its pretrained weights: from the local cache, else downloaded when the hub can be
+    reached; a one-line ModelError at once otherwise."""
+    if pretrained_cfg(name) is None:
         raise ModelError(f"timm has no pretrained weights named {name!r}; `advbg models --filter '{arch}*'` lists "
                          f"those it has")
-    cached = cached_weights_file(name) if pretrained else None
-    if pretrained and cached is None:
+    cached = cached_weights_file(name)
+    if cached is None:
         blocker = download_blocker(name)
         if blocker:
             raise ModelError(not_cached_message(name, blocker))
     # Cached weights are read here, by the safe reader: no hub call (not even a freshness check) and no unpickling.
     overlay = {"pretrained_cfg_overlay": {"state_dict": read_state_dict(cached)[0]}} if cached else {}
     try:
-        model = timm.create_model(name, pretrained=pretrained, **overlay)
+        model = timm.create_model(name, pretrained=True, **overlay)
     except (RuntimeError, OSError, ValueError) as e:
-        if not pretrained:
-            raise ModelError(f"cannot build {name!r}: {e}") from None
+        if cached:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"the cached weights {cached} do not load into {name!r} ({first}); delete that file "
+                             f"to fetch them again, or pass a file with --weights PATH") from None
         raise ModelError(not_cached_message(name, f"the download failed: {type(e).__name__}")) from None
     model.pretrained_cfg.pop("state_dict", None)   # a second copy of every weight otherwise
-    tag = model.pretrained_cfg.get("tag") or "default"
-    info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
-                source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
-    return model, info
+    return model
