@@ -18,11 +18,13 @@ from conftest import assert_one_line_error, make_random_store, make_tiny_classif
 from conftest import run_cli as run
 from reference import composite, in9_table, margin
 
+from advbg.commands.search import headline
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
 from advbg.errors import AdvbgError, ModelError
 from advbg.models.loading import load_classifier
 from advbg.search.config import SearchConfig
+from advbg.search.criteria import Criterion
 from advbg.search.runner import search
 
 
@@ -243,4 +245,5 @@ def test_json_model_tag_of_a_checkpoint_is_the_tag_of_its_results_name(robust100
     sha = clf.config.weights_sha256[:8]
     assert sha in summary["model_tag"]
     assert summary["results_name"] == f"{summary['model_tag']}.any.exhaustive"
+    assert f"({summary['model_tag']}, label map" in headline(res, Criterion("any"))
     json.dumps(summary)
