@@ -6,7 +6,6 @@ No test here touches the network: "no network" is simulated by a socket layer th
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import sys
 from pathlib import Path

@@ -21,8 +21,13 @@ from safetensors import safe_open
 
 from advbg._compat import import_timm
 from advbg.errors import AdvbgError
-from advbg.models.hub import cached_weights_file  # noqa: F401  (re-exported: the eval record and cards use it)
-from advbg.models.hub import hf_cache_dir, hf_cached_file, pretrained_cfg, torch_hub_checkpoints
+from advbg.models.hub import (
+    cached_weights_file,  # noqa: F401  (re-exported: the eval record and cards use it)
+    hf_cache_dir,
+    hf_cached_file,
+    pretrained_cfg,
+    torch_hub_checkpoints,
+)
 from advbg.models.weights import lite_weights_path, registered_names
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
