@@ -112,10 +112,11 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
     gap = (full == OUTCOME_MISSING) & rows[:, None] & cols[None, :]
     if not gap.any():
         return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used))
+    if not compute:
+        raise AdvbgError(f"{_gap_note(gap, rows, cols, used, classifier, computing=False)} and --no-search allows no "
+                         f"search: rerun without --no-search to compute them")
     note = _gap_note(gap, rows, cols, used, classifier)
     echo(note)
-    if not compute:
-        raise AdvbgError(f"{note}; rerun without --no-search to compute them")
     fg_sel, bg_sel = np.flatnonzero(gap.any(1)), np.flatnonzero(gap.any(0))
     cfg = SearchConfig(criterion=criterion, mode="exhaustive", batch_size=batch_size,
                        foregrounds=tuple(int(i) for i in fg_sel), backgrounds=tuple(int(j) for j in bg_sel))
@@ -127,14 +128,18 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
     return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name, (note,))
 
 
-def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[str], classifier) -> str:
+def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[str], classifier,
+              computing: bool = True) -> str:
+    """What is missing and, when ``computing``, what will be done about it."""
     n_gap, n_need = int(gap.sum()), int(rows.sum()) * int(cols.sum())
     tag = classifier.config.tag
     if not used:
-        return (f"no stored outcome matrix for {tag} in this store: computing {n_gap} composites once with an "
-                f"exhaustive search (later runs reuse it)")
+        return f"no stored outcome matrix for {tag} in this store" + (
+            f": computing {n_gap} composites once with an exhaustive search (later runs reuse it)" if computing
+            else f" ({n_gap} composites needed)")
     return (f"stored outcomes for {tag} ({', '.join(used)}) lack {n_gap} of the {n_need} pairs needed (early-exit, "
-            f"pruned or partial searches stop short): computing them with an exhaustive search")
+            f"pruned or partial searches stop short)" + (": computing them with an exhaustive search" if computing
+                                                         else ""))
 
 
 def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, bg_sel: np.ndarray) -> str:

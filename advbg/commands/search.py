@@ -10,7 +10,7 @@ from advbg.commands.common import DEMO_STORE, model_inputs, store_inputs, workin
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
 from advbg.files import check_output, write_json
-from advbg.models.classifier import Classifier
+from advbg.models.classifier import Classifier, results_tag
 from advbg.models.loading import ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
@@ -28,7 +28,7 @@ def headline(result: SearchResult, criterion: Criterion) -> str:
     n = len(result)
     return (f"fooling rate {result.fooling_rate:.1f}% ({int(result.fooled.sum())}/{n} vulnerable; challenge "
             f"accuracy {result.challenge_accuracy:.1f}%) | "
-            f"criterion {crit} | model {c['name']} ({c['architecture']}.{c['weight_tag']}, label map "
+            f"criterion {crit} | model {c['name']} ({results_tag(c)}, label map "
             f"{c['label_map']}) | {len(result)} foregrounds, {r.forwards} composites evaluated in {r.seconds:.1f} s "
             f"({r.composites_per_s:.0f} composites/s)" + _invalid_note(result))
 

@@ -34,7 +34,7 @@ from advbg._version import __version__
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import check_file_name, now
-from advbg.models.classifier import Classifier
+from advbg.models.classifier import Classifier, results_tag
 from advbg.models.precision import resolve_amp
 from advbg.progress import progress as progress_bar
 from advbg.search import distributed
@@ -47,14 +47,9 @@ from advbg.search.results import ResultsSink, RunId, RunRecord, SearchResult, ch
 
 # --------------------------------------------------------------------------------------------- driver
 def default_results_name(classifier: Classifier, config: SearchConfig) -> str:
-    """``<architecture>.<weight tag>.<criterion>.<mode>[.<pruning>]``; for weights read from a file (a checkpoint,
-    --weights) the tag carries the first 8 hex digits of their SHA-256, so two checkpoints of one architecture
-    never share (and overwrite) a results group."""
-    c = classifier.config
-    tag = c.tag
-    if c.weights_sha256 and c.source in ("checkpoint", "timm"):
-        tag += f"-{c.weights_sha256[:8]}"
-    name = f"{tag}.{config.criterion}.{config.mode}"
+    """``<results tag>.<criterion>.<mode>[.<pruning>]``; the results tag (models.classifier.results_tag) carries the
+    weights' SHA-256 prefix for weights read from a file."""
+    name = f"{results_tag(classifier.config.to_dict())}.{config.criterion}.{config.mode}"
     return name + (f".{config.prune}" if config.prune else "")
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from advbg.data.store import Store, check_derived_name
 from advbg.errors import AdvbgError, StoreError
+from advbg.models.classifier import results_tag
 
 # Outcome matrix codes beside the mapped class indices 0..252.
 OUTCOME_INVALID = 253       # composite with NaN/inf logits (e.g. fp16 overflow): no prediction, never fooled
@@ -135,7 +136,7 @@ class SearchResult:
         return dict(
             fooling_rate=self.fooling_rate, challenge_accuracy=self.challenge_accuracy,
             criterion=self.run.criterion, mode=self.run.mode, model=self.run.classifier["name"],
-            model_tag=f"{self.run.classifier['architecture']}.{self.run.classifier['weight_tag']}",
+            model_tag=results_tag(self.run.classifier),
             label_map=self.run.classifier["label_map"], n_foregrounds=len(self), forwards=self.run.forwards,
             seconds=self.run.seconds, composites_per_s=self.run.composites_per_s,
             invalid_composites=int(self.n_invalid.sum()), results_name=self.results_name,
