@@ -173,3 +173,24 @@ def test_the_calibration_batch_is_made_of_the_searchs_own_composites(tmp_path, m
     pix = np.rint(x.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
     for img in pix:   # every composite is one selected foreground on one pool background
         assert any(np.array_equal(img, np.where(m[..., None] == 1, f, b)) for f, m in zip(fg, masks) for b in bgs)
+
+
+def test_the_cli_sets_intra_op_threads_and_the_loader_takes_only_the_cores_left(monkeypatch, capsys):
+    from conftest import run_cli
+
+    from advbg.hardware import usable_cores
+    from advbg.search.pool import default_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ADVBG_THREADS", "1")
+        code, _, _ = run_cli(["--help"], capsys)
+        assert code == 0 and torch.get_num_threads() == 1
+        assert default_threads() == max(1, min(8, usable_cores() - 1))
+        torch.set_num_threads(usable_cores())
+        assert default_threads() == 1
+        monkeypatch.setenv("ADVBG_THREADS", "lots")
+        code, out, err = run_cli(["--help"], capsys)
+        assert code != 0 and err.strip().splitlines() == [err.strip()] and "ADVBG_THREADS" in err
+    finally:
+        torch.set_num_threads(before)
