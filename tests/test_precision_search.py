@@ -194,3 +194,37 @@ def test_the_cli_sets_intra_op_threads_and_the_loader_takes_only_the_cores_left(
         assert code != 0 and err.strip().splitlines() == [err.strip()] and "ADVBG_THREADS" in err
     finally:
         torch.set_num_threads(before)
+
+
+@needs_bf16
+def test_eval_forwards_under_a_rechecked_bf16_give_fp32_ranks_and_predictions():
+    from advbg.analysis.evaluate import _Precision, _score_block
+
+    clf = offset_classifier()
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (8, 32, 32, 3))
+    images = np.concatenate([base + rng.integers(-2, 3, base.shape) for _ in range(8)]).clip(0, 255).astype(np.uint8)
+    labels = rng.integers(0, 9, len(images))
+    ref_r, ref_p = _score_block(clf, images, labels, _Precision("off"))
+    r, p = _score_block(clf, images, labels, _Precision("bf16", tolerance=4.0))
+    plain_r, plain_p = _score_block(clf, images, labels, _Precision("bf16"))
+    assert np.array_equal(r, ref_r) and np.array_equal(p, ref_p)
+    assert not (np.array_equal(plain_r, ref_r) and np.array_equal(plain_p, ref_p)), "bf16 alone matched fp32"
+
+
+@needs_native
+def test_eval_amp_auto_on_a_cpu_records_its_choice_and_keeps_fp32_scores(tmp_path, monkeypatch):
+    from advbg.analysis.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setenv(FORCE_ENV, "bf16-faster")
+    clf = offset_classifier()
+    with Store(make_hard_store(tmp_path / "s.h5"), "r+") as s:
+        fp32 = evaluate(s, [clf], EvalConfig(variants="original,mixed_rand", amp="off", batch_size=8))
+        auto = evaluate(s, [clf], EvalConfig(variants="original,mixed_rand", amp="auto", batch_size=8))
+    (rec,) = auto.precision.values()
+    assert rec["amp"] == "bf16" and rec["reason"].startswith("bf16:") and fp32.precision == {}
+    for v in ("original", "mixed_rand"):
+        a, b = auto.models[0].scores[v], fp32.models[0].scores[v]
+        assert (a.correct, a.class_correct) == (b.correct, b.class_correct)
+        assert np.array_equal(a.hits, b.hits)
+    assert auto.to_dict()["precision"] == auto.precision
