@@ -8,7 +8,9 @@ arithmetically, composites, and runs the model (``_Step``: autocast, channels_la
 Margins, predictions and decisions land in (a, p) matrices on the device and are reduced to the per-foreground
 outcome once per unit (``Engine._reduce``) — the only device->host sync of an exhaustive unit. Early exit
 schedules the next batch on the host (``_Scheduler``, one batch behind on CUDA) from the decisions so far.
-Out-of-memory halves the batch and retries (``_Batcher``). ``advbg.search`` drives units through this.
+Out-of-memory halves the batch and retries (``_Batcher``). With ``verify_close`` under low precision, decisions
+within it are recomputed in fp32, and so are the pairs within it of their foreground's lowest margin
+(``_verify_worst``): the rows then equal an fp32 run's. ``advbg.search`` drives units through this.
 """
 from __future__ import annotations
 
