@@ -19,6 +19,8 @@ rank 0 writes the results file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -35,10 +37,11 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import check_file_name, now
 from advbg.models.classifier import Classifier, results_tag
-from advbg.models.precision import resolve_amp
+from advbg.models.precision import FORCE_ENV, PrecisionChoice, choose_precision, resolve_amp
 from advbg.progress import progress as progress_bar
 from advbg.search import distributed
 from advbg.search.config import Candidates, SearchConfig
+from advbg.search.compositor import composite_pairs
 from advbg.search.criteria import Criterion
 from advbg.search.engine import Engine
 from advbg.search.pool import StoreReader
@@ -113,6 +116,7 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
     name = results_name or default_results_name(classifier, config)
     check_name(name)
     _check_results_name(name, store, journal_dir)
+    # --amp auto on a CPU keeps fp32's answers (bf16 only with the fp32 re-check), so it resumes as fp32 would
     amp = resolve_amp(device, config.amp)
     run_id = RunId(fingerprint(store, fg_ids, pool, classifier, config, amp), fg_ids, pool, true_all,
                    group_attrs(classifier, config), config.record_outcomes, config.fg_block)
@@ -122,13 +126,55 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
         if sink.stored:
             return sink.stored_result()
         todo = sink.todo()
-        run = _Search(store, classifier, config, device, fg_ids, pool, candidates, echo)
+        run_config, precision = _precision(store, classifier, config, device, fg_ids, pool, candidates)
+        if precision is not None and ranks.main:
+            echo(f"advbg: --amp auto: {precision['reason']}")
+        amp = resolve_amp(device, run_config.amp)
+        run = _Search(store, classifier, run_config, device, fg_ids, pool, candidates, echo)
         forwards, verified, batch = _run_units(run, sink, ranks.shard(todo), progress and ranks.main, on_unit)
         record = RunRecord(__version__, classifier.config.to_dict(), str(store.path), store.digest(),
                            repr(Criterion(config.criterion)), config.mode, config.prune, config.to_dict(),
                            str(device), started, time.perf_counter() - t0, ranks.sum_int(forwards), batch,
-                           ranks.world, amp, ranks.sum_int(verified), len(sink.units()) - len(todo))
+                           ranks.world, amp, ranks.sum_int(verified), len(sink.units()) - len(todo), precision)
         return sink.finish(record)
+
+
+CALIBRATION_BATCH = 32      # composites per calibration forward (at most; fewer where the run has fewer)
+CALIBRATION_PAYS = 10       # calibrate only for runs of at least this x the calibration's own composites
+
+
+def _precision(store: Store, classifier: Classifier, config: SearchConfig, device: torch.device,
+               fg_ids: np.ndarray, pool: np.ndarray,
+               candidates: Candidates | None) -> tuple[SearchConfig, dict | None]:
+    """The config the engine runs (``--amp auto`` on a CPU decided by ``choose_precision`` on a batch of this
+    search's composites; under bf16 the calibrated ``verify_close`` unless one was given) and the record of the
+    choice (None where nothing was chosen: an explicit --amp, or CUDA)."""
+    if config.amp != "auto" or device.type != "cpu":
+        return config, None
+    pairs = (sum(len(candidates.lists.get(int(f), ())) for f in fg_ids) if candidates is not None
+             else len(fg_ids) * len(pool))
+    n = max(1, min(CALIBRATION_BATCH, config.batch_size or CALIBRATION_BATCH, pairs))
+    cost = 8 * n                                  # warm-up + 3 timed rounds, of each precision
+    if pairs < CALIBRATION_PAYS * cost and not os.environ.get(FORCE_ENV):
+        choice = PrecisionChoice("off", f"fp32: this run's {pairs} composites are too few for the calibration "
+                                        f"(about {cost} composites of forwards) to pay off", 0.0, None)
+    else:
+        choice = choose_precision(classifier, _calibration_batch(store, fg_ids, pool, n),
+                                  channels_last=config.channels_last)
+    verify = (config.verify_close or choice.tolerance) if choice.amp == "bf16" else config.verify_close
+    record = dict(choice.to_record(), verify_close=verify, calibration_batch=n)
+    return dataclasses.replace(config, amp=choice.amp, verify_close=verify), record
+
+
+def _calibration_batch(store: Store, fg_ids: np.ndarray, pool: np.ndarray, n: int) -> torch.Tensor:
+    """``n`` composites of this search's own foregrounds and backgrounds (spread over both), float in [0, 1]."""
+    fi = np.unique(fg_ids[np.linspace(0, len(fg_ids) - 1, min(n, len(fg_ids))).astype(np.int64)])
+    bj = np.unique(pool[np.linspace(0, len(pool) - 1, min(n, len(pool))).astype(np.int64)])
+    fg = torch.from_numpy(store.foregrounds.read(fi))
+    mask = torch.from_numpy(store.foregrounds.read_masks(fi))
+    bg = torch.from_numpy(store.backgrounds.read(bj))
+    k = torch.arange(n)
+    return composite_pairs(fg, mask, bg, k % len(fi), (k * 7 + k // len(fi)) % len(bj))
 
 
 def _selection(store: Store, classifier: Classifier, config: SearchConfig) -> tuple[np.ndarray, ...]:

@@ -67,6 +67,7 @@ class RunRecord:
     amp: str = "off"               # precision the forwards ran in
     verified: int = 0              # close pairs recomputed in fp32 (verify_close)
     resumed_units: int = 0         # units taken from an earlier, interrupted run
+    precision: dict | None = None  # what --amp auto chose on a CPU and why (PrecisionChoice.to_record; None: not chosen)
 
     @property
     def composites_per_s(self) -> float:
