@@ -41,6 +41,7 @@ from advbg.errors import AdvbgError, StoreError
 from advbg.files import atomic_output, now, sha256_file, write_json
 from advbg.models.classifier import Classifier
 from advbg.progress import progress as progress_bar
+from advbg.search.results.rules import unreadable_why
 
 FLAT_MAX = 20_000          # exact search up to here; a flat query over 20k x 1280 floats still takes milliseconds
 EMBED_GROUP = "embeddings"
@@ -204,8 +205,8 @@ def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
                           str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
                           fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise StoreError(f"the embeddings {name} of {store.path} are damaged ({type(e).__name__}: "
-                         f"{(str(e).splitlines() or [''])[0]}); rerun `advbg index` to rewrite them") from None
+        raise StoreError(f"the embeddings {name} of {store.path} are damaged ({unreadable_why(e)}); rerun "
+                         f"`advbg index` to rewrite them") from None
 
 
 # --------------------------------------------------------------------------------------------- FAISS

@@ -12,13 +12,13 @@ import numpy as np
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError, StoreError
-from advbg.search.results.rules import search_problems
+from advbg.search.results.rules import search_problems, unreadable_why
 from advbg.search.results.schema import FIELDS, RunRecord, SearchResult
 
 
-def result_names(store: Store, kind: str = "search") -> list[str]:
-    """Names of the store's results of ``kind``."""
-    return [k for k, g in store.results.items() if g.attrs.get("kind") == kind]
+def result_names(store: Store, kind: str | None = "search") -> list[str]:
+    """Names of the store's results of ``kind`` (None: of every kind)."""
+    return [k for k, g in store.results.items() if kind is None or g.attrs.get("kind") == kind]
 
 
 def _damaged(store: Store, name: str | None, why: str) -> StoreError:
@@ -34,7 +34,7 @@ def load_search(store: Store, name: str | None = None, require_complete: bool = 
     except AdvbgError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:  # bad JSON, missing or odd datasets
-        raise _damaged(store, name, _first_line(e)) from None
+        raise _damaged(store, name, unreadable_why(e)) from None
 
 
 def _load_search(store: Store, name: str | None, require_complete: bool) -> SearchResult:
@@ -61,14 +61,10 @@ def check_group(store: Store, name: str, g: h5py.Group) -> None:
     try:
         problems = search_problems(store, name, name, g)
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as e:    # unreadable bytes, checksum failed
-        raise _damaged(store, name, _first_line(e)) from None
+        raise _damaged(store, name, unreadable_why(e)) from None
     if problems:
         more = f"; {len(problems) - 1} more: `advbg verify` lists them" if len(problems) > 1 else ""
         raise _damaged(store, name, problems[0] + more)
-
-
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: " + (str(e).splitlines() or [""])[0]
 
 
 def load_outcome(store: Store, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,7 +77,7 @@ def load_outcome(store: Store, name: str) -> tuple[np.ndarray, np.ndarray, np.nd
     try:
         outcome, fg, pool = g["outcome"][()], g["fg_id"][()], g["bg_pool"][()]
     except (ValueError, KeyError, TypeError, OSError) as e:
-        raise _damaged(store, name, _first_line(e)) from None
+        raise _damaged(store, name, unreadable_why(e)) from None
     return outcome, fg, pool
 
 

@@ -136,6 +136,14 @@ def outcome_problems(s: Store, where: str, ds: h5py.Dataset, n_fg: int, n_bg: in
     return []
 
 
+def unreadable_why(e: BaseException) -> str:
+    """One line for a read that failed: a failed checksum / damaged chunk said as such, else the error's first line."""
+    text = (str(e).splitlines() or [type(e).__name__])[0]
+    if "filter returned failure" in text or "fletcher32" in text.lower():
+        return "a stored chunk fails its checksum or does not decompress: its bytes changed on disk after it was written"
+    return f"{type(e).__name__}: {text}"
+
+
 def unchecksummed(g: h5py.Group) -> list[str]:
     """Datasets of ``g`` written without a checksum (files of earlier builds): their bit rot cannot be seen."""
     return [k for k, ds in g.items() if isinstance(ds, h5py.Dataset) and not ds.fletcher32]

@@ -15,7 +15,7 @@ from advbg.data.sidecar import sidecar_files, sidecar_folder
 from advbg.data.store import Store
 from advbg.data.verify import VerifyReport, verify_store
 from advbg.files import is_partial, leftover_partials
-from advbg.search.results.rules import path_problem, run_record, search_problems, unchecksummed
+from advbg.search.results.rules import path_problem, run_record, search_problems, unchecksummed, unreadable_why
 
 _GROUP_ROOTS = ("results", "embeddings", "evalsets")
 
@@ -30,6 +30,9 @@ def verify_all(path: str | os.PathLike, *, progress: bool = False) -> VerifyRepo
 
 def verify_results(s: Store, report: VerifyReport) -> None:
     """Every results / embeddings sidecar file and every group an earlier advbg wrote inside the store file."""
+    why = folder_problem(sidecar_folder(s.path))
+    if why:
+        report.problem("group", why)
     for kind in ("results", "embeddings"):
         for name, path in sidecar_files(s.path, kind).items():
             where = f"{sidecar_folder(s.path).name}/{kind}/{name}.h5"
@@ -71,8 +74,8 @@ def _check_group_safely(s: Store, where: str, name: str, root: str, g, report: V
     try:
         _check_group(s, where, name, root, g, report)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-        report.problem("group", f"{where} cannot be read ({_first_line(e)}): it is damaged; delete it and rerun "
-                                f"the command that wrote it")
+        report.problem("group", f"{where} cannot be read ({unreadable_why(e)}): it is damaged; delete it and "
+                                f"rerun the command that wrote it")
 
 
 def _check_group(s: Store, where: str, name: str, root: str, g, report: VerifyReport) -> None:
@@ -132,11 +135,10 @@ def _check_paths(s: Store, kind: str, report: VerifyReport) -> None:
     """Names in ``<store>.d/<kind>/`` that look like results but are no readable file (a folder, FIFO, device,
     dangling link), and a sidecar folder that is no usable folder."""
     top = sidecar_folder(s.path)
-    for folder in (top, top / kind):
-        why = folder_problem(folder)
-        if why:
-            report.problem("group", why)
-            return
+    why = folder_problem(top / kind) if top.is_dir() else None       # the folder itself: verify_results
+    if why:
+        report.problem("group", why)
+        return
     if not (top / kind).is_dir():
         return
     try:
@@ -153,11 +155,11 @@ def _check_paths(s: Store, kind: str, report: VerifyReport) -> None:
 def folder_problem(folder: Path) -> str | None:
     """Why ``folder`` (the sidecar folder or one of its kinds) cannot hold derived files; None when it can or is
     absent."""
-    if folder.is_symlink() and not folder.exists():
-        return f"{folder} is a dangling link; remove it (advbg makes the folder when it writes)"
     try:
         folder.stat()
     except FileNotFoundError:
+        if folder.is_symlink():
+            return f"{folder} is a dangling link; remove it (advbg makes the folder when it writes)"
         return None
     except OSError as e:         # a symlink loop: ELOOP
         return f"{folder} is unusable ({_first_line(e)}); remove it"
