@@ -66,8 +66,8 @@ def run_record(g: h5py.Group) -> dict | None:
 
 
 def run_problems(where: str, name: str, g: h5py.Group) -> list[str]:
-    """A run record that is not JSON, and a result whose recorded run (criterion, mode) or name do not match the
-    name it is stored under."""
+    """A run record that is not JSON, a result stored under another name than it was written as (a renamed file:
+    its name no longer says its model, criterion and mode), and attributes that disagree with its run record."""
     try:
         run = run_record(g)
     except (TypeError, ValueError) as e:
@@ -78,7 +78,8 @@ def run_problems(where: str, name: str, g: h5py.Group) -> list[str]:
     stored_as = g.attrs.get("name")
     if isinstance(g, h5py.File) and stored_as is not None and str(stored_as) != name:
         out.append(f"{where} was written as results {str(stored_as)!r}: it was renamed, so its name does not say "
-                   f"what it holds")
+                   f"what it holds (the run record says criterion {_recorded(g, 'criterion')}, mode "
+                   f"{_recorded(g, 'mode')})")
     if run is not None:
         cfg = run.get("config") if isinstance(run.get("config"), dict) else {}
         crit, mode = str(cfg.get("criterion", "")), str(cfg.get("mode", run.get("mode", "")))
@@ -86,19 +87,14 @@ def run_problems(where: str, name: str, g: h5py.Group) -> list[str]:
             attr = g.attrs.get(key)
             if attr is not None and recorded and str(attr) != recorded:
                 out.append(f"{where}: attribute {key}={str(attr)!r} but the run record says {recorded!r}")
-        if _name_disagrees(name, crit, mode):
-            out.append(f"{where}: its name says another criterion or mode than its run record ({crit}, {mode})")
     return out
 
 
-def _name_disagrees(name: str, criterion: str, mode: str) -> bool:
-    """Whether a name in advbg's own pattern (``...<criterion>.<mode>[.<pruning>]``) names another run."""
-    from advbg.search.config import MODES
-    from advbg.search.criteria import CRITERIA
-
-    parts = name.split(".")
-    says = [(parts[i], parts[i + 1]) for i in range(len(parts) - 1) if parts[i] in CRITERIA and parts[i + 1] in MODES]
-    return bool(says) and (criterion, mode) not in says and criterion in CRITERIA
+def _recorded(g: h5py.Group, key: str) -> str:
+    try:
+        return str(((run_record(g) or {}).get("config") or {}).get(key, "?"))
+    except (TypeError, ValueError, AttributeError):
+        return "?"
 
 
 def expected_rows(s: Store, g: h5py.Group) -> int | None:
