@@ -104,7 +104,7 @@ def main() -> None:
         size = (off.stat().st_size, on.stat().st_size)
         print(f"| file size | {size[0] / 1e6:.2f} MB | {size[1] / 1e6:.2f} MB | {100 * (size[1] / size[0] - 1):+.1f}% |")
         for what, fn in (("read every dataset", read_all), ("checked read (rules)", lambda p: checked_read(p, store))):
-            t_off, t_on = best(lambda: fn(off), a.repeat), best(lambda: fn(on), a.repeat)
+            t_off, t_on = best(lambda f=fn: f(off), a.repeat), best(lambda f=fn: f(on), a.repeat)
             print(f"| {what} | {t_off * 1e3:.0f} ms | {t_on * 1e3:.0f} ms | {100 * (t_on / t_off - 1):+.0f}% |")
 
 

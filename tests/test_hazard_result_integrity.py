@@ -15,7 +15,7 @@ from conftest import run_cli as run
 
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
-from advbg.errors import AdvbgError, StoreError
+from advbg.errors import StoreError
 from advbg.search.config import SearchConfig
 from advbg.search.results import load_outcome, load_search, verify_all
 from advbg.search.runner import search
@@ -240,6 +240,6 @@ def test_an_intact_search_verifies_and_reads(searched):
     assert report.ok, report.problems
     with Store(searched) as s:
         r = load_search(s, NAME)
-        o, fg, pool = load_outcome(s, NAME)
+        o, _, _ = load_outcome(s, NAME)
     assert len(r) == 7 and o.shape == (7, 11)
     assert json.loads(h5py.File(_file(searched))["/"].attrs["run"])["config"]["mode"] == "exhaustive"

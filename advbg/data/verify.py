@@ -5,6 +5,9 @@ written), an item whose bytes no longer match the checksum stored when it was wr
 mask values other than 0/1, labels outside the class list, counts that differ from those recorded at completion,
 The derived files beside the store (results, embeddings) are checked by their owner,
 ``advbg.search.results.verify_results``; ``advbg.search.results.verify_all`` runs both.
+The checks a command runs on a store before working on its items live here too, so that every command refuses a
+damaged store in the same line: ``check_labels`` (labels outside the class list) and ``store_reads`` /
+``damaged_store`` (an item HDF5 cannot decode).
 Flagged but not a problem: empty or whole-image masks (they are legal in a store; ``advbg.data.imageio.check_mask``
 refuses them when reading new data).
 """
@@ -12,8 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,6 @@ from advbg.search.results.read import (
     listing,
     load_outcome,
     load_search,
-    outcome_problem,
     result_info,
     result_names,
 )
@@ -34,6 +33,6 @@ __all__ = [
     "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND", "ForegroundResult",
     "ResultInfo", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_group", "check_name",
     "empty_columns", "fingerprint", "group_attrs", "listing", "load_outcome", "load_search", "merge_journal",
-    "outcome_problem", "pending_fingerprint", "result_info", "result_names", "verify_all", "verify_results",
+    "pending_fingerprint", "result_info", "result_names", "verify_all", "verify_results",
     "write_result",
 ]

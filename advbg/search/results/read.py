@@ -81,23 +81,6 @@ def load_outcome(store: Store, name: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return outcome, fg, pool
 
 
-def outcome_problem(store: Store, outcome: np.ndarray, fg: np.ndarray, pool: np.ndarray, name: str,
-                    raise_: bool = True) -> str | None:
-    """Why an outcome matrix does not fit its ids and the store (None when it does); raises StoreError if asked."""
-    why = None
-    if fg.ndim != 1 or pool.ndim != 1:
-        why = "fg_id / bg_pool are not lists of ids"
-    elif outcome.dtype != np.uint8 or outcome.shape != (len(fg), len(pool)):
-        why = f"outcome matrix {outcome.dtype} {outcome.shape} does not fit {len(fg)} foregrounds x {len(pool)} backgrounds"
-    elif fg.size and (fg.min() < 0 or fg.max() >= len(store.foregrounds)):
-        why = f"fg_id outside 0..{len(store.foregrounds) - 1}"
-    elif pool.size and (pool.min() < 0 or pool.max() >= len(store.backgrounds)):
-        why = f"bg_pool outside 0..{len(store.backgrounds) - 1}"
-    if why and raise_:
-        raise _damaged(store, name, why)
-    return why
-
-
 @dataclass(frozen=True)
 class ResultInfo:
     """What a listing says of one stored result without reading its data: its attributes (JSON ones parsed where
