@@ -58,7 +58,7 @@ from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.models.classifier import identity_of
 from advbg.progress import progress as progress_bar
-from advbg.search.results import SearchResult, load_search, result_names, verify_all
+from advbg.search.results import SearchResult, listing, load_search, result_info, verify_all
 from advbg.stats import GAP_LEGEND, RATE_LEGEND, Rate, rate, rate_or_none
 
 UNIVERSAL_CRITERION = "bg-class"   # the paper's: a universal background pushes toward its own class
@@ -225,14 +225,12 @@ def _read_searches(s: Store) -> dict[str, SearchResult]:
 
 
 def _complete(s: Store, kind: str | None = None) -> list[str]:
-    names = list(s.results) if kind is None else result_names(s, kind)
-    return sorted((n for n in names if s.results[n].attrs.get("complete")),
-                  key=lambda n: str(s.results[n].attrs.get("completed", "")))
+    return [i.name for i in listing(s, kind, complete=True)]
 
 
 def _check_groups(s: Store, skip_incomplete: bool) -> list[str]:
     """Names of incomplete groups (skipped); raises when there is nothing complete or skipping was not asked."""
-    incomplete = [n for n, g in s.results.items() if not g.attrs.get("complete")]
+    incomplete = [i.name for i in listing(s, complete=False)]
     if incomplete and not skip_incomplete:
         raise AdvbgError(f"{s.path}: results group(s) {', '.join(map(repr, incomplete))} are incomplete "
                          f"(interrupted); finish them (`advbg search --resume`) or pass --skip-incomplete")
@@ -306,11 +304,11 @@ def png_uri(fig) -> str:
 
 
 def _headline(s: Store, name: str, r: SearchResult) -> list[tuple[str, str]]:
-    run, g = r.run, s.results[name]
+    run, attrs = r.run, result_info(s, name).attrs
     if run is None:
         return [("results", name), ("foregrounds", str(len(r)))]
     c = run.classifier
-    crit = str(g.attrs.get("criterion", run.criterion))
+    crit = str(attrs.get("criterion", run.criterion))
     pruning = f", pruning {run.pruning}" if run.pruning else ""
     return [
         ("criterion", f"{crit}: {run.criterion}" if not str(run.criterion).startswith("Criterion(") else
@@ -323,8 +321,8 @@ def _headline(s: Store, name: str, r: SearchResult) -> list[tuple[str, str]]:
                                                         if r.n_invalid.sum() else "")),
         ("rate", f"{run.composites_per_s:,.1f} composites/s ({run.seconds:.1f} s on {run.device}, "
                  f"batch {run.batch_size}, amp {run.amp}, {run.world_size} process(es))"),
-        ("date", f"started {run.started}, completed {g.attrs.get('completed', '?')}"),
-        ("command", str(g.attrs.get("command") or _command_of(s, run))),
+        ("date", f"started {run.started}, completed {attrs.get('completed', '?')}"),
+        ("command", str(attrs.get("command") or _command_of(s, run))),
         ("advbg", f"{run.advbg_version}, timm {c.get('timm_version', '?')}, torch {c.get('torch_version', '?')}"),
     ]
 
@@ -360,8 +358,10 @@ def _search_warnings(s: Store, r: SearchResult) -> list[str]:
 def _universal_sections(s: Store, cap: GalleryCap, thumbs: dict[int, str]) -> list[UniversalSection]:
     """One section per classifier whose complete searches recorded an outcome matrix."""
     seen, out = set(), []
-    for name in _complete(s, "search"):
-        cfg = json.loads(s.results[name].attrs["classifier"])
+    for info in listing(s, "search", complete=True):
+        cfg = info.json_attr("classifier")
+        if cfg is None:
+            continue
         key = json.dumps(identity_of(cfg), sort_keys=True)
         if key in seen:
             continue
@@ -565,13 +565,11 @@ def _rate_of(score: dict | None) -> Rate | None:
 def _other_groups(s: Store) -> list[dict]:
     """Complete results groups of kinds this page has no section for (e.g. saliency): listed with attributes."""
     out = []
-    for name in _complete(s):
-        g = s.results[name]
-        kind = str(g.attrs.get("kind", "?"))
-        if kind == "search":
+    for info in listing(s, complete=True):
+        if info.kind == "search":
             continue
-        out.append(dict(name=name, kind=kind, attrs=[(k, _short(v)) for k, v in sorted(g.attrs.items())],
-                        datasets=", ".join(f"{k} {tuple(g[k].shape)}" for k in g if hasattr(g[k], "shape"))))
+        out.append(dict(name=info.name, kind=info.kind, attrs=[(k, _short(v)) for k, v in sorted(info.attrs.items())],
+                        datasets=", ".join(f"{k} {shape}" for k, shape in info.shapes.items())))
     return out
 
 

@@ -37,10 +37,11 @@ from torch import nn
 from advbg._version import __version__
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.errors import AdvbgError, StoreError
 from advbg.files import atomic_output, now, sha256_file, write_json
 from advbg.models.classifier import Classifier
 from advbg.progress import progress as progress_bar
+from advbg.search.results.rules import unreadable_why
 
 FLAT_MAX = 20_000          # exact search up to here; a flat query over 20k x 1280 floats still takes milliseconds
 EMBED_GROUP = "embeddings"
@@ -177,7 +178,7 @@ def write_embeddings(store: Store, emb: Embeddings) -> str:
     complete) and return that path."""
     with store.write_derived(EMBED_GROUP, emb.name) as f:
         for k in _ARRAYS:
-            f.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1)
+            f.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1, fletcher32=True)
         f.attrs.update(identity=json.dumps(emb.identity), identity_key=emb.key, feature_kind=emb.feature_kind,
                        score_names=json.dumps(list(emb.score_names)), fg_fill=emb.fg_fill)
     return str(sidecar_folder(store.path) / EMBED_GROUP / f"{emb.name}.h5")
@@ -199,9 +200,13 @@ def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
     if g.attrs["store_digest"] != digest:
         raise AdvbgError(f"the embeddings {name} of {store.path} were computed on different store content "
                          f"(digest {g.attrs['store_digest']}, now {digest}); rerun `advbg index`")
-    return Embeddings(name, json.loads(g.attrs["identity"]), g.attrs["store_digest"],
-                      str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
-                      fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
+    try:            # a chunk that fails its fletcher32 checksum (bit rot) raises OSError here
+        return Embeddings(name, json.loads(g.attrs["identity"]), g.attrs["store_digest"],
+                          str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
+                          fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"the embeddings {name} of {store.path} are damaged ({unreadable_why(e)}); rerun "
+                         f"`advbg index` to rewrite them") from None
 
 
 # --------------------------------------------------------------------------------------------- FAISS

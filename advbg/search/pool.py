@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from advbg.data.store import Store
-from advbg.errors import StoreError
+from advbg.data.verify import damaged_store
 from advbg.hardware import usable_cores
 from advbg.search.compositor import select_mask
 
@@ -44,8 +44,7 @@ def read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None = None,
     try:
         return _read_items(ds, idx, out, executor)
     except OSError as e:
-        raise StoreError(f"{ds.file.filename}: cannot read {ds.name} ({e}); the store is damaged: check it with "
-                         f"`advbg verify`, or rebuild it") from None
+        raise damaged_store(ds.file.filename, ds.name, e) from None
 
 
 def _read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None,

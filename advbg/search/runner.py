@@ -34,6 +34,7 @@ import torch
 
 from advbg._version import __version__
 from advbg.data.store import Store
+from advbg.data.verify import check_labels
 from advbg.errors import AdvbgError
 from advbg.files import check_file_name, now
 from advbg.models.classifier import Classifier, results_tag
@@ -186,12 +187,7 @@ def _selection(store: Store, classifier: Classifier, config: SearchConfig) -> tu
     true_all = store.foregrounds.labels[fg_ids]
     if (true_all < 0).any():
         raise AdvbgError(f"{int((true_all < 0).sum())} foregrounds have no class (label -1); they cannot be searched")
-    n_cls = len(store.class_names)
-    for what, labels in (("foreground", true_all), ("background", store.backgrounds.labels[pool])):
-        bad = (labels >= n_cls) | (labels < -1)
-        if bad.any():
-            raise AdvbgError(f"{int(bad.sum())} {what} labels of {store.path} are outside 0..{n_cls - 1} (e.g. "
-                             f"{int(labels[bad][0])}); the store is inconsistent: check it with `advbg verify`")
+    check_labels(store, fg_ids, pool)
     return fg_ids, pool, true_all
 
 

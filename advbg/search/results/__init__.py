@@ -2,7 +2,15 @@
 commits its units to and that writes the results file (``sink``, over ``advbg.search.journal``), the checked
 reading every analysis uses (``read``) and the rules ``advbg verify`` applies to results files (``verify``).
 No other module writes or reads a results file."""
-from advbg.search.results.read import load_outcome, load_search, outcome_problem, result_names
+from advbg.search.results.read import (
+    ResultInfo,
+    check_group,
+    listing,
+    load_outcome,
+    load_search,
+    result_info,
+    result_names,
+)
 from advbg.search.results.schema import (
     COLUMNS,
     FIELDS,
@@ -23,7 +31,8 @@ from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
     "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND", "ForegroundResult",
-    "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name", "empty_columns", "fingerprint",
-    "group_attrs", "load_outcome", "load_search", "merge_journal", "outcome_problem", "pending_fingerprint", "result_names", "verify_all",
-    "verify_results", "write_result",
+    "ResultInfo", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_group", "check_name",
+    "empty_columns", "fingerprint", "group_attrs", "listing", "load_outcome", "load_search", "merge_journal",
+    "pending_fingerprint", "result_info", "result_names", "verify_all", "verify_results",
+    "write_result",
 ]

@@ -199,15 +199,16 @@ class _FileWriter:
         n, b = len(run_id.fg_id), len(run_id.bg_pool)
         g.attrs.update(run_id.attrs)
         g.attrs.update(fingerprint=run_id.fingerprint)
-        g.create_dataset("fg_id", data=np.asarray(run_id.fg_id, np.int64))
-        g.create_dataset("bg_pool", data=np.asarray(run_id.bg_pool, np.int64))
-        g.create_dataset("true_class", data=np.asarray(run_id.true_class, np.int64))
+        # fletcher32 on every dataset: a chunk changed on disk fails to read (rules.CHECKSUM, docs/data-safety.md)
+        g.create_dataset("fg_id", data=np.asarray(run_id.fg_id, np.int64), fletcher32=True)
+        g.create_dataset("bg_pool", data=np.asarray(run_id.bg_pool, np.int64), fletcher32=True)
+        g.create_dataset("true_class", data=np.asarray(run_id.true_class, np.int64), fletcher32=True)
         for k, v in empty_columns(n).items():
-            g.create_dataset(k, data=v)
-        g.create_dataset("done", data=np.zeros(n, np.uint8))
+            g.create_dataset(k, data=v, fletcher32=True)
+        g.create_dataset("done", data=np.zeros(n, np.uint8), fletcher32=True)
         if run_id.record_outcomes:
             rows = max(1, min(n, run_id.fg_block))
-            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=OUTCOME_MISSING,
+            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=OUTCOME_MISSING, fletcher32=True,
                              chunks=(rows, max(1, min(b, 4096))), compression="gzip", compression_opts=1)
 
     def write_rows(self, start: int, stop: int, rows: dict[str, np.ndarray], outcome: np.ndarray | None) -> None:
