@@ -16,7 +16,7 @@ from advbg.data.store import Store
 from advbg.data.writer import write_store
 from advbg.hardware import bf16_support
 from advbg.models.classifier import Classifier
-from advbg.models.precision import FORCE_ENV
+from advbg.models.precision import FORCE_ENV, PrecisionChoice
 from advbg.search import runner
 from advbg.search.config import SearchConfig
 from advbg.search.engine import Engine
@@ -130,7 +130,35 @@ def test_amp_auto_on_a_cpu_with_bf16_runs_it_rechecked_and_records_why(tmp_path,
     assert p["bf16_error_bound"] > 0 and p["verify_close"] == pytest.approx(4 * p["bf16_error_bound"])
     assert set(p["timings"]) == {"fp32", "bf16"} and p["calibration_batch"] == 16
     assert stored.run.precision == p and stored.run.amp == "bf16"
-    assert [m for m in said if "--amp auto" in m] == [f"advbg: --amp auto: {p['reason']}"]
+    said_auto = [m for m in said if "--amp auto" in m]      # the choice, then the fp32 fallback if the guard took it
+    assert said_auto == [f"advbg: --amp auto: {p['reason']}"] + ([f"advbg: --amp auto: {p['fallback']}"]
+                                                                 if "fallback" in p else [])
+
+
+@needs_bf16
+@pytest.mark.parametrize("bf16_seconds, falls_back", [(0.5, True), (0.001, False)])
+def test_amp_auto_goes_back_to_fp32_when_the_rechecks_eat_the_bf16_gain(tmp_path, monkeypatch, bf16_seconds,
+                                                                        falls_back):
+    """The calibration says bf16 is 2x (or 1000x) faster; on this store most pairs need the fp32 re-check, so at 2x
+    bf16 + verify costs more than fp32 per pair and the later units run fp32 (said, recorded); at 1000x it stays
+    bf16. Either way the rows equal fp32's."""
+    choice = PrecisionChoice("bf16", "bf16: given by the test", 4.0, 1.0, {"fp32": (1.0,), "bf16": (bf16_seconds,)})
+    monkeypatch.setattr(runner, "choose_precision", lambda *a, **k: choice)
+    monkeypatch.setenv(FORCE_ENV, "bf16-faster")          # calibrate even though the run is small
+    clf = offset_classifier()
+    said: list[str] = []
+    with Store(make_hard_store(tmp_path / "s.h5"), "r+") as s:
+        fp32 = run(s, clf, amp="off")
+        auto = search(s, clf, SearchConfig(batch_size=16, fg_block=4), write=False, progress=False, echo=said.append)
+    assert_rows_equal(auto, fp32)
+    p = auto.run.precision
+    assert ("fallback" in p) == falls_back
+    if falls_back:
+        assert said[-1] == f"advbg: --amp auto: {p['fallback']}" and p["fallback"].startswith("fp32 from here")
+        # the first unit (4 foregrounds x 24 backgrounds) ran bf16 + re-check, the later ones plain fp32
+        assert "of 96 bf16 composites" in p["fallback"] and 0 < auto.run.verified <= 96
+    else:
+        assert auto.run.verified > 96        # every unit kept re-checking
 
 
 @needs_native

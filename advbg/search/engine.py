@@ -292,6 +292,12 @@ class Engine:
         self.forwards = 0
         self.verified = 0
 
+    def fall_back_to_fp32(self) -> None:
+        """Run every later pair in fp32. The answers do not change (bf16 + verify gives fp32's rows already): only
+        the cost of the re-checks goes."""
+        self.step.low_precision = False
+        self.verify = 0.0
+
     def close(self) -> None:
         if self._fraction_set:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)

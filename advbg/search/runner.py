@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -96,6 +97,7 @@ class _Search:
     pool: np.ndarray
     candidates: Candidates | None
     echo: Callable[[str], None]
+    precision: dict | None = None      # the record of --amp auto's choice (the bf16 guard adds to it)
 
 
 def search(store: Store, classifier: Classifier, config: SearchConfig = SearchConfig(), *,
@@ -131,7 +133,7 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
         if precision is not None and ranks.main:
             echo(f"advbg: --amp auto: {precision['reason']}")
         amp = resolve_amp(device, run_config.amp)
-        run = _Search(store, classifier, run_config, device, fg_ids, pool, candidates, echo)
+        run = _Search(store, classifier, run_config, device, fg_ids, pool, candidates, echo, precision)
         forwards, verified, batch = _run_units(run, sink, ranks.shard(todo), progress and ranks.main, on_unit)
         record = RunRecord(__version__, classifier.config.to_dict(), str(store.path), store.digest(),
                            repr(Criterion(config.criterion)), config.mode, config.prune, config.to_dict(),
@@ -165,6 +167,27 @@ def _precision(store: Store, classifier: Classifier, config: SearchConfig, devic
     verify = (config.verify_close or choice.tolerance) if choice.amp == "bf16" else config.verify_close
     record = dict(choice.to_record(), verify_close=verify, calibration_batch=n)
     return dataclasses.replace(config, amp=choice.amp, verify_close=verify), record
+
+
+def _keep_bf16_worth_it(run: _Search, engine: Engine) -> None:
+    """--amp auto chose bf16 on the calibration's forward times, which cannot know how many pairs will need the fp32
+    re-check. After each unit: when bf16 + the re-checks measured so far cost at least an fp32 forward per pair
+    (t_bf16 + share * t_fp32 >= t_fp32), the rest runs in fp32, so auto is never slower than fp32; said on stderr
+    and in the run record."""
+    rec = run.precision
+    if rec is None or rec.get("amp") != "bf16" or not engine.step.low_precision or engine.forwards == 0:
+        return
+    t = rec.get("timings") or {}
+    if not (t.get("fp32") and t.get("bf16")):
+        return
+    t32, t16 = statistics.median(t["fp32"]), statistics.median(t["bf16"])
+    share = engine.verified / engine.forwards
+    if t16 + share * t32 < t32:
+        return
+    engine.fall_back_to_fp32()
+    rec["fallback"] = (f"fp32 from here: {100 * share:.0f}% of {engine.forwards} bf16 composites needed the fp32 "
+                       f"re-check, so bf16 + verify cost {(t16 + share * t32) / t32:.2f}x an fp32 forward")
+    run.echo(f"advbg: --amp auto: {rec['fallback']}")
 
 
 def _calibration_batch(store: Store, fg_ids: np.ndarray, pool: np.ndarray, n: int) -> torch.Tensor:
@@ -212,6 +235,7 @@ def _run_units(run: _Search, sink: ResultsSink, units: list[tuple[int, int]], sh
                 if engine.stop:
                     bar.update((e - s) * n_pool)
                 sink.commit((s, e), rows, outcome, engine.batch.size)
+                _keep_bf16_worth_it(run, engine)
                 if on_unit:
                     on_unit(int(s))
                 if stop.requested and n_done < len(units):
