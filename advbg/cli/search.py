@@ -45,7 +45,8 @@ def search(
     recompute: Annotated[bool, typer.Option(
         "--recompute", help="Compute again even when complete results of the same run are stored (they are reused "
                             "otherwise, with no forward pass); the old file stays until the new one is complete. "
-                            "Also replaces a results file of other settings or a damaged one.")] = False,
+                            "Also replaces a results file of other settings or a damaged one, and this "
+                            "run's grid and --results-file.")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace an existing --results-file or grid PNG that this same search did not write "
                             "(refused otherwise).")] = False,

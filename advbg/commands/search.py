@@ -17,7 +17,7 @@ from advbg.models.loading import ModelSpec, as_classifier, resolve_device
 from advbg.search import distributed
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import Criterion
-from advbg.search.results import SearchResult
+from advbg.search.results import SearchResult, check_replaceable
 from advbg.search.runner import plan_run, search
 from advbg.search.strategies import PruneSpec, prune_line, prune_summary, pruned_search
 
@@ -52,7 +52,8 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     Reruns never lose work: the same run's complete results are reused (no forward pass) unless ``recompute``
     (the old file stays until the new one is complete); an interrupted run with the same settings is resumed
     (``resume`` is that default, kept for compatibility) unless ``restart``. An existing ``results_file`` or grid
-    is replaced only when this same run (store, model, criterion, mode, settings) wrote it, or with ``overwrite``.
+    is replaced only when this same run (store, model, criterion, mode, settings) wrote it, or with ``overwrite``
+    (or ``recompute``, which replaces the run's outputs with the new ones).
     ``prune``: try each foreground on only K candidate backgrounds chosen from the embeddings `advbg index`
     stored (advbg.search.strategies, docs/index.md). ``grid``: None = beside the store, Path('-') = none.
     Under ``torchrun`` every rank searches its share of the foregrounds; rank 0 writes the outputs
@@ -81,8 +82,10 @@ def run_search(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
             if grid is None:   # the default grid's name needs the model
                 grid = _default_grid(s, searched, name if write else "search")
                 check_output(grid, (".png",), inputs=inputs + [results_file])
+            if write and not (prune and prune.rule == "neighbours"):
+                check_replaceable(s, name, mark, recompute)     # the results file first: the work's own record
             for path, flag in ((results_file, "--results-file"), (grid, "--grid")):
-                _check_replace(path, mark, overwrite, flag)
+                _check_replace(path, mark, overwrite or recompute, flag)
         kw = dict(results_name=results_name, write=write, resume=not restart, recompute=recompute,
                   progress=progress, journal_dir=journal_dir)
         result = pruned_search(s, clf, config, prune, **kw) if prune else search(s, clf, config, **kw)
@@ -117,7 +120,7 @@ def _check_replace(path: Path | None, mark: str, overwrite: bool, flag: str) -> 
     if _mark_of(Path(path)) == mark:
         return
     raise AdvbgError(f"{flag} {path} exists and was not written by this same search (same store, model, criterion, "
-                     f"mode and settings); --overwrite replaces it, or choose another path")
+                     f"mode and settings); --overwrite (or --recompute) replaces it, or choose another path")
 
 
 def _mark_of(path: Path) -> str | None:

@@ -254,8 +254,18 @@ def _readable_group(store: Store, name: str) -> h5py.Group | None:
         if g is not None:
             dict(g.attrs.items())       # garbled attributes fail here, not deep in the plan
         return g
+    except AdvbgError:
+        raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError):
         return None
+
+
+def check_replaceable(store: Store, name: str, fingerprint: str, recompute: bool = False) -> None:
+    """Refuse in one line, before any work, a search whose results file ``name`` could not be written or would
+    replace another run's (or a damaged) file without ``recompute``; a search of the same run passes."""
+    path = results_path(store, name)
+    _require_file_or_nothing(path)
+    _require_replaceable(path, _readable_group(store, name), fingerprint, recompute)
 
 
 def _require_file_or_nothing(path: Path) -> None:
