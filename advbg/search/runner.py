@@ -124,10 +124,11 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
         sink = ResultsSink.open(store, name, run_id, ranks, write=write, resume=resume, recompute=recompute,
                                 journal_dir=journal_dir, echo=echo if ranks.main else None)
         if sink.stored:
+            stored = sink.stored_result()       # a checked read: a damaged file is refused, never reused
             if ranks.main:
                 echo(f"advbg: reusing the complete results {name!r} of this store with the same model, criterion, "
                      f"mode and settings (no composite evaluated; --recompute computes them again)")
-            return sink.stored_result()
+            return stored
         todo = sink.todo()
         run = _Search(store, classifier, config, device, run_id.fg_id, run_id.bg_pool, candidates, echo)
         forwards, verified, batch = _run_units(run, sink, ranks.shard(todo), progress and ranks.main, on_unit)
