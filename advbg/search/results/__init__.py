@@ -18,13 +18,21 @@ from advbg.search.results.schema import (
     fingerprint,
     group_attrs,
 )
-from advbg.search.results.sink import (ResultsSink, check_replaceable, RunId, Unit, merge_journal, pending_fingerprint, results_path,
-                                     write_result)
+from advbg.search.results.sink import (
+    ResultsSink,
+    RunId,
+    Unit,
+    check_replaceable,
+    merge_journal,
+    pending_fingerprint,
+    results_path,
+    write_result,
+)
 from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
     "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND", "ForegroundResult",
-    "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name", "check_replaceable", "empty_columns", "fingerprint",
-    "group_attrs", "load_outcome", "load_search", "merge_journal", "outcome_problem", "pending_fingerprint", "result_names", "results_path", "verify_all",
-    "verify_results", "write_result",
+    "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name", "check_replaceable", "empty_columns",
+    "fingerprint", "group_attrs", "load_outcome", "load_search", "merge_journal", "outcome_problem",
+    "pending_fingerprint", "result_names", "results_path", "verify_all", "verify_results", "write_result",
 ]
