@@ -206,13 +206,14 @@ def _inside_folder(out: Path, given: Path) -> bool:
     return g in o.parents
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90, metadata: dict | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it; ``metadata``: PNG
+    text entries."""
     import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     try:
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png", metadata=metadata)
     finally:
         plt.close(fig)
     return Path(path)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from advbg._version import __version__
-from advbg.data.sidecar import sidecar_folder
+from advbg.data.sidecar import require_sidecar_folder, sidecar_folder
 from advbg.data.store import Store
 from advbg.errors import AdvbgError, StoreError
 from advbg.files import atomic_output, now, sha256_file, write_json
@@ -412,6 +412,7 @@ def build_index(store: Store, classifier: Classifier, *, batch_size: int = 64, k
     choose_kind(0, kind)
     require_faiss()
     store.require_writable()
+    require_sidecar_folder(store.path, EMBED_GROUP)     # before the embedding work, not after it
     emb = compute_embeddings(store, classifier, batch_size=batch_size, progress=progress)
     where = write_embeddings(store, emb)
     paths = save_indexes(store.path, emb, kind, folder)

@@ -12,7 +12,8 @@ first fooling background:
 Results never depend on how pairs were batched: every pair up to a foreground's first fooling one is evaluated,
 later ones are ignored, ties go to the earliest trial position — exactly what a plain loop computes.
 
-A run killed at any point resumes with ``resume=True``, redoing at most the units in flight. SIGINT/SIGTERM stop
+A run killed at any point resumes when run again (``resume=True``, the default), redoing at most the units in
+flight; the same run's complete results are reused (``recompute=True`` computes them again). SIGINT/SIGTERM stop
 cleanly after the current unit. Under ``torchrun`` units are shared round-robin by rank (``distributed.Ranks``);
 rank 0 writes the results file.
 """
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from advbg._version import __version__
+from advbg.data.sidecar import require_sidecar_folder
 from advbg.data.store import Store
 from advbg.data.verify import check_labels
 from advbg.errors import AdvbgError
@@ -102,33 +104,34 @@ class _Search:
 
 def search(store: Store, classifier: Classifier, config: SearchConfig = SearchConfig(), *,
            candidates: Candidates | None = None, results_name: str | None = None, write: bool = True,
-           resume: bool = False, progress: bool = True, on_unit: Callable[[int], None] | None = None,
-           journal_dir: str | None = None, echo: Callable[[str], None] = _stderr) -> SearchResult:
+           resume: bool = True, recompute: bool = False, progress: bool = True,
+           on_unit: Callable[[int], None] | None = None, journal_dir: str | None = None,
+           echo: Callable[[str], None] = _stderr) -> SearchResult:
     """Find each foreground's worst-case background; see the module docstring.
 
     ``write``: commit units to a journal and the finished result to the store's results file ``name`` (store
     opened 'r+'; under torchrun every rank opens it read-only and rank 0 takes the lock to write the file).
-    ``resume``: keep the units an interrupted run committed (same settings needed). ``journal_dir``: where
+    Reruns (``advbg.search.results.sink``): the same run's complete results are reused without a forward pass
+    unless ``recompute`` (which replaces the file only once the new run is complete); an interrupted run of the
+    same settings continues unless ``resume`` is False (its units are then dropped). ``journal_dir``: where
     journals live (default: beside the store; under torchrun a folder all ranks see). ``candidates``: which
     backgrounds each foreground is tried on (None: the whole pool; ``config.prune`` names the rule). The
     caller's classifier is left on its device and memory format.
     """
-    fg_ids, pool, true_all = _selection(store, classifier, config)
-    device = distributed.local_device(torch.device(config.device) if config.device else classifier.device)
+    name, run_id, device, amp = plan_run(store, classifier, config, results_name, journal_dir, write)
     ranks = distributed.setup(device)
-    name = results_name or default_results_name(classifier, config)
-    check_name(name)
-    _check_results_name(name, store, journal_dir)
-    # --amp auto on a CPU keeps fp32's answers (bf16 only with the fp32 re-check), so it resumes as fp32 would
-    amp = resolve_amp(device, config.amp)
-    run_id = RunId(fingerprint(store, fg_ids, pool, classifier, config, amp), fg_ids, pool, true_all,
-                   group_attrs(classifier, config), config.record_outcomes, config.fg_block)
     started, t0 = now(), time.perf_counter()
     with _on_device(classifier, device, config.channels_last):
-        sink = ResultsSink.open(store, name, run_id, ranks, write=write, resume=resume, journal_dir=journal_dir)
+        sink = ResultsSink.open(store, name, run_id, ranks, write=write, resume=resume, recompute=recompute,
+                                journal_dir=journal_dir, echo=echo if ranks.main else None)
         if sink.stored:
-            return sink.stored_result()
+            stored = sink.stored_result()       # a checked read: a damaged file is refused, never reused
+            if ranks.main:
+                echo(f"advbg: reusing the complete results {name!r} of this store with the same model, criterion, "
+                     f"mode and settings (no composite evaluated; --recompute computes them again)")
+            return stored
         todo = sink.todo()
+        fg_ids, pool = run_id.fg_id, run_id.bg_pool
         run_config, precision = _precision(store, classifier, config, device, fg_ids, pool, candidates)
         if precision is not None and ranks.main:
             echo(f"advbg: --amp auto: {precision['reason']}")
@@ -201,6 +204,24 @@ def _calibration_batch(store: Store, fg_ids: np.ndarray, pool: np.ndarray, n: in
     return composite_pairs(fg, mask, bg, k % len(fi), (k * 7 + k // len(fi)) % len(bj))
 
 
+def plan_run(store: Store, classifier: Classifier, config: SearchConfig, results_name: str | None = None,
+             journal_dir: str | None = None, write: bool = True) -> tuple[str, RunId, torch.device, str]:
+    """(results name, run identity, device, resolved amp) of a search, checked before any work: the selection,
+    the results name, and the store's sidecar folders (when ``write``)."""
+    fg_ids, pool, true_all = _selection(store, classifier, config)
+    device = distributed.local_device(torch.device(config.device) if config.device else classifier.device)
+    name = results_name or default_results_name(classifier, config)
+    check_name(name)
+    _check_results_name(name, store, journal_dir)
+    if write:
+        require_sidecar_folder(store.path, "results")
+    # --amp auto on a CPU keeps fp32's answers (bf16 only with the fp32 re-check), so it resumes as fp32 would
+    amp = resolve_amp(device, config.amp)
+    run_id = RunId(fingerprint(store, fg_ids, pool, classifier, config, amp), fg_ids, pool, true_all,
+                   group_attrs(classifier, config), config.record_outcomes, config.fg_block)
+    return name, run_id, device, amp
+
+
 def _selection(store: Store, classifier: Classifier, config: SearchConfig) -> tuple[np.ndarray, ...]:
     """(fg_ids, background pool, their classes), checked against the store and the classifier's label space."""
     store.require_nonempty()
@@ -240,7 +261,7 @@ def _run_units(run: _Search, sink: ResultsSink, units: list[tuple[int, int]], sh
                     on_unit(int(s))
                 if stop.requested and n_done < len(units):
                     run.echo(f"advbg: stopped with {len(units) - n_done} unit(s) of this process left; "
-                             f"continue with --resume")
+                             f"run the same command again to continue")
                     raise KeyboardInterrupt
     finally:
         bar.close()

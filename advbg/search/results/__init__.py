@@ -26,13 +26,22 @@ from advbg.search.results.schema import (
     fingerprint,
     group_attrs,
 )
-from advbg.search.results.sink import ResultsSink, RunId, Unit, merge_journal, pending_fingerprint, write_result
+from advbg.search.results.sink import (
+    ResultsSink,
+    RunId,
+    Unit,
+    check_replaceable,
+    merge_journal,
+    pending_fingerprint,
+    results_path,
+    write_result,
+)
 from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
     "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND", "ForegroundResult",
     "ResultInfo", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_group", "check_name",
-    "empty_columns", "fingerprint", "group_attrs", "listing", "load_outcome", "load_search", "merge_journal",
-    "pending_fingerprint", "result_info", "result_names", "verify_all", "verify_results",
-    "write_result",
+    "check_replaceable", "empty_columns", "fingerprint", "group_attrs", "listing", "load_outcome", "load_search",
+    "merge_journal", "pending_fingerprint", "result_info", "result_names", "results_path", "verify_all",
+    "verify_results", "write_result",
 ]

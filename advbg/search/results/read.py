@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
+from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
 from advbg.errors import AdvbgError, StoreError
 from advbg.search.results.rules import search_problems, unreadable_why
@@ -22,8 +23,10 @@ def result_names(store: Store, kind: str | None = "search") -> list[str]:
 
 
 def _damaged(store: Store, name: str | None, why: str) -> StoreError:
-    return StoreError(f"results {name or '(latest)'!r} of {store.path} are damaged ({why}); remove them and run "
-                      f"the search again")
+    file = sidecar_folder(store.path) / "results" / f"{name}.h5"
+    where = file if name and file.is_file() else store.path
+    return StoreError(f"results {name or '(latest)'!r} in {where} are damaged ({why}); `advbg search --recompute` "
+                      f"with the same settings writes them again")
 
 
 def load_search(store: Store, name: str | None = None, require_complete: bool = True) -> SearchResult:
