@@ -82,17 +82,17 @@ def restore_replaced(path: str | os.PathLike) -> bool:
     return False
 
 
-def commit_partial(path: str | os.PathLike, *, folder: bool = False) -> Path:
-    """Move a finished ``partial_path(path)`` into place as ``atomic_output`` does (fsync, rename over ``path``,
-    fsync of the folder), for writers that fill the temporary themselves: a new store (kept across runs to resume
-    it), an unpacked archive."""
+def commit_partial(path: str | os.PathLike, *, folder: bool = False, src: str | os.PathLike | None = None) -> Path:
+    """Move a finished ``partial_path(path)`` (or ``src``, a temporary elsewhere on the same file system) into place
+    as ``atomic_output`` does (fsync, rename over ``path``, fsync of the folder), for writers that fill the
+    temporary themselves: a new store (kept across runs to resume it), an unpacked archive."""
     path = Path(path)
-    _commit(partial_path(path), path, folder)
+    _commit(Path(src) if src is not None else partial_path(path), path, folder)
     return path
 
 
 def _commit(tmp: Path, path: Path, folder: bool) -> None:
-    if not tmp.exists():
+    if not os.path.lexists(tmp):
         raise AdvbgError(f"internal error: nothing was written to {path}")
     if folder:
         for f in sorted(tmp.rglob("*")):
@@ -206,13 +206,14 @@ def _inside_folder(out: Path, given: Path) -> bool:
     return g in o.parents
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 90) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it."""
+def save_figure(fig, path: str | os.PathLike, dpi: int = 90, metadata: dict | None = None) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary name, then rename) and close it; ``metadata``: PNG
+    text entries."""
     import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
 
     try:
         with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format="png")
+            fig.savefig(tmp, dpi=dpi, format="png", metadata=metadata)
     finally:
         plt.close(fig)
     return Path(path)

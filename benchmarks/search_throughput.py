@@ -540,6 +540,8 @@ def main() -> None:
                     "advbg package in BEFORE_DIR (e.g. from `git archive REV advbg`) with this checkout's")
     ap.add_argument("--bare-only", action="store_true", help="only the bare forward of each model, fp32 and bf16 "
                     "alternating for --repeat rounds of --row-seconds / 4 each (images/s, GFLOP/s, share of peak)")
+    ap.add_argument("--variants", default=None, help="comma-separated row names to run (default: all of the "
+                    "section's; e.g. fp32,bf16+verify)")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "advbg-bench")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--child-row", help=argparse.SUPPRESS)
@@ -611,6 +613,11 @@ def main() -> None:
     models = (args.gpu_models if gpu else args.cpu_models).split(",")
     variants = [v for v in (GPU_VARIANTS if gpu else CPU_VARIANTS)
                 if not v.compile or (not args.no_compile and (gpu or args.compile))]
+    if args.variants:
+        want = args.variants.split(",")
+        variants = [v for v in variants if v.name in want]
+        if not variants:
+            raise SystemExit(f"--variants: none of {want} is a row of this section")
     if dry:   # CUDA graphs need CUDA; the rest of the GPU section's path runs on the CPU
         variants = [v for v in variants if not v.cuda_graphs]
     # Eager rows first; on the GPU then the long run (best eager setting), then the compiled rows, which take

@@ -279,6 +279,50 @@ def test_bf16_with_verify_close_keeps_fp32_decisions(small, demo, tmp_path, crit
     assert np.array_equal(b16.n_fooling, f32.n_fooling)
 
 
+def _rows_equal(got, want) -> None:
+    """Every per-foreground field equal; the worst margin (recomputed in fp32 in a batch of another size) to
+    the last few ulps."""
+    for k in FIELDS:
+        if k == "worst_margin":
+            np.testing.assert_allclose(got.worst_margin, want.worst_margin, rtol=1e-6, atol=1e-5)
+        else:
+            assert np.array_equal(getattr(got, k), getattr(want, k)), (k, getattr(got, k), getattr(want, k))
+
+
+@needs_cuda("bf16 autocast with --verify-close gives fp32's per-foreground rows (verdict, worst background and "
+            "its margin and prediction, first fooling background, counts) on every foreground", cpu_ok=False)
+@pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
+@pytest.mark.parametrize("criterion", ["any", "bg-class"])
+@pytest.mark.parametrize("case", ["tiny", "lite0"])
+def test_bf16_with_verify_close_gives_fp32_rows(small, demo, tmp_path, criterion, case, mode):
+    src, clf, _ = _bf16_case(case, small, demo)
+    with Store(fresh_copy(src, tmp_path), "r+") as s:
+        f32 = search(s, clf, cfg(criterion=criterion, mode=mode, batch_size=32), write=False, progress=False)
+        b16 = search(s, clf, cfg(criterion=criterion, mode=mode, batch_size=32, amp="bf16",
+                                 verify_close=BF16_BOUND[case]), write=False, progress=False)
+        auto = search(s, clf, cfg(criterion=criterion, mode=mode, batch_size=32, amp="auto"), write=False,
+                      progress=False)
+    _rows_equal(b16, f32)
+    assert b16.run.amp == "bf16" and b16.run.verified > 0
+    assert auto.run.amp == "bf16" and auto.run.precision is None     # CUDA: --amp auto is bf16, not calibrated
+
+
+@needs_cuda("bf16 + --verify-close equals fp32 row for row on a store built to be hard for bf16 (near-duplicate "
+            "backgrounds, logits on a +100 offset); plain bf16 differs there", cpu_ok=False)
+@pytest.mark.parametrize("mode", ["exhaustive", "early-exit"])
+def test_bf16_with_verify_close_on_a_hard_store_gives_fp32_rows(tmp_path, mode):
+    from test_precision_search import differing, make_hard_store, offset_classifier
+
+    clf = offset_classifier().to(DEV)
+    with Store(make_hard_store(tmp_path / "hard.h5"), "r+") as s:
+        f32 = search(s, clf, cfg(mode=mode, batch_size=16, fg_block=4), write=False, progress=False)
+        b16 = search(s, clf, cfg(mode=mode, batch_size=16, fg_block=4, amp="bf16", verify_close=4.0),
+                     write=False, progress=False)
+        plain = search(s, clf, cfg(mode=mode, batch_size=16, fg_block=4, amp="bf16"), write=False, progress=False)
+    _rows_equal(b16, f32)
+    assert differing(plain, f32), "plain bf16 matched fp32 on CUDA: the store is not hard there"
+
+
 @needs_cuda("bf16 autocast without --verify-close: number of flipped decisions vs fp32, each within the bf16 "
             "bound of the boundary", cpu_ok=False)
 @pytest.mark.parametrize("criterion", ["any", "bg-class"])

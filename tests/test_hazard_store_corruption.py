@@ -249,8 +249,10 @@ def test_a_damaged_results_or_embeddings_file_is_reported_and_replaced_never_a_c
     assert any(f"{path.name}" in p and "damaged" in p for p in report.problems), report.problems
     with Store(store, "r+") as s:                    # the store itself is untouched: a new write replaces the file
         assert isinstance(s.results, dict) and isinstance(s.embeddings, dict)   # listing never raises
-        if kind == "results":
-            search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
+        if kind == "results":                        # never reused nor replaced silently: --recompute writes it
+            with pytest.raises(AdvbgError, match=f"{path}.*(damaged|another run).*--recompute"):
+                search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", progress=False)
+            search(s, tiny_classifier, SearchConfig(fg_block=2), results_name="r", recompute=True, progress=False)
         else:
             build_index(s, tiny_classifier, progress=False)
     assert verify_all(store).ok

@@ -146,8 +146,12 @@ def test_prune_options_are_validated():
             prune_spec(kw.get("k"), kw.get("ratio"), kw.get("rule", "mix"))
 
 
-def test_resume_is_refused_for_the_two_stage_rule(indexed):
+def test_two_stage_rule_neither_reuses_nor_replaces_its_results_without_recompute(indexed):
+    """Its stages are not stored, so it cannot resume or reuse: a second run refuses to replace the first's file."""
     path, clf = indexed
     with Store(path, "r+") as s:
-        with pytest.raises(AdvbgError, match="--resume does not apply"):
-            pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), resume=True, progress=False)
+        first = pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), progress=False)
+        with pytest.raises(AdvbgError, match="neighbours rule cannot reuse or resume.*--recompute"):
+            pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), progress=False)
+        again = pruned_search(s, clf, SearchConfig(), PruneSpec("neighbours", k=2), recompute=True, progress=False)
+    assert np.array_equal(first.worst_bg, again.worst_bg)

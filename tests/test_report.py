@@ -15,7 +15,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
+from conftest import TinyNet, assert_one_line_error, make_random_store, make_tiny_classifier, register_tiny, run_cli
+from scipy.stats import beta
 
 from advbg.analysis.report import GalleryCap, build_report, render_html
 from advbg.commands.report import run_report
@@ -30,6 +31,13 @@ needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="/usr/bin/chromium absent (Debian package `chromium`): the gallery's DOM, its "
                                   "sorting/filtering script and the page's network requests were NOT checked in a "
                                   "browser")
+
+
+# A sweep of three 1000-class models read through the in9 label map (so the 'none' rate is defined), with names as
+# long as real ones: the page's tables must hold them at 1280 px.
+SWEEP = [f"test/report-sweep-{c}-efficientnet-lite-like-name" for c in "abc"]
+for _i, _name in enumerate(SWEEP):
+    register_tiny(_name, lambda i=_i: TinyNet(1000, seed=10 + i), weight_tag=f"seed{10 + _i}", class_names=None)
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -287,8 +295,14 @@ def test_eval_file_adds_table_and_bg_gap(searched_store, tmp_path):
     (e,) = rep.evals
     assert e.variants == ["original", "mixed_same", "mixed_rand"]
     assert e.rows[0]["top1"] == [90.0, 80.0, 67.5] and e.rows[0]["bg_gap"] == 12.5
+    assert [row[0] for row in e.views[0].cells] == [90.0, 80.0, 67.5]     # no counts in the file: the bare %
     html = render_html(rep)
     assert "12.5" in html and "NOT this store" in html and e.plot.startswith("data:image/png;base64,")
+    d = json.loads(ev.read_text())
+    d["models"][0]["bg_gap_interval"] = dict(diff=12.5, low=-2.5, high=27.5, n=40)     # a paired gap: its interval
+    ev.write_text(json.dumps(d))
+    html = render_html(build_report(searched_store, [ev], verify=False, progress=False, echo=lambda _: None))
+    assert tables_of(html, "evaluation")[0][1][-1] == "+12.5[-2.5, +27.5] n=40"
 
 
 def test_provenance_says_whether_checksums_were_verified(searched_store, tmp_path):
@@ -392,11 +406,12 @@ def test_cli_options_reach_run_report(monkeypatch, capsys, tmp_path):
     seen = {}
     monkeypatch.setattr("advbg.cli.report.run_report", lambda store, out, **kw: seen.update(store=store, out=out, **kw))
     code, _, err = run_cli(["report", "-s", "s.h5", "-o", "p.html", "--eval", "a.json", "--eval", "b.json",
+                            "--saliency", "c.json",
                             "--gallery-worst", "7", "--gallery-fooled", "3", "--thumb", "64", "--page-rows", "9",
                             "--no-verify", "--skip-incomplete", "-q"], capsys)
     assert code == 0, err
     assert seen["store"] == Path("s.h5") and seen["out"] == Path("p.html")
-    assert seen["eval_files"] == [Path("a.json"), Path("b.json")]
+    assert seen["eval_files"] == [Path("a.json"), Path("b.json")] and seen["saliency_files"] == [Path("c.json")]
     assert seen["cap"] == GalleryCap(worst=7, fooled=3, thumb=64, page_rows=9)
     assert (seen["verify"], seen["skip_incomplete"], seen["progress"]) == (False, True, False)
 
@@ -410,3 +425,229 @@ def test_early_exit_search_says_why_universal_numbers_are_missing(tmp_path):
     assert u.classes == [] and "never evaluated" in u.note
     assert any("early-exit" in w for w in rep.searches[0].warnings)
     assert "never evaluated" in render_html(rep)
+
+
+# --------------------------------------------------------------------------------------------- everything a store holds
+def clopper_pearson(k: int, n: int) -> tuple[float, float]:
+    """The exact 95% interval in %, from the beta quantiles (the textbook definition; not advbg.stats)."""
+    low = 0.0 if k == 0 else beta.ppf(0.025, k, n - k + 1)
+    high = 1.0 if k == n else beta.ppf(0.975, k + 1, n - k)
+    return 100.0 * low, 100.0 * high
+
+
+def rate_cell(k: int, n: int) -> str:
+    """How a table cell of the page reads a rate: the value, then '[low, high] k/n' below it."""
+    lo, hi = clopper_pearson(k, n)
+    return f"{100.0 * k / n:.1f}%[{lo:.1f}, {hi:.1f}] {k}/{n}"
+
+
+@pytest.fixture
+def full_store(searched_store, tmp_path, capsys):
+    """The searched store, plus an eval sweep of three models (top-1 and top-5 on every variant, as `advbg eval`
+    does by default) and a saliency run with its maps: (store, eval JSON, saliency JSON)."""
+    pytest.importorskip("captum", reason="the [saliency] extra (captum) is not installed: the report's saliency "
+                                         "section and intervals NOT checked")
+    ev, sal = tmp_path / "eval.json", tmp_path / "sal.json"
+    code, _, err = run_cli(["eval", "-s", str(searched_store), "-m", ",".join(SWEEP), "--label-map", "in9",
+                            "-V", "all", "--top-k", "1,5", "--results-file", str(ev), "-q"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["saliency", "-s", str(searched_store), "-m", "test/tiny", "-V", "original,mixed_rand",
+                            "--results-file", str(sal), "--maps", str(tmp_path / "maps.npz"), "--grid", "-", "-q"],
+                           capsys)
+    assert code == 0, err
+    return searched_store, ev, sal
+
+
+class _Tables(HTMLParser):
+    """Every table: its class, the id of the section around it, and its rows of cell texts (td and th)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: list[dict] = []
+        self.section = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.section = a.get("id")
+        elif tag == "table":
+            self.tables.append(dict(cls=(a.get("class") or "").split(), section=self.section, rows=[]))
+        elif tag == "tr" and self.tables:
+            self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th") and self.tables:
+            self._cell = []
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1]["rows"][-1].append(" ".join("".join(self._cell).split()).replace("% [", "%["))
+            self._cell = None
+
+
+def tables_of(html: str, section: str, cls: str | None = None) -> list[list[list[str]]]:
+    p = _Tables()
+    p.feed(html)
+    return [t["rows"] for t in p.tables if t["section"] == section and (cls is None or cls in t["cls"])]
+
+
+def test_every_number_of_the_page_has_its_interval_recomputed_from_the_counts(full_store, tmp_path):
+    store, ev, sal = full_store
+    html = render_html(build_report(store, [ev], saliency_files=[sal], verify=False, progress=False,
+                                    echo=lambda _: None))
+    with Store(store) as s:
+        r = load_search(s)
+        names, fgc, bgc = s.class_names, s.foregrounds.labels, s.backgrounds.labels
+        outcome = s.results[r.results_name]["outcome"][()]
+
+    # the headline: fooling rate and challenge accuracy, k/n and interval
+    k, n = int(r.fooled.sum()), len(r)
+    lo, hi = clopper_pearson(k, n)
+    assert f"fooling rate [{lo:.1f}, {hi:.1f}] ({k}/{n} vulnerable)" in html
+    assert f"challenge accuracy [{100 - hi:.1f}, {100 - lo:.1f}] ({n - k}/{n})" in html
+
+    # the comparison table: the search run's row
+    (runs, *_) = tables_of(html, "comparison")
+    head, row = runs[0], runs[1]
+    assert row[head.index("fooling rate")] == rate_cell(k, n)
+    assert row[head.index("challenge accuracy")] == rate_cell(n - k, n)
+
+    # every view of the eval file: each top-k and the 'none' rate, per variant and model, and the paired BG-Gap
+    d = json.loads(ev.read_text())
+    view = tables_of(html, "evaluation", "view")[0]
+    variants = [row[0] for row in view[2:]]
+    shorts = view[1][:3]
+    assert shorts == ["top-1", "top-5", "none"]
+    for i, v in enumerate(variants):
+        for j, m in enumerate(d["models"]):
+            a = m["accuracy"][v]
+            want = [rate_cell(a["correct"]["top1"], a["n"]), rate_cell(a["correct"]["top5"], a["n"]),
+                    rate_cell(round(a["none_rate"] * a["n"] / 100), a["n"])]
+            assert view[2 + i][1 + 3 * j: 4 + 3 * j] == want, (v, j)
+    gaps = tables_of(html, "evaluation")[0]
+    for row, m in zip(gaps[1:], d["models"]):
+        g = m["bg_gap_interval"]      # None where mixed_same and mixed_rand do not hold the same images
+        assert row[-1] == (f"{g['diff']:+.1f}[{g['low']:+.1f}, {g['high']:+.1f}] n={g['n']}" if g else
+                           "-" if m["bg_gap"] is None else f"{m['bg_gap']:.1f}")
+    # the comparison's eval table (a column per model): top-1 again, from the same counts
+    side = tables_of(html, "comparison")[1]
+    for row in side[4:]:
+        if row[0] in variants:
+            a = [m["accuracy"][row[0]] for m in d["models"]]
+            assert row[1:] == [rate_cell(x["correct"]["top1"], x["n"]) for x in a]
+    # per-class accuracy of each model
+    per_class = tables_of(html, "evaluation", "view")[1:]
+    assert len(per_class) == len(d["models"])
+    for t, m in zip(per_class, d["models"]):
+        for row in t[1:]:
+            for v, got in zip(variants, row[1:]):
+                a = m["accuracy"][v]
+                kk, nn = a["class_correct"].get(row[0]), a["class_counts"][row[0]]
+                assert got == (rate_cell(kk, nn) if nn else "-")
+
+    # universal: union and best ASR per class, k/n of the targets, looped over the outcome matrix
+    (classes,) = tables_of(html, "universal")
+    for row in classes[1:]:
+        c = names.index(row[0])
+        bgs = [b for b in range(len(bgc)) if bgc[b] == c]
+        targets = [f for f in range(len(fgc)) if fgc[f] != c]
+        if not bgs or not targets:
+            continue
+        union = sum(any(outcome[f, b] == c for b in bgs) for f in targets)
+        best = max(sum(outcome[f, b] == c for f in targets) for b in bgs)
+        assert row[3] == rate_cell(union, len(targets)) and row[4] == rate_cell(best, len(targets))
+
+    # saliency: top-1 accuracy per variant from the images' predictions; the share's bootstrap interval as stored
+    sd = json.loads(sal.read_text())
+    (shares,) = tables_of(html, "saliency", "saliency-share")
+    for row, v in zip(shares[1:], sd["variants"]):
+        hits = sum(x["pred"] == x["label"] for x in v["images_detail"])
+        o = v["overall"]["share"]
+        assert row[0] == v["variant"] and row[2] == rate_cell(hits, len(v["images_detail"]))
+        assert row[4] == f"{o['mean']:.3f} [{o['low']:.3f}, {o['high']:.3f}] (n={o['n']})"
+    assert "Clopper-Pearson" in html and "paired bootstrap" in html          # the interval kinds, said once
+
+
+# A script added to a copy of the page: after layout, every table cell whose box leaves its card (or any cell
+# that leaves the page) is listed in <body data-overflow>.
+OVERFLOW_PROBE = """<script>
+addEventListener("load", function () {
+  var bad = [], cells = 0, page = document.documentElement.clientWidth;
+  document.querySelectorAll("td, th").forEach(function (td) {
+    var r = td.getBoundingClientRect(), card = td.closest(".card"), box = card ? card.getBoundingClientRect() : null;
+    if (!r.width) return;
+    cells += 1;
+    if ((box && (r.right > box.right + 0.5 || r.left < box.left - 0.5)) || r.right > page + 0.5)
+      bad.push(td.textContent.trim().slice(0, 40));
+  });
+  document.body.dataset.overflow = JSON.stringify(bad);
+  document.body.dataset.cells = String(cells);
+  document.body.dataset.scroll = String(document.documentElement.scrollWidth - page);
+});
+</script>"""
+
+
+def probe_layout(tmp_path: Path, html: str, name: str) -> dict:
+    page = tmp_path / name
+    page.write_text(html.replace("</body>", OVERFLOW_PROBE + "</body>"))
+    dom = chromium(tmp_path, page.resolve().as_uri(), "--window-size=1280,2000", "--virtual-time-budget=5000",
+                   "--dump-dom")
+    return gallery(dom)[1] | {"dom": dom}
+
+
+@needs_chromium
+def test_at_1280_px_no_table_cell_is_wider_than_its_card(full_store, tmp_path):
+    store, ev, sal = full_store
+    html = render_html(build_report(store, [ev], saliency_files=[sal], verify=False, progress=False,
+                                    echo=lambda _: None))
+    # The probe works: a card holding a cell too wide for it is reported.
+    wide = ('<div class="card"><table><tr><td style="white-space: nowrap">' + "BG-Gap " * 400
+            + "</td></tr></table></div>")
+    control = probe_layout(tmp_path, html.replace("</main>", wide + "</main>"), "control.html")
+    assert json.loads(control["data-overflow"]) and int(control["data-scroll"]) > 0
+
+    body = probe_layout(tmp_path, html, "page.html")
+    shown = (tables_of(html, "evaluation", "view")[:1] + tables_of(html, "comparison")
+             + tables_of(html, "saliency", "saliency-share"))
+    assert int(body["data-cells"]) >= sum(len(row) for t in shown for row in t)   # those tables were laid out
+    assert json.loads(body["data-overflow"]) == []
+    assert int(body["data-scroll"]) <= 0                     # and the page does not scroll sideways
+
+
+@needs_chromium
+def test_saliency_section_and_comparison_table_in_the_browser(full_store, tmp_path):
+    store, ev, sal = full_store
+    out = run_report(store, tmp_path / "r.html", eval_files=[ev], saliency_files=[sal], verify=False,
+                     progress=False, echo=lambda _: None)
+    dom = dump_dom(tmp_path, out)
+    with Store(store) as s:
+        r = load_search(s)
+    sd = json.loads(sal.read_text())
+    # overlays: the foregrounds the search found worst, lowest margin first, each beside its worst composite,
+    # with one Grad-CAM overlay per saliency variant
+    order = [int(r.fg_id[k]) for k in np.argsort(r.worst_margin, kind="stable")]
+    rows = re.findall(r'<tr class="overlay-row" data-fg="(\d+)">(.*?)</tr>', dom, flags=re.S)
+    assert [int(f) for f, _ in rows] == order[:8]
+    for f, cells in rows:
+        assert f'alt="worst composite of foreground {f}"' in cells
+        assert re.findall(r'data-variant="([^"]+)"', cells) == [v["variant"] for v in sd["variants"]]
+    assert dom.count('alt="Grad-CAM on ') == 8 * len(sd["variants"])
+    # the comparison table: one row per complete search run, named by its results
+    (runs, side) = tables_of(dom, "comparison")
+    assert [row[runs[0].index("results")] for row in runs[1:]] == [r.results_name]
+    assert side[0][1:] == SWEEP
+
+
+def test_saliency_without_maps_says_so_and_a_bad_saliency_file_is_one_line(full_store, tmp_path, capsys):
+    store, _, sal = full_store
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({k: v for k, v in json.loads(sal.read_text()).items() if k != "maps"}))
+    html = render_html(build_report(store, saliency_files=[bare], verify=False, progress=False, echo=lambda _: None))
+    assert "no maps file" in html and 'class="overlay-row"' not in html and 'class="num share"' in html
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": []}')
+    code, _, err = run_cli(["report", "--store", str(store), "--saliency", str(bad), "-q"], capsys)
+    assert_one_line_error(code, err, "not an `advbg saliency` results file")

@@ -76,7 +76,8 @@ def test_killed_at_random_points_then_resumed_matches_uninterrupted(tmp_path):
             if sig == signal.SIGINT:
                 err = p.stderr.read()
                 assert code == 130, err
-                assert "stopping after the current unit" in err and "--resume" in err and "Traceback" not in err
+                assert "stopping after the current unit" in err and "run the same command again" in err
+                assert "Traceback" not in err
                 assert units_in(store) < 8
                 with Store(store) as s:
                     assert NAME not in s.results           # nothing half-written in the store
@@ -108,7 +109,7 @@ def test_torn_journal_tail_is_dropped_and_its_unit_redone(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _run(path, on_unit=stop_after_three)
+        _run(path, on_unit=stop_after_three, recompute=True)
     rank0 = journal_folder(path, NAME) / "rank-00000.bin"
     data = rank0.read_bytes()
     last = data.rfind(MAGIC)
@@ -120,7 +121,7 @@ def test_torn_journal_tail_is_dropped_and_its_unit_redone(tmp_path):
     flipped[last + 40] ^= 0xFF                           # or a corrupt one: its checksum no longer matches
     rank0.write_bytes(bytes(flipped))
     assert units_in(path) == 2
-    res = _run(path, resume=True)
+    res = _run(path, recompute=True)     # resumes the interrupted recompute (resuming is the default)
     assert res.run.resumed_units == 2
     assert_same(stored(path), want)
 
@@ -137,10 +138,10 @@ def test_crash_while_merging_keeps_the_old_results_and_is_repaired_by_resume(tmp
 
     monkeypatch.setattr(results.sink._FileWriter, "finish", crash)
     with pytest.raises(KeyboardInterrupt):
-        _run(path)
+        _run(path, recompute=True)
     monkeypatch.undo()
     assert_same(stored(path), want)                      # the earlier results file stays whole, never half-replaced
-    res = _run(path, resume=True)
+    res = _run(path, recompute=True)
     assert res.run.forwards == 0                         # everything came from the journal
     assert_same(stored(path), want)
 
@@ -149,6 +150,6 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     path = make_random_store(tmp_path / "s.h5", n_fg=5, n_bg=4, seed=15)
     with pytest.raises(KeyboardInterrupt):
         _run(path, on_unit=lambda _: (_ for _ in ()).throw(KeyboardInterrupt))
-    with Store(path, "r+") as s, pytest.raises(AdvbgError, match="different run"):
+    with Store(path, "r+") as s, pytest.raises(AdvbgError, match="other settings.*--restart discards it"):
         search(s, make_tiny_classifier(), SearchConfig(criterion="bg-class", fg_block=2), results_name=NAME,
-               resume=True, progress=False)
+               progress=False)

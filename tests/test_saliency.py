@@ -173,3 +173,34 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert_one_line_error(code, err, "target must be one of true, pred")
     code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "--seed", "-1"], capsys)
     assert_one_line_error(code, err, "seed must be a non-negative integer|--seed")
+
+
+# --------------------------------------------------------------------------------------------- store checks
+def _damage(store, what):
+    import h5py
+
+    if what == "label":
+        with h5py.File(store, "r+") as f:
+            f["foregrounds/label"][2] = 99
+        return "labels of .* are outside 0..8 \\(e.g. 99\\)"
+    with h5py.File(store, "r") as f:
+        info = f["foregrounds/image"].id.get_chunk_info(2)
+    with open(store, "r+b") as fh:      # flip bytes in the middle of foreground 2's gzip stream
+        fh.seek(info.byte_offset + info.size // 2)
+        chunk = bytearray(fh.read(8))
+        fh.seek(info.byte_offset + info.size // 2)
+        fh.write(bytes(b ^ 0xFF for b in chunk))
+    return "cannot read .*the store is damaged"
+
+
+@pytest.mark.parametrize("what", ["label", "chunk"])
+def test_a_store_search_refuses_is_refused_by_saliency_in_the_same_line(tmp_path, capsys, what):
+    store = make_random_store(tmp_path / "s.h5", n_fg=5, n_bg=3)
+    pattern = _damage(store, what)
+    code, _, err = run_cli(["search", "--store", str(store), "--model", "test/tiny", "-q"], capsys)
+    assert_one_line_error(code, err, pattern)
+    out = tmp_path / "never.json"
+    code, _, err = run_cli(["saliency", "-s", str(store), "-m", "test/tiny", "-V", "original",
+                            "--results-file", str(out), "-q"], capsys)
+    assert_one_line_error(code, err, pattern)
+    assert not out.exists()

@@ -41,7 +41,7 @@ from advbg.data.variants import (
 from advbg.errors import AdvbgError
 from advbg.files import now, sha256_file
 from advbg.models.classifier import Classifier
-from advbg.models.precision import autocast, check_amp
+from advbg.models.precision import autocast, check_amp, choose_precision
 from advbg.models.zoo import cached_weights_file
 from advbg.progress import progress as progress_bar
 from advbg.search.compositor import to_device_u8
@@ -80,7 +80,8 @@ class EvalConfig:
     seed: int = 0                  # generated variants: the random backgrounds/noise depend only on this
     source: str = "auto"           # auto: an /evalsets/<variant> set when present, else generate
     batch_size: int = 64
-    amp: str = "off"               # accuracy tables are compared to the third digit: fp32 unless asked
+    amp: str = "off"               # accuracy tables are compared to the third digit: fp32 unless asked (auto on a
+    #                                CPU: bf16 where measured faster, with the fp32 re-check of close decisions)
 
     def validate(self) -> "EvalConfig":
         if self.source not in SOURCES:
@@ -360,6 +361,7 @@ class EvalReport:
     advbg_version: str = __version__
     label_rule: str = LABEL_RULE
     extra: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)   # model name -> what --amp auto chose on a CPU, and why
 
     @property
     def variants(self) -> list[str]:
@@ -372,7 +374,7 @@ class EvalReport:
             advbg_version=self.advbg_version, created=self.created, store=self.store, config=asdict(self.config),
             label_rule=self.label_rule, baseline=self.baseline, variant_options=_variant_options(),
             variants={v: dict(source=plans[v].label, detail=plans[v].detail) for v in self.variants},
-            skipped=self.skipped, models=[m.to_dict() for m in self.models],
+            skipped=self.skipped, models=[m.to_dict() for m in self.models], precision=self.precision,
             timing=dict(seconds=self.seconds, images=self.images,
                         images_per_s=self.images / self.seconds if self.seconds > 0 else None))
 
@@ -389,14 +391,50 @@ def ordered_variants(names: Sequence[str]) -> list[str]:
 
 
 
-def _score_block(clf: Classifier, images: np.ndarray, labels: np.ndarray, amp: str) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks of the true class and mapped top-1 predictions for one block of uint8 images."""
+@dataclass(frozen=True)
+class _Precision:
+    """The precision one classifier's forwards run in: ``amp``, and ``tolerance`` > 0 where bf16 scores within it
+    of a decision are recomputed in fp32 (``--amp auto`` on a CPU); ``record`` says what was chosen and why."""
+
+    amp: str
+    tolerance: float = 0.0
+    record: dict | None = None
+
+
+def _choose(clf: Classifier, images: np.ndarray, amp: str) -> _Precision:
+    """``--amp auto`` on a CPU: measured by ``choose_precision`` on (up to 32 of) the first block's images, as a
+    search decides; anything else as given."""
+    if amp != "auto" or clf.device.type != "cpu":
+        return _Precision(amp)
+    x = to_device_u8(images[:32], clf.device).permute(0, 3, 1, 2).float().div_(255.0)
+    choice = choose_precision(clf, x)
+    return _Precision(choice.amp, choice.tolerance if choice.amp == "bf16" else 0.0, choice.to_record())
+
+
+def _score_block(clf: Classifier, images: np.ndarray, labels: np.ndarray,
+                 precision: _Precision) -> tuple[np.ndarray, np.ndarray]:
+    """Ranks of the true class and mapped top-1 predictions for one block of uint8 images (under a re-checked
+    bf16, the images where a score is within the tolerance of the true class's or the top two are that close
+    are recomputed in fp32: ranks and predictions equal fp32's)."""
     x = to_device_u8(images, clf.device).permute(0, 3, 1, 2).float().div_(255.0)   # NHWC memory = channels_last
     y = torch.as_tensor(labels, dtype=torch.int64, device=clf.device)
-    with torch.inference_mode(), autocast(clf.device, amp):
-        logits = clf(x).float()
+    with torch.inference_mode():
+        with autocast(clf.device, precision.amp):
+            logits = clf(x).float()
+        if precision.tolerance > 0:
+            redo = _close_to_a_decision(clf.label_map.reduce(logits), y, precision.tolerance)
+            if redo.any():
+                logits[redo] = clf(x[redo]).float()
     ranks = group_rank(clf.label_map.reduce(logits), y)
     return ranks.cpu().numpy(), clf.label_map.predict(logits).cpu().numpy()
+
+
+def _close_to_a_decision(scores: torch.Tensor, y: torch.Tensor, tol: float) -> torch.Tensor:
+    """(N,) rows whose top-2 gap, or any score's distance to the true class's, is below ``tol``."""
+    top2 = scores.topk(2, dim=1).values
+    to_true = (scores - scores.gather(1, y[:, None])).abs()
+    to_true.scatter_(1, y[:, None], float("inf"))
+    return (top2[:, 0] - top2[:, 1] < tol) | (to_true.amin(1) < tol)
 
 
 def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig = EvalConfig(), *,
@@ -424,11 +462,12 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
     skipped: dict[str, str] = {}
     bar = progress_bar(total=sum(variant_size(p, store, files) for p in plans), unit="img", enabled=progress)
     t0, n_images = time.perf_counter(), 0
+    precisions: dict[int, _Precision] = {}   # per classifier, chosen on its first block
     try:
         for plan in plans:
             bar.set_description(plan.name)
             try:
-                per_model = _run_variant(plan, everyone, store, files, config, bar)
+                per_model = _run_variant(plan, everyone, store, files, config, bar, precisions)
             except AdvbgError as e:
                 if plan.explicit:
                     raise
@@ -447,11 +486,12 @@ def evaluate(store: Store, classifiers: Sequence[Classifier], config: EvalConfig
                       store=dict(path=str(store.path), digest=store.digest(), class_names=names,
                                  foregrounds=len(store.foregrounds), backgrounds=len(store.backgrounds)),
                       config=config, baseline=baseline.config.name if baseline is not None else None,
-                      created=now(), seconds=seconds, images=n_images)
+                      created=now(), seconds=seconds, images=n_images,
+                      precision={everyone[i].config.name: p.record for i, p in precisions.items() if p.record})
 
 
 def _run_variant(plan: VariantPlan, everyone: list[Classifier], store: Store, files: list[h5py.File],
-                 config: EvalConfig, bar) -> list[VariantScore]:
+                 config: EvalConfig, bar, precisions: dict[int, _Precision]) -> list[VariantScore]:
     """One variant through every classifier, block by block (each block is made or read once)."""
     names = list(store.class_names)
     ranks: list[list[np.ndarray]] = [[] for _ in everyone]
@@ -461,7 +501,9 @@ def _run_variant(plan: VariantPlan, everyone: list[Classifier], store: Store, fi
         _check_labels(y, names, plan)
         labels.append(np.asarray(y, np.int64))
         for i, clf in enumerate(everyone):
-            r, p = _score_block(clf, images, y, config.amp)
+            if i not in precisions:
+                precisions[i] = _choose(clf, images, config.amp)
+            r, p = _score_block(clf, images, y, precisions[i])
             ranks[i].append(r)
             preds[i].append(p)
         bar.update(len(y))

@@ -10,7 +10,6 @@ missing foregrounds x backgrounds, which writes its own results group, so the ne
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -23,7 +22,15 @@ from advbg.models.classifier import identity_of
 from advbg.models.precision import resolve_amp
 from advbg.search.config import SearchConfig
 from advbg.search.criteria import check_invalid_marked
-from advbg.search.results import OUTCOME_MISSING, fingerprint, load_outcome, pending_fingerprint
+from advbg.search.results import (
+    OUTCOME_MISSING,
+    fingerprint,
+    listing,
+    load_outcome,
+    load_search,
+    pending_fingerprint,
+    result_names,
+)
 from advbg.search.runner import default_results_name, search
 
 # ClassifierConfig fields that decide a mapped prediction (versions, names and file paths do not).
@@ -49,38 +56,36 @@ def matching_results(store: Store, identity: dict) -> list[str]:
     (ClassifierConfig.identity()) on this store, best first."""
     want, digest = identity, store.digest()
     found = []
-    for name, g in store.results.items():
-        if g.attrs.get("kind") != "search" or "outcome" not in g:
+    for info in listing(store, "search"):
+        classifier, run = info.json_attr("classifier"), info.json_attr("run") or {}
+        if "outcome" not in info.shapes or classifier is None:
             continue
         try:
-            have = identity_of(json.loads(g.attrs["classifier"]))
-            run = json.loads(g.attrs["run"]) if "run" in g.attrs else {}
+            have = identity_of(classifier)
         except (KeyError, ValueError, TypeError, AttributeError):
             continue
-        if not isinstance(run, dict):
-            continue
         if have == want and run.get("store_digest", digest) == digest:
-            found.append(name)
-    rank = lambda n: (not store.results[n].attrs.get("complete"),  # noqa: E731
-                      store.results[n].attrs.get("mode") != "exhaustive", n)
-    return sorted(found, key=rank)
+            found.append(info)
+    found.sort(key=lambda i: (not i.complete, i.attrs.get("mode") != "exhaustive", i.name))
+    return [i.name for i in found]
 
 
-def stored_outcome(store: Store, identity: dict) -> tuple[np.ndarray, list[str]]:
+def stored_outcome(store: Store, identity: dict, skipped: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     """(outcome (F, B) over the whole store, names of the groups that contributed) from the results of the
-    classifier of this ``identity``."""
+    classifier of this ``identity``. A damaged group (one ``advbg verify`` reports) is never used: its pairs count
+    as missing, and a note saying so is appended to ``skipped``."""
     full = np.full((len(store.foregrounds), len(store.backgrounds)), OUTCOME_MISSING, np.uint8)
     used = []
     for name in matching_results(store, identity):
         try:
             o, fg, pool = load_outcome(store, name)
-        except (AdvbgError, ValueError, KeyError, TypeError, OSError):
+            # a group that records NaN/inf composites as predictions is not reused: its pairs are recomputed
+            check_invalid_marked(o, load_search(store, name, require_complete=False).n_invalid, name)
+        except AdvbgError as e:
+            if skipped is not None:
+                skipped.append(f"skipped stored outcomes {name!r}: {e}")
             continue
         if not fg.size or not pool.size:
-            continue   # a damaged group (load_outcome refused it) or an empty one is not reused
-        try:  # a group that records NaN/inf composites as predictions is not reused: its pairs are recomputed
-            check_invalid_marked(o, store.results[name]["n_invalid"][()], name)
-        except (AdvbgError, KeyError):
             continue
         block = full[np.ix_(fg, pool)]                                    # (f, b) what we have so far
         fill = (block == OUTCOME_MISSING) & (o != OUTCOME_MISSING)
@@ -107,15 +112,19 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
     with Store(store_path) as s:
         fg_class, bg_class = s.foregrounds.labels.copy(), s.backgrounds.labels.copy()
         source_ids = tuple(s.backgrounds.source_ids)
-        full, used = stored_outcome(s, classifier.config.identity())
+        skipped: list[str] = []
+        full, used = stored_outcome(s, classifier.config.identity(), skipped)
+    for line in skipped:
+        echo(line)
     rows, cols = needed(fg_class, bg_class, classes)
     gap = (full == OUTCOME_MISSING) & rows[:, None] & cols[None, :]
     if not gap.any():
-        return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used))
+        return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), notes=tuple(skipped))
+    if not compute:
+        raise AdvbgError(f"{_gap_note(gap, rows, cols, used, classifier, computing=False)} and --no-search allows no "
+                         f"search: rerun without --no-search to compute them")
     note = _gap_note(gap, rows, cols, used, classifier)
     echo(note)
-    if not compute:
-        raise AdvbgError(f"{note}; rerun without --no-search to compute them")
     fg_sel, bg_sel = np.flatnonzero(gap.any(1)), np.flatnonzero(gap.any(0))
     cfg = SearchConfig(criterion=criterion, mode="exhaustive", batch_size=batch_size,
                        foregrounds=tuple(int(i) for i in fg_sel), backgrounds=tuple(int(j) for j in bg_sel))
@@ -124,17 +133,22 @@ def obtain_outcome(store_path: Path, classifier, classes: Sequence[int], criteri
         # resume=True: a journal under this name is an interrupted run of exactly this search; it continues.
         res = search(s, classifier, cfg, results_name=name, resume=True, progress=progress)
         full, used = stored_outcome(s, classifier.config.identity())
-    return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name, (note,))
+    return StoredOutcome(full, fg_class, bg_class, source_ids, tuple(used), res.run.forwards, name,
+                         (*skipped, note))
 
 
-def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[str], classifier) -> str:
+def _gap_note(gap: np.ndarray, rows: np.ndarray, cols: np.ndarray, used: list[str], classifier,
+              computing: bool = True) -> str:
+    """What is missing and, when ``computing``, what will be done about it."""
     n_gap, n_need = int(gap.sum()), int(rows.sum()) * int(cols.sum())
     tag = classifier.config.tag
     if not used:
-        return (f"no stored outcome matrix for {tag} in this store: computing {n_gap} composites once with an "
-                f"exhaustive search (later runs reuse it)")
+        return f"no stored outcome matrix for {tag} in this store" + (
+            f": computing {n_gap} composites once with an exhaustive search (later runs reuse it)" if computing
+            else f" ({n_gap} composites needed)")
     return (f"stored outcomes for {tag} ({', '.join(used)}) lack {n_gap} of the {n_need} pairs needed (early-exit, "
-            f"pruned or partial searches stop short): computing them with an exhaustive search")
+            f"pruned or partial searches stop short)" + (": computing them with an exhaustive search" if computing
+                                                         else ""))
 
 
 def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, bg_sel: np.ndarray) -> str:
@@ -145,6 +159,6 @@ def _fill_name(store: Store, classifier, cfg: SearchConfig, fg_sel: np.ndarray, 
     fp = fingerprint(store, fg_sel, bg_sel, classifier, cfg, resolve_amp(classifier.device, cfg.amp))
     plain = default_results_name(classifier, cfg)
     whole = len(fg_sel) == len(store.foregrounds) and len(bg_sel) == len(store.backgrounds)
-    if whole and plain not in store.results and pending_fingerprint(store.path, plain) in (None, fp):
+    if whole and plain not in result_names(store, None) and pending_fingerprint(store.path, plain) in (None, fp):
         return plain
     return f"{plain}.fill-{fp[:8]}"

@@ -113,8 +113,9 @@ def _pct(v: float) -> str:
     return f"{v:.1f}%" if v is not None and np.isfinite(v) else "-"
 
 
-def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Path:
-    """PNG: for the n foregrounds with the lowest worst margin, foreground | worst background | composite."""
+def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8, metadata: dict | None = None) -> Path:
+    """PNG: for the n foregrounds with the lowest worst margin, foreground | worst background | composite;
+    ``metadata``: PNG text entries (e.g. which run drew it)."""
     order = [k for k in np.argsort(result.worst_margin, kind="stable") if result.worst_bg[k] >= 0][:n]
     names = list(store.class_names)
     label = lambda c: names[c] if 0 <= c < len(names) else "no class"  # noqa: E731
@@ -144,4 +145,4 @@ def worst_grid(store: Store, result, path: str | os.PathLike, n: int = 8) -> Pat
                  + (f"\nfooling rate {format_rate(rate(int(result.fooled.sum()), len(result)))}; {RATE_LEGEND}"
                     if len(result) else ""), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # leave room for the suptitle
-    return save_figure(fig, path)
+    return save_figure(fig, path, metadata=metadata)

@@ -37,6 +37,7 @@ from torch import nn
 from advbg.analysis.evaluate import VARIANT_GROUPS, model_record
 from advbg.analysis.plots import subplots
 from advbg.data.store import Store
+from advbg.data.verify import check_labels, store_reads
 from advbg.data.variants import make_variant, variant_names
 from advbg.errors import AdvbgError, ModelError, StoreError
 from advbg.files import atomic_output, now, save_figure
@@ -299,7 +300,9 @@ def saliency(store: Store, clf: Classifier, config: SaliencyConfig = SaliencyCon
         raise AdvbgError(f"{clf.config.name!r} maps to {len(clf.label_map.class_names)} classes, the store has "
                          f"{len(store.class_names)}; use a label map that fits (--label-map in9 for ImageNet models)")
     n = len(store.foregrounds) if config.limit is None else min(config.limit, len(store.foregrounds))
-    _check_masks(store, slice(0, n))
+    check_labels(store)             # the checks `search` runs on the same store (one line, before any work)
+    with store_reads(store):
+        _check_masks(store, slice(0, n))
     name, layer = target_layer(clf.model, clf.config.input_size)
     names = list(store.class_names)
     out = []
@@ -307,7 +310,8 @@ def saliency(store: Store, clf: Classifier, config: SaliencyConfig = SaliencyCon
     try:
         for variant in config.variants:
             bar.set_description(variant)
-            out.append(_one_variant(store, clf, layer, variant, n, config, names, bar))
+            with store_reads(store):        # a damaged chunk: one line, as `search` says it
+                out.append(_one_variant(store, clf, layer, variant, n, config, names, bar))
     finally:
         bar.close()
     st = dict(path=str(store.path), digest=store.digest(), class_names=names, foregrounds=len(store.foregrounds),

@@ -15,6 +15,7 @@ from advbg.cli import (data, evaluate, index, refine, report, results, saliency,
                        universal, verify)
 from advbg.cli.app import app
 from advbg.errors import AdvbgError, disk_error
+from advbg.hardware import configure_threads
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     # a whole-process allocator setting, so the library leaves it off and the command turns it on.
     os.environ.setdefault("ADVBG_KEEP_FREED_MEMORY", "1")
     try:
+        configure_threads()   # intra-op threads = usable cores, unless ADVBG_THREADS / OMP_NUM_THREADS say otherwise
         code = app(args=argv, standalone_mode=False)  # non-standalone typer returns Exit codes (130 on Ctrl-C)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -24,8 +24,8 @@ LabelMapOpt = Annotated[str, typer.Option(
                         "then look-up, unmapped = wrong) or identity (the model's own classes).")]
 NormOpt = Annotated[Optional[str], typer.Option(
     "--norm", help="Input normalisation: the model's own (default; a checkpoint's normalizer buffers when it has "
-                   "them), reference (what the reference evaluation applies: ImageNet's for 1000-class models, the "
-                   "checkpoint's buffers or IN-9's for 9-class ones), imagenet, in9, 'MEAN,STD' or six numbers.")]
+                   "them), reference (what the reference evaluation applies: a checkpoint's normalizer buffers, else "
+                   "ImageNet's for 1000-class models and IN-9's for 9-class ones), imagenet, in9, 'MEAN,STD' or six numbers.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 ... (default: CUDA if available).")]
 # Names follow timm's validate.py where it has one (--model/-m, --batch-size/-b, --workers/-j, --results-file, --amp).
 BATCH_MAX = 65536      # a larger batch of even 32x32 images is beyond any device's memory

@@ -21,8 +21,12 @@ def report(
         "--out", "-o", help="The HTML file to write (default: <store stem>.report.html beside the store; the "
                             "demo store's results are in runs/demo.h5).")] = None,
     eval_files: Annotated[Optional[list[Path]], typer.Option(
-        "--eval", metavar="FILE.json", help="JSON written by `advbg eval --results-file` (repeatable): adds the accuracy table, BG-Gap "
-                       "and plot.")] = None,
+        "--eval", metavar="FILE.json", help="JSON written by `advbg eval --results-file` (repeatable): adds every "
+                       "view (each top-k, the 'none' rate, per class), BG-Gap, charts and the comparison table.")] = None,
+    saliency_files: Annotated[Optional[list[Path]], typer.Option(
+        "--saliency", metavar="FILE.json", help="JSON written by `advbg saliency --results-file` (repeatable): adds "
+                       "the foreground share per variant and class, and overlays beside the worst composites when its "
+                       "maps (--maps, or the .npz of the same name) are there.")] = None,
     gallery_worst: Annotated[int, typer.Option(
         min=0, max=100_000, help="Gallery rows with images: this many lowest margins ...")] = _CAP.worst,
     gallery_fooled: Annotated[int, typer.Option(
@@ -40,6 +44,8 @@ def report(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page (no network, opens from disk) of every complete results group:
-    search runs with a sortable gallery, universal backgrounds per class, evaluations, provenance."""
-    run_report(store, out, eval_files=eval_files or (), cap=GalleryCap(gallery_worst, gallery_fooled, thumb, page_rows),
+    search runs with a sortable gallery, universal backgrounds per class, the comparison table, evaluations
+    (--eval), saliency (--saliency), provenance; every rate with n and its 95% interval."""
+    run_report(store, out, eval_files=eval_files or (), saliency_files=saliency_files or (),
+               cap=GalleryCap(gallery_worst, gallery_fooled, thumb, page_rows),
                verify=not no_verify, skip_incomplete=skip_incomplete, progress=not quiet, echo=typer.echo)

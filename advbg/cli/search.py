@@ -36,7 +36,20 @@ def search(
     grid: Annotated[Optional[Path], typer.Option(
         help="PNG grid of the worst composites (default: <store stem>.<results name>.worst.png beside the store; "
              "'-' for none).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted search with the same settings.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Accepted for compatibility: an interrupted search with the same settings is resumed "
+                         "anyway (the default).")] = False,
+    restart: Annotated[bool, typer.Option(
+        "--restart", help="Discard an interrupted search of these results (says how many units it drops) and "
+                          "start afresh.")] = False,
+    recompute: Annotated[bool, typer.Option(
+        "--recompute", help="Compute again even when complete results of the same run are stored (they are reused "
+                            "otherwise, with no forward pass); the old file stays until the new one is complete. "
+                            "Also replaces a results file of other settings or a damaged one, and this "
+                            "run's grid and --results-file.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --results-file or grid PNG that this same search did not write "
+                            "(refused otherwise).")] = False,
     no_write: Annotated[bool, typer.Option("--no-write", help="Do not write results (nor a journal) beside the store.")] = False,
     compile: Annotated[bool, typer.Option(
         "--compile", help="torch.compile compositing + model (fused kernels; the first batches compile).")] = False,
@@ -72,5 +85,6 @@ def search(
                           cuda_graphs=cuda_graphs, memory_gb=memory_gb, verify_close=verify_close)
     run_search(store, o.model_spec(model, arch, weights, label_map, norm, device), config,
                prune=prune_spec(prune, prune_ratio, prune_rule), results_name=results_name,
-               results_file=results_file, grid=grid, resume=resume, write=not no_write, progress=not quiet,
+               results_file=results_file, grid=grid, resume=resume, restart=restart, recompute=recompute,
+               overwrite=overwrite, write=not no_write, progress=not quiet,
                journal_dir=journal_dir, echo=typer.echo)

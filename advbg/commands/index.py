@@ -9,7 +9,7 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.models.classifier import Classifier
 from advbg.models.loading import ModelSpec, as_classifier
-from advbg.search.index import IndexKind, IndexReport, build_index, choose_kind
+from advbg.search.index import IndexKind, IndexReport, build_index, choose_kind, require_faiss
 
 
 def run_index(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,
@@ -18,6 +18,7 @@ def run_index(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | st
     """`advbg index`: what the command does, callable from Python (the bundled demo store gets a working copy)."""
 
     choose_kind(0, kind)
+    require_faiss()   # before the demo's working copy and any embedding
     if batch_size < 1:
         raise AdvbgError(f"batch size must be at least 1 (got {batch_size})")
     path = working_store(store, echo)

@@ -12,7 +12,8 @@ from advbg.files import atomic_write_text, check_output
 
 
 def run_report(store: str | Path = DEMO_STORE, out: str | Path | None = None, *,
-               eval_files: Sequence[str | Path] = (), cap: GalleryCap = GalleryCap(), verify: bool = True,
+               eval_files: Sequence[str | Path] = (), saliency_files: Sequence[str | Path] = (),
+               cap: GalleryCap = GalleryCap(), verify: bool = True,
                skip_incomplete: bool = False, progress: bool = True,
                echo: Callable[[str], None] = print) -> Path:
     """`advbg report`: read every complete results group, write the page atomically, print where it is.
@@ -20,18 +21,19 @@ def run_report(store: str | Path = DEMO_STORE, out: str | Path | None = None, *,
     ``out``: default ``<store stem>.report.html`` beside the store. The store is only read."""
     store = _results_store(Path(store))
     out = Path(out) if out is not None else store.with_name(f"{store.stem}.report.html")
-    check_output(out, (".html", ".htm"), inputs=store_inputs(store) + [Path(f) for f in eval_files])
+    check_output(out, (".html", ".htm"), inputs=store_inputs(store) + [Path(f) for f in (*eval_files, *saliency_files)])
     if not os.access(out.parent, os.W_OK):
         raise AdvbgError(f"cannot write {out}: folder {out.parent} is not writable")
     report = build_report(store, eval_files, cap=cap, verify=verify, skip_incomplete=skip_incomplete,
-                          progress=progress, echo=echo)
+                          progress=progress, echo=echo, saliency_files=saliency_files)
     html = render_html(report)
     try:
         atomic_write_text(out, html)
     except OSError as e:
         raise AdvbgError(f"cannot write {out}: {e.strerror or e}") from None
     echo(f"report: {out} ({len(html.encode()) / 1e6:.2f} MB; {len(report.searches)} search run(s), "
-         f"{len(report.universals)} universal analysis(es), {len(report.evals)} evaluation file(s))")
+         f"{len(report.universals)} universal analysis(es), {len(report.evals)} evaluation file(s), "
+         f"{len(report.saliency)} saliency file(s))")
     return out
 
 

@@ -52,7 +52,9 @@ def run_saliency(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier |
             if fmt == "csv":
                 atomic_write_text(results_file, to_csv(report))
             else:
-                write_json(results_file, report.to_dict())
+                # the maps file, named so that `advbg report --saliency` finds the overlays' maps
+                named = {"maps": str(Path(maps).resolve())} if maps else {}
+                write_json(results_file, dict(report.to_dict(), **named))
             echo(f"results: {results_file}")
         if maps:
             save_maps(maps, report)

@@ -123,41 +123,32 @@ def safe_unpack(archive: str | os.PathLike, dest: str | os.PathLike, *, progress
             raise AdvbgError("safe unpacking needs Python >= 3.10.12 (or >= 3.11.4) for tarfile's data filter; "
                              "upgrade Python, or unpack the archive yourself and run `advbg ingest in9`")
         dest.mkdir(parents=True, exist_ok=True)   # only now: a refused archive leaves no folder behind
-        _remove_staged(dest, tops)                  # left by a killed unpack
+        # The whole archive is unpacked into one hidden folder first, so tarfile's data filter judges every link
+        # against the archive's real layout (members staged one by one under other names let a chain of links
+        # through), and each top-level entry appears at its name only once every member was written.
+        staging = partial_path(dest / "unpack")
+        _remove_tree(staging)                       # left by a killed unpack
         try:
+            staging.mkdir()
             for m in progress_bar(members, desc="unpacking", unit="file", enabled=progress):
-                tar.extract(m, dest, set_attrs=False, filter=_staged)
+                tar.extract(m, staging, set_attrs=False, filter="data")
             for t in tops:
-                commit_partial(dest / t, folder=partial_path(dest / t).is_dir())
+                commit_partial(dest / t, folder=(staging / t).is_dir() and not (staging / t).is_symlink(),
+                               src=staging / t)
         except _READ_ERRORS as e:
             why = ("the archive ends early (truncated)" if isinstance(e, (EOFError, zlib.error))
                    or "unexpected end" in str(e).lower() else "the archive is damaged")
             raise AdvbgError(f"unpacking {archive} failed ({type(e).__name__}: {e}); {why}") from None
         finally:
-            _remove_staged(dest, tops)
+            _remove_tree(staging)
     return tops
 
 
-def _stage_name(name: str) -> str:
-    """An archive path with its top-level name replaced by that name's temporary (``partial_path``)."""
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    return str(PurePosixPath(partial_path(parts[0]).name, *parts[1:])) if parts else name
-
-
-def _staged(m: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
-    """tarfile's ``data`` filter, after moving the member under its top-level name's temporary: every top-level
-    entry appears at its real name only once all members were written (``commit_partial``)."""
-    link = _stage_name(m.linkname) if m.islnk() else m.linkname    # hard links name archive paths
-    return tarfile.data_filter(m.replace(name=_stage_name(m.name), linkname=link, deep=False), path)
-
-
-def _remove_staged(dest: Path, tops: list[str]) -> None:
-    for t in tops:
-        tmp = partial_path(dest / t)
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def fetch_in9(dest: str | os.PathLike, *, archive: str | os.PathLike | None = None, sha256: str | None = None,

@@ -95,6 +95,22 @@ def sidecar_folder(store_path: str | os.PathLike) -> Path:
     return Path(str(store_path) + ".d")
 
 
+def require_sidecar_folder(store_path: str | os.PathLike, kind: str) -> None:
+    """Refuse, before any work and in one line, a ``<store>.d`` or ``<store>.d/<kind>`` that exists but is not a
+    usable folder (a file, a FIFO, a dangling link, a link loop): writing the results there would fail at the end."""
+    for folder in (sidecar_folder(store_path), sidecar_folder(store_path) / kind):
+        if not os.path.lexists(folder):
+            return
+        try:
+            os.stat(folder)
+        except OSError as e:
+            raise StoreError(f"{folder} is not a usable folder ({e.strerror or e}; a dangling link or a link loop); "
+                             f"move it away so that advbg can make the folder") from None
+        if not folder.is_dir():
+            raise StoreError(f"{folder} is not a folder (a file, FIFO or device); move it away so that advbg can "
+                             f"make the folder")
+
+
 def sidecar_files(store_path: str | os.PathLike, kind: str) -> dict[str, Path]:
     """Name -> path of every finished sidecar of ``kind`` (temporary files of running or killed writers excluded)."""
     folder = sidecar_folder(store_path) / kind

@@ -5,18 +5,24 @@ written), an item whose bytes no longer match the checksum stored when it was wr
 mask values other than 0/1, labels outside the class list, counts that differ from those recorded at completion,
 The derived files beside the store (results, embeddings) are checked by their owner,
 ``advbg.search.results.verify_results``; ``advbg.search.results.verify_all`` runs both.
+The checks a command runs on a store before working on its items live here too, so that every command refuses a
+damaged store in the same line: ``check_labels`` (labels outside the class list) and ``store_reads`` /
+``damaged_store`` (an item HDF5 cannot decode).
 Flagged but not a problem: empty or whole-image masks (they are legal in a store; ``advbg.data.imageio.check_mask``
 refuses them when reading new data).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from advbg.data.store import ItemSet, Store, item_checksum
+from advbg.errors import AdvbgError, StoreError
 from advbg.progress import progress as progress_bar
 
 # Problems of one kind listed one per line up to this many; the rest are counted (a store with every item
@@ -64,6 +70,37 @@ def verify_store(path: str | os.PathLike, *, block: int = 64, progress: bool = F
         _check_items(s, s.foregrounds, "foregrounds", report, block, progress)
         _check_items(s, s.backgrounds, "backgrounds", report, block, progress)
     return report
+
+
+# --------------------------------------------------------------------------------------------- before work
+def check_labels(store: Store, fg_ids: np.ndarray | None = None, bg_ids: np.ndarray | None = None) -> None:
+    """Refuse (one line) a store whose labels of the chosen foregrounds / backgrounds (None: all) lie outside its
+    class list (foregrounds 0..C-1 or -1, backgrounds also -1): every command that computes on items checks this
+    before any work, as ``advbg verify`` reports it."""
+    n_cls = len(store.class_names)
+    for what, labels, ids in (("foreground", store.foregrounds.labels, fg_ids),
+                              ("background", store.backgrounds.labels, bg_ids)):
+        chosen = labels if ids is None else labels[np.asarray(ids, np.int64)]
+        bad = (chosen >= n_cls) | (chosen < -1)
+        if bad.any():
+            raise AdvbgError(f"{int(bad.sum())} {what} labels of {store.path} are outside 0..{n_cls - 1} (e.g. "
+                             f"{int(chosen[bad][0])}); the store is inconsistent: check it with `advbg verify`")
+
+
+def damaged_store(path: str | os.PathLike, what: str, e: BaseException) -> StoreError:
+    """The one-line error for store bytes HDF5 cannot read (a damaged compressed chunk, a cut file)."""
+    first = (str(e).splitlines() or [type(e).__name__])[0]
+    return StoreError(f"{path}: cannot read {what} ({first}); the store is damaged: check it with `advbg verify`, or "
+                      f"rebuild it")
+
+
+@contextlib.contextmanager
+def store_reads(store: Store, what: str = "its items") -> Iterator[None]:
+    """Reads from ``store`` inside the block: an item HDF5 cannot decode raises ``damaged_store`` (one line)."""
+    try:
+        yield
+    except OSError as e:
+        raise damaged_store(store.path, what, e) from None
 
 
 def _check_counts(s: Store, report: VerifyReport) -> None:

@@ -25,6 +25,17 @@ def identity_of(config: dict) -> dict:
     return json.loads(json.dumps({k: config.get(k) for k in IDENTITY_FIELDS}))
 
 
+def results_tag(config: dict) -> str:
+    """The model part of a results name and of a summary's ``model_tag``: ``<architecture>.<weight tag>``, plus
+    ``-<first 8 hex digits of the weights' SHA-256>`` for weights read from a file (a checkpoint, --weights), so
+    two checkpoints of one architecture never share (and overwrite) a results group. ``config``: a
+    ClassifierConfig as a dict (e.g. a run record's ``classifier``)."""
+    tag = f"{config['architecture']}.{config['weight_tag']}"
+    if config.get("weights_sha256") and config.get("source") in ("checkpoint", "timm"):
+        tag += f"-{config['weights_sha256'][:8]}"
+    return tag
+
+
 @dataclass(frozen=True)
 class ClassifierConfig:
     """Everything that identifies a classifier's behaviour; stored with every result."""

@@ -68,8 +68,8 @@ def load_classifier(name: str = DEFAULT_MODEL, *, label_map: str = "auto", devic
 
     label_map: 'auto' (in9 for 1000 outputs, else identity), 'in9' or 'identity'.
     norm: None (the model's own: recorded statistics, a checkpoint's normalizer buffers, or the pretrained
-    config), 'reference' (what the reference evaluation applies: ImageNet's for 1000 outputs, else the
-    checkpoint's normalizer buffers, else IN-9's), 'imagenet', 'in9', 'MEAN,STD', six numbers or (mean, std).
+    config), 'reference' (what the reference evaluation applies: the checkpoint's normalizer buffers, else
+    ImageNet's for 1000 outputs, else IN-9's), 'imagenet', 'in9', 'MEAN,STD', six numbers or (mean, std).
     """
     if not name:
         raise ModelError("no model given")

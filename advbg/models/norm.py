@@ -19,7 +19,8 @@ NORM_SOURCES = {
     "checkpoint-normalizer": "the checkpoint's own normalizer buffers (robustness library)",
     "checkpoint-default": "a checkpoint without statistics: IN-9's for 9 outputs, else ImageNet's",
     "option": "--norm given by name or numbers",
-    "reference": "--norm reference: what the reference evaluation applies for this model kind",
+    "reference": "--norm reference: what the reference evaluation applies (a checkpoint's normalizer buffers, else "
+                 "ImageNet's for 1000 outputs, else IN-9's)",
 }
 NORM_CHOICES = "the model's own (default), reference, imagenet, in9, 'MEAN,STD' or six numbers"
 
@@ -33,12 +34,12 @@ def resolve_norm(norm, info: dict, cfg: dict, num_outputs: int) -> tuple[tuple[f
             return (*(NORMS["in9"] if num_outputs == 9 else NORMS["imagenet"]), "checkpoint-default")
         return check_stats(cfg.get("mean", NORMS["imagenet"][0]), cfg.get("std", NORMS["imagenet"][1]), "pretrained")
     if isinstance(norm, str):
-        if norm == "reference":  # the reference wraps 1000-class models in ImageNet's normaliser, IN-9 models in theirs
-            if num_outputs == 1000:
-                return (*NORMS["imagenet"], "reference")
+        if norm == "reference":
+            # The reference loader copies a checkpoint's normalizer buffers whatever its class count; without
+            # them it wraps 1000-class models in ImageNet's normaliser and IN-9 models in IN-9's.
             if info.get("norm_source") == "checkpoint-normalizer":
                 return check_stats(info["mean"], info["std"], "reference")
-            return (*NORMS["in9"], "reference")
+            return (*NORMS["imagenet" if num_outputs == 1000 else "in9"], "reference")
         if norm in NORMS:
             return (*NORMS[norm], "option")
         try:

@@ -15,7 +15,7 @@ from advbg.errors import AdvbgError
 from advbg.hardware import Bf16Support, bf16_support
 from advbg.models.classifier import Classifier, LabelMap
 
-AMPS = ("auto", "off", "bf16", "fp16")   # auto = bf16 on CUDA, off (fp32) elsewhere
+AMPS = ("auto", "off", "bf16", "fp16")   # auto = bf16 on CUDA; on a CPU what choose_precision measures
 
 
 def check_amp(amp: str) -> str:

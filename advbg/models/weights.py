@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from advbg._compat import import_timm
 from advbg.errors import ModelError
 from advbg.files import sha256_file
 from advbg.models.checkpoints import load_strict, normalize_state_dict_keys, normalizer_info, read_state_dict
+from advbg.models.hub import cached_weights_file, download_blocker, pretrained_cfg
 
 Builder = Callable[[], tuple[nn.Module, dict]]
 _REGISTRY: dict[str, Builder] = {}
@@ -132,6 +135,28 @@ def _lite2() -> tuple[nn.Module, dict]:
 
 
 # --------------------------------------------------------------------------------------------- timm
+# Architectures whose timm default weights are not the ones the paper evaluated: arch -> the timm name that are.
+PAPER_WEIGHTS = {"resnet50": ("resnet50.tv_in1k", "torchvision's weights")}
+
+
+def not_cached_message(name: str, blocker: str) -> str:
+    """One line: ``name``'s pretrained weights are not cached and why they cannot be fetched; how to get them."""
+    cfg = pretrained_cfg(name)
+    full = f"{cfg.architecture}.{cfg.tag}" if cfg is not None and cfg.tag else name
+    said = name if full == name else f"{name} (timm's default: {full})"
+    paper, why = PAPER_WEIGHTS.get(name.split(".", 1)[0], (None, ""))
+    hint = ""
+    if paper and paper != full:
+        hint = f"; the paper's weights are {paper} ({why}): ask for --model {paper}"
+        full = paper
+    fetch = f"python -c \"import timm; timm.create_model('{full}', pretrained=True)\""
+    url = getattr(pretrained_cfg(full), "url", None) or ""
+    same = f" (or {os.path.basename(url.split('?', 1)[0])} from {urlparse(url).hostname})" if url else ""
+    return (f"pretrained weights for {said} are not in the local cache and not available offline ({blocker}){hint}. "
+            f"Download them once on a machine with network ({fetch} fills the Hugging Face cache), or pass a local "
+            f"file with --model {full} --weights PATH: the {full} weights file{same}")
+
+
 def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Module, dict]:
     """A timm model and its ``info``: pretrained weights from the local cache, ``weights`` (a file), or random."""
     timm = import_timm()
@@ -152,16 +177,39 @@ def timm_model(name: str, pretrained: bool, weights: str | None) -> tuple[nn.Mod
         return model, dict(architecture=arch, weight_tag=model.pretrained_cfg.get("tag") or "default",
                            source="timm", weights_file=str(weights), weights_sha256=sha256_file(weights),
                            **normalizer_info(report.normalizer))
-    try:
-        model = timm.create_model(name, pretrained=pretrained)
-    except (RuntimeError, OSError, ValueError) as e:
-        if not pretrained:
+    if pretrained:
+        model = _pretrained_timm(timm, name, arch)
+    else:
+        try:
+            model = timm.create_model(name, pretrained=False)
+        except (RuntimeError, OSError, ValueError) as e:
             raise ModelError(f"cannot build {name!r}: {e}") from None
-        raise ModelError(
-            f"pretrained weights for {name!r} are not available offline ({type(e).__name__}). Download them once "
-            f"on a machine with network (python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
-            f"fills the Hugging Face cache), or pass a local file with --weights PATH") from None
     tag = model.pretrained_cfg.get("tag") or "default"
     info = dict(architecture=arch, weight_tag=tag if pretrained else "random",
                 source="timm" if pretrained else "random", weights_file=None, weights_sha256=None)
     return model, info
+
+
+def _pretrained_timm(timm, name: str, arch: str) -> nn.Module:
+    """timm's ``name`` with its pretrained weights: from the local cache, else downloaded when the hub can be
+    reached; a one-line ModelError at once otherwise."""
+    if pretrained_cfg(name) is None:
+        raise ModelError(f"timm has no pretrained weights named {name!r}; `advbg models --filter '{arch}*'` lists "
+                         f"those it has")
+    cached = cached_weights_file(name)
+    if cached is None:
+        blocker = download_blocker(name)
+        if blocker:
+            raise ModelError(not_cached_message(name, blocker))
+    # Cached weights are read here, by the safe reader: no hub call (not even a freshness check) and no unpickling.
+    overlay = {"pretrained_cfg_overlay": {"state_dict": read_state_dict(cached)[0]}} if cached else {}
+    try:
+        model = timm.create_model(name, pretrained=True, **overlay)
+    except (RuntimeError, OSError, ValueError) as e:
+        if cached:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"the cached weights {cached} do not load into {name!r} ({first}); delete that file "
+                             f"to fetch them again, or pass a file with --weights PATH") from None
+        raise ModelError(not_cached_message(name, f"the download failed: {type(e).__name__}")) from None
+    model.pretrained_cfg.pop("state_dict", None)   # a second copy of every weight otherwise
+    return model

@@ -17,16 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 from safetensors import safe_open
 
 from advbg._compat import import_timm
 from advbg.errors import AdvbgError
+from advbg.models.hub import (
+    cached_weights_file,  # noqa: F401  (re-exported: the eval record and cards use it)
+    hf_cache_dir,
+    hf_cached_file,
+    pretrained_cfg,
+    torch_hub_checkpoints,
+)
 from advbg.models.weights import lite_weights_path, registered_names
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 DEFAULT_CHECKPOINT_DIR = Path.home() / ".cache" / "advbg" / "checkpoints"
-HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # (timm name with weight tag, why a user would want it)
 SUGGESTED: tuple[tuple[str, str], ...] = (
@@ -53,54 +58,6 @@ class ZooEntry:
 def checkpoint_dir(explicit: str | os.PathLike | None = None) -> Path:
     """``explicit``, else $ADVBG_CHECKPOINTS, else ~/.cache/advbg/checkpoints."""
     return Path(explicit or os.environ.get("ADVBG_CHECKPOINTS") or DEFAULT_CHECKPOINT_DIR).expanduser()
-
-
-def _hf_cache() -> Path:
-    from huggingface_hub import constants  # deferred: heavy or optional dependency, loaded only when used
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def _torch_hub_checkpoints() -> Path:
-
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def _pretrained_cfg(name: str):
-
-    import_timm()
-    from timm.models import get_pretrained_cfg  # deferred: heavy or optional dependency, loaded only when used
-
-    try:
-        return get_pretrained_cfg(name)
-    except (RuntimeError, KeyError, ValueError):
-        return None
-
-
-def _hf_file(repo_id: str, filename: str | None = None) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache  # deferred: heavy or optional dependency, loaded only when used
-
-    for fname in ([filename] if filename else []) + list(HF_WEIGHT_FILES):
-        hit = try_to_load_from_cache(repo_id, fname, cache_dir=_hf_cache())
-        if isinstance(hit, str) and Path(hit).is_file():
-            return Path(hit)
-    return None
-
-
-def cached_weights_file(name: str) -> Path | None:
-    """The local file timm would load for ``name`` (timm name[.tag]) without a download, or None."""
-    cfg = _pretrained_cfg(name)
-    if cfg is None:
-        return None
-    if cfg.hf_hub_id:
-        hit = _hf_file(cfg.hf_hub_id.split("@", 1)[0], cfg.hf_hub_filename)
-        if hit:
-            return hit
-    if cfg.url:
-        old = _torch_hub_checkpoints() / os.path.basename(cfg.url.split("?", 1)[0])
-        if old.is_file():
-            return old
-    return None
 
 
 # --------------------------------------------------------------------------------------------- the three places
@@ -149,20 +106,20 @@ def checkpoint_entries(folder: Path) -> list[ZooEntry]:
 def _cached_timm_names() -> dict[str, Path]:
     """timm name.tag -> weights file, for every timm model in the HF cache or torch hub's checkpoint folder."""
     found: dict[str, Path] = {}
-    cache = _hf_cache()
+    cache = hf_cache_dir()
     if cache.is_dir():
         for d in sorted(cache.glob("models--timm--*")):
             repo = "timm/" + d.name[len("models--timm--"):]
-            hit = _hf_file(repo)
+            hit = hf_cached_file(repo)
             if hit:
                 found[repo[len("timm/"):]] = hit
-    old = _torch_hub_checkpoints()
+    old = torch_hub_checkpoints()
     if old.is_dir() and any(old.iterdir()):
         files = {p.name: p for p in old.iterdir() if p.is_file()}
 
         timm = import_timm()
         for name in timm.list_pretrained():
-            cfg = _pretrained_cfg(name)
+            cfg = pretrained_cfg(name)
             base = os.path.basename((cfg.url or "").split("?", 1)[0]) if cfg else ""
             if base in files:
                 found.setdefault(name, files[base])

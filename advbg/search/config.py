@@ -22,7 +22,7 @@ class SearchConfig:
     mode: str = "exhaustive"
     batch_size: int | None = None  # composites per forward; None = auto (64 on CPU, sized to free memory on CUDA)
     fg_block: int = 32             # foregrounds per committed unit: the most work a crash can lose
-    amp: str = "auto"              # auto = bf16 on CUDA, fp32 on CPU (CPU bf16 convs are slower and less exact)
+    amp: str = "auto"              # auto = bf16 on CUDA; on a CPU measured (models.precision.choose_precision)
     device: str | None = None      # None = the classifier's device
     foregrounds: tuple[int, ...] | None = None   # fg_ids to search (None = all)
     backgrounds: tuple[int, ...] | None = None   # the background pool as bg_ids (None = all)

@@ -8,7 +8,9 @@ arithmetically, composites, and runs the model (``_Step``: autocast, channels_la
 Margins, predictions and decisions land in (a, p) matrices on the device and are reduced to the per-foreground
 outcome once per unit (``Engine._reduce``) — the only device->host sync of an exhaustive unit. Early exit
 schedules the next batch on the host (``_Scheduler``, one batch behind on CUDA) from the decisions so far.
-Out-of-memory halves the batch and retries (``_Batcher``). ``advbg.search`` drives units through this.
+Out-of-memory halves the batch and retries (``_Batcher``). With ``verify_close`` under low precision, decisions
+within it are recomputed in fp32, and so are the pairs within it of their foreground's lowest margin
+(``_verify_worst``): the rows then equal an fp32 run's. ``advbg.search`` drives units through this.
 """
 from __future__ import annotations
 
@@ -291,6 +293,12 @@ class Engine:
         self.forwards = 0
         self.verified = 0
 
+    def fall_back_to_fp32(self) -> None:
+        """Run every later pair in fp32. The answers do not change (bf16 + verify gives fp32's rows already): only
+        the cost of the re-checks goes."""
+        self.step.low_precision = False
+        self.verify = 0.0
+
     def close(self) -> None:
         if self._fraction_set:
             torch.cuda.set_per_process_memory_fraction(1.0, self.device)
@@ -311,7 +319,38 @@ class Engine:
                 self._early_exit(u, j0, j1, blk, on_batch)
             else:
                 self._exhaustive(u, j0, j1, blk, on_batch)
+            if self.verify:
+                self._verify_worst(u, j0, j1, blk)
+        while self.verify and self._worst_pending(u).any():   # only where a later block moved the window back
+            for j0, j1, blk in pool.blocks():
+                self._verify_worst(u, j0, j1, blk)
         return self._reduce(u)
+
+    # -- fp32 re-check of each foreground's worst background (verify_close) ---------------------------------
+    def _worst_pending(self, u: _UnitState) -> torch.Tensor:
+        """(n, L) pairs not yet recomputed in fp32 whose margin lies within ``verify`` of their foreground's lowest
+        counted margin: one of them may be fp32's worst background (margins stray at most the bf16 error, which
+        the tolerance covers twice over), so their margins and predictions must be fp32's."""
+        valid = u.E & torch.isfinite(u.M)
+        counted = valid
+        if self.stop:   # as _reduce: pairs after the first fooling trial do not count
+            fool = valid & u.Fo
+            has = fool.any(1, keepdim=True)
+            first = fool.to(torch.uint8).argmax(1, keepdim=True)
+            counted = valid & (~has | (torch.arange(u.L, device=self.device)[None, :] <= first))
+        low = torch.where(counted, u.M, torch.full_like(u.M, float("inf"))).amin(1, keepdim=True)
+        return counted & torch.isfinite(u.C) & (u.M < low + self.verify)
+
+    def _verify_worst(self, u: _UnitState, j0: int, j1: int, blk: torch.Tensor) -> None:
+        """Recompute in fp32 this block's pairs near their foreground's worst margin until none is left (an fp32
+        margin above its bf16 one can bring further pairs into the window)."""
+        while True:
+            k = self._block_pairs(u, j0, j1)
+            k = k[self._worst_pending(u).view(-1)[k]]
+            if k.numel() == 0:
+                return
+            self._run(u, k, blk, j0, fp32=True)
+            self.verified += k.numel()
 
     def _prepare(self, fg, mask, true, pool: "Backgrounds", cands: list[np.ndarray] | None) -> _UnitState:
         n, dev = fg.shape[0], self.device

@@ -35,12 +35,13 @@ import torch
 from torch import nn
 
 from advbg._version import __version__
-from advbg.data.sidecar import sidecar_folder
+from advbg.data.sidecar import require_sidecar_folder, sidecar_folder
 from advbg.data.store import Store
-from advbg.errors import AdvbgError
+from advbg.errors import AdvbgError, StoreError
 from advbg.files import atomic_output, now, sha256_file, write_json
 from advbg.models.classifier import Classifier
 from advbg.progress import progress as progress_bar
+from advbg.search.results.rules import unreadable_why
 
 FLAT_MAX = 20_000          # exact search up to here; a flat query over 20k x 1280 floats still takes milliseconds
 EMBED_GROUP = "embeddings"
@@ -177,7 +178,7 @@ def write_embeddings(store: Store, emb: Embeddings) -> str:
     complete) and return that path."""
     with store.write_derived(EMBED_GROUP, emb.name) as f:
         for k in _ARRAYS:
-            f.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1)
+            f.create_dataset(k, data=getattr(emb, k), compression="gzip", compression_opts=1, fletcher32=True)
         f.attrs.update(identity=json.dumps(emb.identity), identity_key=emb.key, feature_kind=emb.feature_kind,
                        score_names=json.dumps(list(emb.score_names)), fg_fill=emb.fg_fill)
     return str(sidecar_folder(store.path) / EMBED_GROUP / f"{emb.name}.h5")
@@ -199,17 +200,23 @@ def load_embeddings(store: Store, classifier: Classifier) -> Embeddings:
     if g.attrs["store_digest"] != digest:
         raise AdvbgError(f"the embeddings {name} of {store.path} were computed on different store content "
                          f"(digest {g.attrs['store_digest']}, now {digest}); rerun `advbg index`")
-    return Embeddings(name, json.loads(g.attrs["identity"]), g.attrs["store_digest"],
-                      str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
-                      fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
+    try:            # a chunk that fails its fletcher32 checksum (bit rot) raises OSError here
+        return Embeddings(name, json.loads(g.attrs["identity"]), g.attrs["store_digest"],
+                          str(g.attrs["feature_kind"]), tuple(json.loads(g.attrs["score_names"])),
+                          fg_fill=int(g.attrs["fg_fill"]), **{k: g[k][()] for k in _ARRAYS})
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise StoreError(f"the embeddings {name} of {store.path} are damaged ({unreadable_why(e)}); rerun "
+                         f"`advbg index` to rewrite them") from None
 
 
 # --------------------------------------------------------------------------------------------- FAISS
-def _faiss():
+def require_faiss():
+    """The faiss module, or an AdvbgError naming the extra that installs it (checked before any embedding)."""
     try:
         import faiss  # deferred: heavy or optional dependency, loaded only when used
     except ImportError:
-        raise AdvbgError("the FAISS index needs faiss: pip install -e '.[cpu]' (or '.[gpu]' on CUDA machines; never both)") from None
+        raise AdvbgError('the FAISS index needs faiss, which is not installed: pip install "advbg[cpu]" (or '
+                         '"advbg[gpu]" on CUDA machines; never both)') from None
     return faiss
 
 
@@ -222,7 +229,7 @@ def normalise(x: np.ndarray) -> np.ndarray:
 
 def faiss_gpus() -> int:
     """GPUs faiss can use: 0 with faiss-cpu, or faiss-gpu without a CUDA device."""
-    faiss = _faiss()
+    faiss = require_faiss()
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
@@ -237,7 +244,7 @@ def choose_kind(n: int, kind: IndexKind = "auto", on_gpu: bool = False) -> str:
 
 def make_index(vectors: np.ndarray, kind: IndexKind = "auto", on_gpu: bool = False):
     """A CPU FAISS inner-product index holding ``vectors`` (normalise them first for cosine similarity)."""
-    faiss = _faiss()
+    faiss = require_faiss()
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
     kind = choose_kind(n, kind, on_gpu)
@@ -264,7 +271,7 @@ def place_index(index, gpu: bool | str = "auto"):
     gpu='auto': GPU when faiss has one and the index kind runs there (not HNSW); True: GPU or a clear error;
     False: CPU.
     """
-    faiss = _faiss()
+    faiss = require_faiss()
     n_gpu = faiss_gpus()
     if gpu is True and n_gpu == 0:
         raise AdvbgError("a GPU FAISS index was asked for, but faiss sees no GPU (faiss-cpu is installed, or "
@@ -300,7 +307,7 @@ def index_path(store_path: str | os.PathLike, emb_name: str, what: str, folder: 
 
 def write_index_file(index, path: Path, meta: dict) -> Path:
     """Write a CPU ``index`` to ``path`` and its sidecar ``path.json`` (meta + file SHA-256), both atomically."""
-    faiss = _faiss()
+    faiss = require_faiss()
     side = path.with_name(path.name + ".json")
     with atomic_output(path) as tmp:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +324,7 @@ def write_index_file(index, path: Path, meta: dict) -> Path:
 
 def read_index_file(path: str | os.PathLike, identity: dict, store_digest: str | None = None):
     """(CPU index, sidecar meta) of ``path``, refused for another model, other store content or a changed file."""
-    faiss = _faiss()
+    faiss = require_faiss()
     path = Path(path)
     side = path.with_name(path.name + ".json")
     if not path.is_file() or not side.is_file():
@@ -403,7 +410,9 @@ def build_index(store: Store, classifier: Classifier, *, batch_size: int = 64, k
                 folder=None, progress: bool = True) -> IndexReport:
     """`advbg index`: embed the store with ``classifier``, store the embeddings, write the FAISS index files."""
     choose_kind(0, kind)
+    require_faiss()
     store.require_writable()
+    require_sidecar_folder(store.path, EMBED_GROUP)     # before the embedding work, not after it
     emb = compute_embeddings(store, classifier, batch_size=batch_size, progress=progress)
     where = write_embeddings(store, emb)
     paths = save_indexes(store.path, emb, kind, folder)

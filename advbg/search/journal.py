@@ -13,6 +13,7 @@ results file beside the store.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -173,6 +174,25 @@ class Journal:
         p = self.folder / "run.json"
         return json.loads(p.read_text()) if p.exists() else None
 
+    def units(self) -> int:
+        """How many unit records are committed (all ranks)."""
+        return sum(1 for path in self.files() for _ in _scan(path))
+
     def remove(self) -> None:
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
+        """Delete the journal. It is first renamed (one atomic step) to a name no reader looks at, so a kill
+        during the deletion never leaves a half-deleted journal that looks like an interrupted run."""
+        remove_obsolete(self.folder)
+        if not os.path.lexists(self.folder):
+            return
+        if not self.folder.is_dir() or self.folder.is_symlink():
+            raise AdvbgError(f"journal {self.folder} is not a folder; remove it or choose another --results-name")
+        gone = self.folder.with_name(f"{self.folder.name}.obsolete-{os.getpid()}")
+        with _disk(self.folder):
+            os.rename(self.folder, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def remove_obsolete(folder: Path) -> None:
+    """Delete what a killed ``Journal.remove`` left of ``folder`` (its renamed, half-deleted copies)."""
+    for old in folder.parent.glob(f"{glob.escape(folder.name)}.obsolete-*"):
+        shutil.rmtree(old, ignore_errors=True)

@@ -8,7 +8,6 @@ on many cores than ``ds[idx]``.
 """
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -18,7 +17,8 @@ import numpy as np
 import torch
 
 from advbg.data.store import Store
-from advbg.errors import StoreError
+from advbg.data.verify import damaged_store
+from advbg.hardware import usable_cores
 from advbg.search.compositor import select_mask
 
 HOST_BLOCK_BYTES = 256 << 20     # host staging per read-ahead buffer (two are alive while streaming)
@@ -26,8 +26,9 @@ RESIDENT_SHARE = 0.5             # a pool is resident when it takes at most this
 
 
 def default_threads() -> int:
-    """Threads for inflating chunks."""
-    return max(1, min(8, (os.cpu_count() or 2)))
+    """Threads for inflating chunks: the usable cores torch's intra-op threads leave free (at least 1, at most 8),
+    so that reading ahead never competes with the forwards for cores (``advbg.hardware.configure_threads``)."""
+    return max(1, min(8, usable_cores() - torch.get_num_threads()))
 
 
 def _raw_gzip_items(ds: h5py.Dataset) -> bool:
@@ -43,8 +44,7 @@ def read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None = None,
     try:
         return _read_items(ds, idx, out, executor)
     except OSError as e:
-        raise StoreError(f"{ds.file.filename}: cannot read {ds.name} ({e}); the store is damaged: check it with "
-                         f"`advbg verify`, or rebuild it") from None
+        raise damaged_store(ds.file.filename, ds.name, e) from None
 
 
 def _read_items(ds: h5py.Dataset, idx: np.ndarray, out: np.ndarray | None,

@@ -24,6 +24,7 @@ meaning (first in pool order among those evaluated). In early-exit mode they go 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 
@@ -42,7 +43,7 @@ from advbg.search.index import (
     load_embeddings,
     open_indexes,
 )
-from advbg.search.results import RunId, RunRecord, SearchResult, fingerprint, group_attrs, write_result
+from advbg.search.results import RunId, RunRecord, SearchResult, fingerprint, group_attrs, results_path, write_result
 from advbg.search.runner import default_results_name, search
 
 RULES = ("mix", "score", "neighbours", "random")
@@ -244,13 +245,22 @@ def pruned_search(store: Store, classifier: Classifier, config: SearchConfig, sp
     if spec.rule != "neighbours":
         cands = _lists(fg_ids, trial_order(ranker.rank(fg_ids, k), config.mode))
         return search(store, classifier, replace(config, prune=desc), candidates=cands, **kw)
-    if kw.get("resume"):
-        raise AdvbgError("--resume does not apply to the two-stage neighbours rule (its stages are not stored); "
-                         "rerun without --resume")
+    _refuse_stored_neighbours(store, classifier, replace(config, prune=desc), kw)
     if distributed.launched():
         raise AdvbgError("the two-stage neighbours rule does not run under torchrun; use --prune-rule mix there")
     stages = _Stages(store, classifier, config, emb, ranker, pool, fg_ids, index_folder)
     return stages.run(k, desc, kw.get("results_name"), kw.get("write", True), kw.get("progress", True))
+
+
+def _refuse_stored_neighbours(store: Store, classifier: Classifier, config: SearchConfig, kw: dict) -> None:
+    """The two-stage rule stores no stages, so it neither resumes nor reuses: an existing results file of its name
+    is replaced only with ``recompute``."""
+    if not kw.get("write", True) or kw.get("recompute"):
+        return
+    path = results_path(store, kw.get("results_name") or default_results_name(classifier, config))
+    if os.path.lexists(path):
+        raise AdvbgError(f"results file {path} exists; the two-stage neighbours rule cannot reuse or resume it: "
+                         f"--recompute replaces it once the new search is complete, or choose another --results-name")
 
 
 def _selected(ids, n: int) -> np.ndarray:

@@ -39,7 +39,7 @@ from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
 from advbg.search.criteria import Criterion, asr, check_invalid_marked, decode_outcome
-from advbg.search.results import OUTCOME_MISSING, load_outcome, load_search
+from advbg.search.results import OUTCOME_MISSING, load_outcome, load_search, result_info
 from advbg.stats import RATE_LEGEND, format_rate, rate_or_none
 
 WHAT = ("backgrounds", "composites", "both")
@@ -150,10 +150,10 @@ def _name(label: int, class_names) -> str:
 
 def _provenance(result, name: str, store: Store) -> dict:
     c = result.run.classifier if result.run else {}
-    g = store.results[name]
+    criterion = result_info(store, name).attrs.get("criterion", "")
     return dict(model=f"{c.get('architecture', '?')}.{c.get('weight_tag', '?')}", model_name=c.get("name", ""),
                 weights_sha256=c.get("weights_sha256") or "", label_map=c.get("label_map", ""),
-                criterion=str(g.attrs.get("criterion", "")), results=name)
+                criterion=str(criterion), results=name)
 
 
 def _rows(store: Store, result, ident: dict, config: ExportConfig) -> list[dict]:

@@ -2,7 +2,16 @@
 commits its units to and that writes the results file (``sink``, over ``advbg.search.journal``), the checked
 reading every analysis uses (``read``) and the rules ``advbg verify`` applies to results files (``verify``).
 No other module writes or reads a results file."""
-from advbg.search.results.read import complete_searches, load_outcome, load_search, outcome_problem, result_names
+from advbg.search.results.read import (
+    ResultInfo,
+    check_group,
+    complete_searches,
+    listing,
+    load_outcome,
+    load_search,
+    result_info,
+    result_names,
+)
 from advbg.search.results.schema import (
     ADDED_COLUMNS,
     COLUMNS,
@@ -16,17 +25,27 @@ from advbg.search.results.schema import (
     SearchResult,
     check_name,
     empty_columns,
-    raw_class_name,
     fingerprint,
     group_attrs,
+    raw_class_name,
 )
-from advbg.search.results.sink import ResultsSink, RunId, Unit, merge_journal, pending_fingerprint, write_result
+from advbg.search.results.sink import (
+    ResultsSink,
+    RunId,
+    Unit,
+    check_replaceable,
+    merge_journal,
+    pending_fingerprint,
+    results_path,
+    write_result,
+)
 from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
-    "ADDED_COLUMNS", "COLUMNS", "FIELDS", "ForegroundResult", "OUTCOME_INVALID", "OUTCOME_MISSING",
-    "OUTCOME_NONE", "PER_FOREGROUND", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name",
-    "complete_searches", "empty_columns", "fingerprint", "group_attrs", "load_outcome", "load_search",
-    "merge_journal", "outcome_problem", "pending_fingerprint", "raw_class_name", "result_names", "verify_all",
+    "ADDED_COLUMNS", "COLUMNS", "FIELDS", "OUTCOME_INVALID", "OUTCOME_MISSING", "OUTCOME_NONE", "PER_FOREGROUND",
+    "ForegroundResult", "ResultInfo", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_group",
+    "check_name", "check_replaceable", "complete_searches", "empty_columns", "fingerprint", "group_attrs", "listing",
+    "load_outcome", "load_search", "merge_journal", "pending_fingerprint", "raw_class_name", "result_info",
+    "result_names", "results_path", "verify_all",
     "verify_results", "write_result",
 ]

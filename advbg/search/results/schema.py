@@ -27,6 +27,7 @@ import numpy as np
 from advbg._compat import import_timm
 from advbg.data.store import Store, check_derived_name
 from advbg.errors import AdvbgError, StoreError
+from advbg.models.classifier import results_tag
 from advbg.stats import RATE_LEGEND, rate
 
 # Outcome matrix codes beside the mapped class indices 0..252.
@@ -72,6 +73,7 @@ class RunRecord:
     amp: str = "off"               # precision the forwards ran in
     verified: int = 0              # close pairs recomputed in fp32 (verify_close)
     resumed_units: int = 0         # units taken from an earlier, interrupted run
+    precision: dict | None = None  # what --amp auto chose on a CPU and why (PrecisionChoice.to_record; None: not chosen)
 
     @property
     def composites_per_s(self) -> float:
@@ -148,7 +150,7 @@ class SearchResult:
         return dict(
             fooling_rate=self.fooling_rate, challenge_accuracy=self.challenge_accuracy,
             criterion=self.run.criterion, mode=self.run.mode, model=self.run.classifier["name"],
-            model_tag=f"{self.run.classifier['architecture']}.{self.run.classifier['weight_tag']}",
+            model_tag=results_tag(self.run.classifier),
             label_map=self.run.classifier["label_map"], n_foregrounds=len(self), forwards=self.run.forwards,
             seconds=self.run.seconds, composites_per_s=self.run.composites_per_s,
             invalid_composites=int(self.n_invalid.sum()), results_name=self.results_name,

@@ -2,7 +2,7 @@
 (``advbg.search.journal``: append-only, safe against a kill at any byte); ``finish`` assembles the rows and merges the
 finished journal into ``<store>.d/results/<name>.h5`` (built under a temporary name and renamed into place by
 ``Store.write_derived``), then removes the journal. A kill at any point leaves the old results file (or none) and
-the journal, and ``--resume`` continues from the committed units.
+the journal, and a rerun continues from the committed units (``advbg search`` resumes by default).
 
 Life cycle: ``sink = ResultsSink.open(store, name, run_id, ranks, ...)`` decides on rank 0 what is already done (a
 stored identical result, committed units to keep) -> ``sink.commit(unit, rows, outcome)`` per finished unit ->
@@ -11,16 +11,21 @@ stored identical result, committed units to keep) -> ``sink.commit(unit, rows, o
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, replace
+
+from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
 
+from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.files import now
 from advbg.search.distributed import Ranks
-from advbg.search.journal import Journal, JournalWriter, journal_folder
+from advbg.search.journal import Journal, JournalWriter, journal_folder, remove_obsolete
 from advbg.search.results.read import load_search
 from advbg.search.results.schema import (
     ADDED_COLUMNS,
@@ -66,8 +71,13 @@ class ResultsSink:
     # -- open / plan ---------------------------------------------------------------------------------------
     @classmethod
     def open(cls, store: Store, name: str, run_id: RunId, ranks: Ranks, *, write: bool = True,
-             resume: bool = False, journal_dir: str | None = None) -> "ResultsSink":
-        """Rank 0 decides what is already done, so that every rank works from the same plan."""
+             resume: bool = True, recompute: bool = False, journal_dir: str | None = None,
+             echo: Callable[[str], None] | None = None) -> "ResultsSink":
+        """Rank 0 decides what is already done, so that every rank works from the same plan (the rerun rules):
+        a complete results file of the same run (fingerprint) is reused unless ``recompute``; an interrupted run
+        of the same settings is continued unless ``resume`` is False (then its units are dropped, said on
+        ``echo``); a results file or an interrupted run of other settings under this name is refused in one line
+        (``recompute`` replaces such a file once the new run is complete; ``resume=False`` drops such a run)."""
         check_name(name)
         if write and not ranks.active:
             store.require_writable()
@@ -75,7 +85,7 @@ class ResultsSink:
         plan = None
         if ranks.main:
             try:
-                plan = _plan(store, name, run_id, resume, journal)
+                plan = _plan(store, name, run_id, _Rerun(write, resume, recompute), journal, echo or _quiet)
             except AdvbgError as e:
                 plan = dict(error=str(e))
         plan = ranks.broadcast(plan)
@@ -155,7 +165,7 @@ class ResultsSink:
             where = f" in {self.journal.folder}" if self.journal else ""
             raise AdvbgError(f"{int((~have).sum())} foregrounds have no committed result{where} (under torchrun on "
                              f"several nodes the journal must be on a filesystem every node sees: --journal-dir); "
-                             f"rerun with --resume")
+                             f"rerun the search (it resumes)")
         return cols
 
     def _merge(self) -> None:
@@ -171,25 +181,120 @@ class ResultsSink:
         self.ranks.barrier()
 
 
-def _plan(store: Store, name: str, run_id: RunId, resume: bool, journal: Journal | None) -> dict:
-    """Rank 0: {'stored': True} when finished results are in the store already, else the unit size and the
-    rows already committed (``done``), creating a fresh journal when nothing is resumed."""
+@dataclass(frozen=True)
+class _Rerun:
+    write: bool
+    resume: bool
+    recompute: bool
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _plan(store: Store, name: str, run_id: RunId, how: _Rerun, journal: Journal | None,
+          echo: Callable[[str], None]) -> dict:
+    """Rank 0: {'stored': True} when the same run's complete results are stored (and may be reused), else the unit
+    size and the rows already committed (``done``), creating a fresh journal when nothing is resumed."""
     n, fp = len(run_id.fg_id), run_id.fingerprint
-    g = store.results.get(name)
+    path = results_path(store, name)
+    if how.write:
+        _require_file_or_nothing(path)
+    g = _readable_group(store, name)
+    stored_fp = str(g.attrs.get("fingerprint", "")) if g is not None and g.attrs.get("complete") else None
+    if journal is not None:
+        remove_obsolete(journal.folder)
     jfp = journal.fingerprint() if journal is not None else None
-    if resume and jfp == fp:  # an interrupted run (newer than any stored group): continue it
-        return dict(fg_block=int(journal.meta()["attrs"]["fg_block"]), done=journal.done_rows(n))
-    if resume and g is not None and g.attrs.get("complete") and g.attrs.get("fingerprint") == fp:
+    if jfp is not None and jfp == stored_fp and _merged(journal, g):
+        journal.remove()    # merged into the results file, but its clean-up was cut short: the file holds it all
+        jfp = None
+    if stored_fp == fp and not how.recompute:
+        if jfp == fp:
+            echo(f"advbg: an interrupted --recompute of {name!r} ({journal.units()} committed unit(s)) stays in "
+                 f"{journal.folder}: --recompute continues it, --restart --recompute starts it afresh")
         return dict(stored=True)
+    if how.write:
+        _require_replaceable(path, g, fp, how.recompute)
     if journal is None:
         return dict(fg_block=run_id.fg_block, done=np.zeros(n, bool))
-    if resume and (jfp is not None or (g is not None and g.attrs.get("fingerprint") != fp)):
-        raise AdvbgError(f"results {name!r} of {store.path} come from a different run (model, store, criterion, "
-                         f"mode, precision or selection differ); resume needs the same settings, or drop --resume")
+    if jfp is not None:
+        units = journal.units()
+        if jfp == fp and how.resume:
+            echo(f"advbg: resuming the interrupted search of {name!r}: {units} committed unit(s) kept from "
+                 f"{journal.folder} (--restart discards them)")
+            return dict(fg_block=int(journal.meta()["attrs"]["fg_block"]), done=journal.done_rows(n))
+        if how.resume:
+            raise AdvbgError(f"an interrupted search of results {name!r} with other settings (model, store, "
+                             f"criterion, mode, precision or selection; {units} committed unit(s)) is in "
+                             f"{journal.folder}: --restart discards it, or choose another --results-name")
+        echo(f"advbg: --restart: dropping {units} committed unit(s) of the interrupted search in {journal.folder}")
     attrs = dict(group=run_id.attrs, record_outcomes=run_id.record_outcomes, fg_block=run_id.fg_block,
                  store_digest=store.digest())
     journal.create(fp, dict(fg_id=run_id.fg_id, bg_pool=run_id.bg_pool, true_class=run_id.true_class), attrs)
     return dict(fg_block=run_id.fg_block, done=np.zeros(n, bool))
+
+
+def _merged(journal: Journal, g: h5py.Group) -> bool:
+    """Whether the finished journal's run is the one the results group records (its merge completed)."""
+    try:
+        run = journal.run()
+        return run is not None and "run" in g.attrs and json.loads(g.attrs["run"]) == run
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def results_path(store: Store, name: str) -> Path:
+    """Where results ``name`` of ``store`` are written."""
+    return sidecar_folder(store.path) / "results" / f"{name}.h5"
+
+
+def _readable_group(store: Store, name: str) -> h5py.Group | None:
+    """Results ``name`` of this store's content whose identity can be read (None: absent, other store content,
+    or damaged)."""
+    try:
+        g = store.results.get(name)
+        if g is not None:
+            dict(g.attrs.items())       # garbled attributes fail here, not deep in the plan
+        return g
+    except AdvbgError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):
+        return None
+
+
+def check_replaceable(store: Store, name: str, fingerprint: str, recompute: bool = False) -> None:
+    """Refuse in one line, before any work, a search whose results file ``name`` could not be written or would
+    replace another run's (or a damaged) file without ``recompute``; a search of the same run passes."""
+    path = results_path(store, name)
+    _require_file_or_nothing(path)
+    _require_replaceable(path, _readable_group(store, name), fingerprint, recompute)
+
+
+def _require_file_or_nothing(path: Path) -> None:
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+        raise AdvbgError(f"results path {path} exists and is not a regular file (a folder, link, FIFO or device); "
+                         f"choose another --results-name, or move it away")
+
+
+def _require_replaceable(path: Path, g: h5py.Group | None, fp: str, recompute: bool) -> None:
+    """An existing results file is replaced only by a rerun of the same run or with ``recompute``."""
+    if not path.is_file() or recompute:
+        return
+    if g is not None and str(g.attrs.get("fingerprint", "")) == fp:
+        return          # the same run's incomplete file (an earlier advbg): finishing it replaces nothing else
+    what = ("is damaged or unreadable" if g is None and _unreadable(path) else
+            "holds another run (other model, store contents, criterion, mode, precision or selection)")
+    raise AdvbgError(f"results file {path} {what}; --recompute replaces it once the new search is complete, "
+                     f"or choose another --results-name to keep both")
+
+
+def _unreadable(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            dict(f.attrs.items())
+        return False
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError):
+        return True
 
 
 # --------------------------------------------------------------------------------------------- the file
@@ -201,15 +306,16 @@ class _FileWriter:
         n, b = len(run_id.fg_id), len(run_id.bg_pool)
         g.attrs.update(run_id.attrs)
         g.attrs.update(fingerprint=run_id.fingerprint)
-        g.create_dataset("fg_id", data=np.asarray(run_id.fg_id, np.int64))
-        g.create_dataset("bg_pool", data=np.asarray(run_id.bg_pool, np.int64))
-        g.create_dataset("true_class", data=np.asarray(run_id.true_class, np.int64))
+        # fletcher32 on every dataset: a chunk changed on disk fails to read (rules.CHECKSUM, docs/data-safety.md)
+        g.create_dataset("fg_id", data=np.asarray(run_id.fg_id, np.int64), fletcher32=True)
+        g.create_dataset("bg_pool", data=np.asarray(run_id.bg_pool, np.int64), fletcher32=True)
+        g.create_dataset("true_class", data=np.asarray(run_id.true_class, np.int64), fletcher32=True)
         for k, v in empty_columns(n).items():
-            g.create_dataset(k, data=v)
-        g.create_dataset("done", data=np.zeros(n, np.uint8))
+            g.create_dataset(k, data=v, fletcher32=True)
+        g.create_dataset("done", data=np.zeros(n, np.uint8), fletcher32=True)
         if run_id.record_outcomes:
             rows = max(1, min(n, run_id.fg_block))
-            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=OUTCOME_MISSING,
+            g.create_dataset("outcome", (n, b), np.uint8, fillvalue=OUTCOME_MISSING, fletcher32=True,
                              chunks=(rows, max(1, min(b, 4096))), compression="gzip", compression_opts=1)
 
     def write_rows(self, start: int, stop: int, rows: dict[str, np.ndarray], outcome: np.ndarray | None) -> None:
@@ -225,7 +331,7 @@ class _FileWriter:
         if not self.group["done"][()].all():
             missing = int((self.group["done"][()] == 0).sum())
             raise AdvbgError(f"results {self.name!r}: {missing} foregrounds have no committed unit; "
-                             f"rerun the search with --resume")
+                             f"rerun the search (it resumes)")
         self.group.attrs["run"] = json.dumps(run, default=str)
         self.group.attrs["completed"] = now()
 

@@ -6,17 +6,16 @@ the wrong width or with values that are neither a class nor an OUTCOME_* code), 
 content (a different digest). A damaged file is reported, never raised."""
 from __future__ import annotations
 
-import json
 import os
+from pathlib import Path
 
 import h5py
-import numpy as np
 
 from advbg.data.sidecar import sidecar_files, sidecar_folder
 from advbg.data.store import Store
 from advbg.data.verify import VerifyReport, verify_store
 from advbg.files import is_partial, leftover_partials
-from advbg.search.results.schema import ADDED_COLUMNS, OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, PER_FOREGROUND
+from advbg.search.results.rules import path_problem, run_record, search_problems, unchecksummed, unreadable_why
 
 _GROUP_ROOTS = ("results", "embeddings", "evalsets")
 
@@ -31,6 +30,9 @@ def verify_all(path: str | os.PathLike, *, progress: bool = False) -> VerifyRepo
 
 def verify_results(s: Store, report: VerifyReport) -> None:
     """Every results / embeddings sidecar file and every group an earlier advbg wrote inside the store file."""
+    why = folder_problem(sidecar_folder(s.path))
+    if why:
+        report.problem("group", why)
     for kind in ("results", "embeddings"):
         for name, path in sidecar_files(s.path, kind).items():
             where = f"{sidecar_folder(s.path).name}/{kind}/{name}.h5"
@@ -40,7 +42,8 @@ def verify_results(s: Store, report: VerifyReport) -> None:
                 report.problem("group", f"{where} cannot be opened ({_first_line(e)}): it is damaged; delete it "
                                         f"and rerun the command that wrote it")
                 continue
-            _check_group_safely(s, where, kind, f, report)
+            _check_group_safely(s, where, name, kind, f, report)
+        _check_paths(s, kind, report)
         left = [p.name for p in leftover_partials(sidecar_folder(s.path) / kind)]
         if left:
             report.lines.append(f"{kind}: {len(left)} temporary file(s) of an interrupted write ({', '.join(left)}); "
@@ -58,7 +61,7 @@ def verify_results(s: Store, report: VerifyReport) -> None:
             except (OSError, RuntimeError, KeyError, ValueError) as e:
                 report.problem("group", f"/{root}/{name} cannot be opened ({_first_line(e)})")
                 continue
-            _check_group_safely(s, f"/{root}/{name}", root, g, report)
+            _check_group_safely(s, f"/{root}/{name}", name, root, g, report)
 
 
 
@@ -66,16 +69,16 @@ def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
-def _check_group_safely(s: Store, where: str, root: str, g, report: VerifyReport) -> None:
+def _check_group_safely(s: Store, where: str, name: str, root: str, g, report: VerifyReport) -> None:
     """``_check_group``, with a damaged file reported instead of raised."""
     try:
-        _check_group(s, where, root, g, report)
+        _check_group(s, where, name, root, g, report)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-        report.problem("group", f"{where} cannot be read ({_first_line(e)}): it is damaged; delete it and rerun "
-                                f"the command that wrote it")
+        report.problem("group", f"{where} cannot be read ({unreadable_why(e)}): it is damaged; delete it and "
+                                f"rerun the command that wrote it")
 
 
-def _check_group(s: Store, where: str, root: str, g, report: VerifyReport) -> None:
+def _check_group(s: Store, where: str, name: str, root: str, g, report: VerifyReport) -> None:
     if not isinstance(g, h5py.Group):
         report.problem("group", f"{where} is not a group")
         return
@@ -87,19 +90,24 @@ def _check_group(s: Store, where: str, root: str, g, report: VerifyReport) -> No
     if isinstance(done, h5py.Dataset):
         d = done[()].astype(bool)
         progress = f", {int(d.sum())}/{d.size} foregrounds done"
-        if complete and not d.all():
+        if complete and not d.all() and kind != "search":     # a search's own rules say it
             report.problem("group", f"{where} is marked complete but only {int(d.sum())}/{d.size} units are done")
     report.lines.append(f"{where}: {kind}, {state}{progress}")
     if complete is None:
-        report.problem("group", f"{where} has no completion flag (attrs['complete']); it may be half-written")
+        report.problem("group", f"{where} has no completion flag (attrs['complete']); it may be half-written or "
+                                f"damaged")
     elif not complete or is_partial(where):
         how = ("`advbg search --resume` with the same settings" if kind == "search"
                else "rerun the command that wrote it")
         report.problem("group", f"{where} is incomplete (its write was interrupted); finish it ({how}) "
                                 f"or delete it")
     _check_digest(s, where, g, report)
+    bare = unchecksummed(g)
+    if bare:
+        report.lines.append(f"{where}: no checksum on {len(bare)} dataset(s) (written by an earlier advbg): bit rot "
+                            f"in them cannot be detected; rerun the command that wrote it to add checksums")
     if kind == "search":
-        _check_search(s, where, g, report)
+        _check_search(s, where, name, g, report)
     else:
         for ds in g.values():   # every byte readable (a file cut short fails here)
             if isinstance(ds, h5py.Dataset):
@@ -108,53 +116,53 @@ def _check_group(s: Store, where: str, root: str, g, report: VerifyReport) -> No
 
 def _check_digest(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
     digest = g.attrs.get("store_digest")
-    if digest is None and "run" in g.attrs:
+    if digest is None:
         try:
-            digest = json.loads(g.attrs["run"]).get("store_digest")
+            digest = (run_record(g) or {}).get("store_digest")
         except (TypeError, ValueError):
-            report.problem("group", f"{where} has an unreadable run record")
+            digest = None       # the search's rules report a run record that is not JSON
     if digest and str(digest) != s.digest():
         report.problem("group", f"{where} was computed on other store content (digest {digest}, this store "
                                 f"{s.digest()}): its ids may point at different items")
 
 
-def _check_search(s: Store, where: str, g: h5py.Group, report: VerifyReport) -> None:
-    missing = [k for k in PER_FOREGROUND + ("done", "bg_pool")
-               if k not in ADDED_COLUMNS and not isinstance(g.get(k), h5py.Dataset)]
-    if missing:
-        report.problem("group", f"{where} lacks {', '.join(missing)}")
-        return
-    fg, pool = g["fg_id"][()], g["bg_pool"][()]
-    if fg.size and (fg.min() < 0 or fg.max() >= len(s.foregrounds)):
-        report.problem("group", f"{where}: fg_id outside 0..{len(s.foregrounds) - 1}")
-    elif not np.array_equal(g["true_class"][()], s.foregrounds.labels[fg]):
-        report.problem("group", f"{where}: true_class differs from the store's labels of its foregrounds")
-    if pool.size and (pool.min() < 0 or pool.max() >= len(s.backgrounds)):
-        report.problem("group", f"{where}: bg_pool outside 0..{len(s.backgrounds) - 1}")
-    for k, ds in g.items():
-        if isinstance(ds, h5py.Dataset) and k != "bg_pool" and ds.ndim >= 1 and ds.shape[0] != fg.size:
-            report.problem("group", f"{where}/{k} has {ds.shape[0]} rows for {fg.size} foregrounds")
-        elif isinstance(ds, h5py.Dataset) and k != "outcome":
-            ds[()]        # every byte readable (a file cut short fails here)
-    if "outcome" in g:
-        _check_outcome(s, where, g["outcome"], fg.size, pool.size, report)
+def _check_search(s: Store, where: str, name: str, g: h5py.Group, report: VerifyReport) -> None:
+    for text in search_problems(s, where, name, g):
+        report.problem("group", text)
 
 
-def _check_outcome(s: Store, where: str, ds: h5py.Dataset, n_fg: int, n_bg: int, report: VerifyReport,
-                   rows: int = 256) -> None:
-    """Shape (F, B), uint8, and every value a class index, 253 (invalid), 254 ("none") or 255 (not evaluated)."""
-    if ds.ndim != 2 or ds.shape[1] != n_bg:
-        report.problem("group", f"{where}/outcome has shape {ds.shape}; it must be ({n_fg}, {n_bg}) foregrounds x "
-                                f"pool backgrounds")
+def _check_paths(s: Store, kind: str, report: VerifyReport) -> None:
+    """Names in ``<store>.d/<kind>/`` that look like results but are no readable file (a folder, FIFO, device,
+    dangling link), and a sidecar folder that is no usable folder."""
+    top = sidecar_folder(s.path)
+    why = folder_problem(top / kind) if top.is_dir() else None       # the folder itself: verify_results
+    if why:
+        report.problem("group", why)
         return
-    if ds.dtype != np.uint8:
-        report.problem("group", f"{where}/outcome is {ds.dtype}, not uint8")
+    if not (top / kind).is_dir():
         return
-    n_cls, bad = len(s.class_names), 0
-    for start in range(0, ds.shape[0], rows):
-        block = ds[start:start + rows]
-        bad += int(((block >= n_cls) & ~np.isin(block, (OUTCOME_INVALID, OUTCOME_NONE, OUTCOME_MISSING))).sum())
-    if bad:
-        report.problem("group", f"{where}/outcome holds {bad} value(s) that are neither a class index "
-                                f"(0..{n_cls - 1}) nor {OUTCOME_INVALID} (invalid) / {OUTCOME_NONE} (none) / {OUTCOME_MISSING} "
-                                f"(not evaluated)")
+    try:
+        entries = sorted((top / kind).glob("*.h5"))
+    except OSError as e:
+        report.problem("group", f"{top.name}/{kind} cannot be listed ({_first_line(e)})")
+        return
+    for p in entries:
+        why = None if p.name.startswith(".") else path_problem(p)
+        if why:
+            report.problem("group", f"{top.name}/{kind}/{why}: remove it (advbg cannot read or replace it)")
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` (the sidecar folder or one of its kinds) cannot hold derived files; None when it can or is
+    absent."""
+    try:
+        folder.stat()
+    except FileNotFoundError:
+        if folder.is_symlink():
+            return f"{folder} is a dangling link; remove it (advbg makes the folder when it writes)"
+        return None
+    except OSError as e:         # a symlink loop: ELOOP
+        return f"{folder} is unusable ({_first_line(e)}); remove it"
+    if not folder.is_dir():
+        return f"{folder} is not a folder (a file, FIFO or device); move it away so advbg can keep results there"
+    return None
