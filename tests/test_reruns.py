@@ -164,6 +164,7 @@ def test_other_settings_never_share_a_results_file(store, forwards, capsys):
 def test_interrupted_run_of_other_settings_is_refused_not_dropped(store, capsys):
     with pytest.raises(KeyboardInterrupt):
         api(store, on_unit=interrupt_after(2))
+    capsys.readouterr()                                   # what the interrupted API run said
     rc, _, err = run_cli(args(store, "--criterion", "bg-class"), capsys)
     assert_one_line_error(rc, err, r"other settings.*2 committed unit\(s\).*--restart discards it")
     assert Journal(journal_folder(store, NAME)).units() == 2
