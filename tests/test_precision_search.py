@@ -179,10 +179,12 @@ def test_amp_auto_skips_the_calibration_for_a_run_too_small_to_pay_for_it(tmp_pa
     called = []
     monkeypatch.setattr(runner, "choose_precision", lambda *a, **k: called.append(1))
     clf = offset_classifier()
+    said: list[str] = []
     with Store(make_hard_store(tmp_path / "s.h5", n_fg=3, n_unique=2), "r+") as s:
-        auto = run(s, clf)
+        auto = search(s, clf, SearchConfig(batch_size=16, fg_block=4), write=False, progress=False, echo=said.append)
         explicit = run(s, clf, amp="off")
     assert not called and auto.run.amp == "off" and explicit.run.precision is None
+    assert said == []               # recorded, not said: a one-line error after it must stay the only line
     assert "too few for the calibration" in auto.run.precision["reason"]
     assert_rows_equal(auto, explicit)
 

@@ -137,8 +137,8 @@ def search(store: Store, classifier: Classifier, config: SearchConfig = SearchCo
         todo = sink.todo()
         fg_ids, pool = run_id.fg_id, run_id.bg_pool
         run_config, precision = _precision(store, classifier, config, device, fg_ids, pool, candidates)
-        if precision is not None and ranks.main:
-            echo(f"advbg: --amp auto: {precision['reason']}")
+        if precision is not None and precision.get("timings") and ranks.main:   # a run too small to calibrate
+            echo(f"advbg: --amp auto: {precision['reason']}")                  # stays fp32 quietly (recorded)
         amp = resolve_amp(device, run_config.amp)
         run = _Search(store, classifier, run_config, device, fg_ids, pool, candidates, echo, precision)
         forwards, verified, batch = _run_units(run, sink, ranks.shard(todo), progress and ranks.main, on_unit)
