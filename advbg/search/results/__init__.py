@@ -18,6 +18,16 @@ from advbg.search.results.schema import (
     fingerprint,
     group_attrs,
 )
+from advbg.search.results.refine import (
+    REFINE_COLUMNS,
+    RefineId,
+    RefineSink,
+    StoredRefine,
+    load_refine,
+    refine_fingerprint,
+    refine_names,
+    refine_problem,
+)
 from advbg.search.results.sink import ResultsSink, RunId, Unit, merge_journal, pending_fingerprint, write_result
 from advbg.search.results.verify import verify_all, verify_results
 
@@ -26,4 +36,6 @@ __all__ = [
     "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_name", "empty_columns", "fingerprint",
     "group_attrs", "load_outcome", "load_search", "merge_journal", "outcome_problem", "pending_fingerprint", "result_names", "verify_all",
     "verify_results", "write_result",
+    "REFINE_COLUMNS", "RefineId", "RefineSink", "StoredRefine", "load_refine", "refine_fingerprint", "refine_names",
+    "refine_problem",
 ]

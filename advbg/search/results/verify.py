@@ -16,6 +16,7 @@ from advbg.data.sidecar import sidecar_files, sidecar_folder
 from advbg.data.store import Store
 from advbg.data.verify import VerifyReport, verify_store
 from advbg.files import is_partial, leftover_partials
+from advbg.search.results.refine import refine_problem
 from advbg.search.results.schema import OUTCOME_INVALID, OUTCOME_MISSING, OUTCOME_NONE, PER_FOREGROUND
 
 _GROUP_ROOTS = ("results", "embeddings", "evalsets")
@@ -93,13 +94,17 @@ def _check_group(s: Store, where: str, root: str, g, report: VerifyReport) -> No
     if complete is None:
         report.problem("group", f"{where} has no completion flag (attrs['complete']); it may be half-written")
     elif not complete or is_partial(where):
-        how = ("`advbg search --resume` with the same settings" if kind == "search"
-               else "rerun the command that wrote it")
+        how = {"search": "`advbg search --resume` with the same settings",
+               "refine": "`advbg refine --resume` with the same settings"}.get(kind, "rerun the command that wrote it")
         report.problem("group", f"{where} is incomplete (its write was interrupted); finish it ({how}) "
                                 f"or delete it")
     _check_digest(s, where, g, report)
     if kind == "search":
         _check_search(s, where, g, report)
+    elif kind == "refine":
+        why = refine_problem(s, g)
+        if why:
+            report.problem("group", f"{where}: {why}")
     else:
         for ds in g.values():   # every byte readable (a file cut short fails here)
             if isinstance(ds, h5py.Dataset):
