@@ -1,0 +1,190 @@
+"""`advbg refine` results go through the results owner: per-unit commits to the journal (a SIGKILLed refine
+resumes to exactly the uninterrupted result), a checked reader and `advbg verify` rules for the "refine" kind, and
+the start backgrounds (--start worst | random | own)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import advbg_entry  # noqa: F401  (registers test/tiny-entry for the in-process runs)
+import h5py
+import numpy as np
+import pytest
+from conftest import make_random_store
+from conftest import run_cli as run
+
+from advbg.data.store import Store
+from advbg.errors import AdvbgError, StoreError
+from advbg.search.journal import Journal, journal_folder
+from advbg.search.results import load_refine, load_search, verify_all
+from advbg.search.results.refine import PER_BUDGET
+
+ENTRY = Path(__file__).with_name("advbg_entry.py")
+SEARCH = "tinynet.seed0.any.exhaustive"
+NAME = "refined"
+BUDGETS = "linf:2/255;photometric;min-eps:1/255,4/255"
+
+
+def cli(*args, sleep=0.0):
+    """The real `python -m advbg ...` in a subprocess, with the test model (each forward sleeps ``sleep`` s)."""
+    env = dict(os.environ, ADVBG_TEST_SLEEP=str(sleep), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    return subprocess.Popen([sys.executable, str(ENTRY), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out, err
+
+
+def refine_args(store, *extra):
+    return ["refine", "--store", str(store), "--model", "test/tiny-entry", "--budget", BUDGETS, "--steps", "3",
+            "--batch-size", "2", "--results-name", NAME, "--curve", "-", "--grid", "-", "-q", *extra]
+
+
+def searched_store(path: Path) -> Path:
+    store = make_random_store(path, n_fg=8, seed=3)
+    finished(cli("search", "--store", str(store), "--model", "test/tiny-entry", "--grid", "-", "-q"))
+    return store
+
+
+def columns(store) -> dict:
+    with Store(store) as s:
+        r = load_refine(s, NAME)
+    return dict(r.cols, fg_id=r.fg_id, start_bg=r.start_bg)
+
+
+def units_in(store) -> int:
+    j = Journal(journal_folder(store, NAME))
+    return sum(1 for _ in j.records(("start",))) if j.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def refined_store(tmp_path_factory):
+    """A store searched and refined (NAME) by the real CLI; copy it before changing it."""
+    store = searched_store(tmp_path_factory.mktemp("refined") / "s.h5")
+    finished(cli(*refine_args(store)))
+    return store
+
+
+def test_a_killed_refine_resumes_to_the_uninterrupted_result(tmp_path):
+    want = searched_store(tmp_path / "ref.h5")
+    finished(cli(*refine_args(want)))
+    store = searched_store(tmp_path / "s.h5")                  # 8 foregrounds: 4 units of 2
+    proc = cli(*refine_args(store), sleep=0.05)
+    deadline = time.monotonic() + 180
+    while units_in(store) < 1 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    done = units_in(store)
+    assert 1 <= done < 4, f"not killed part-way ({done} units committed)"
+    with Store(store) as s:
+        assert NAME not in s.results, "no results file before the run finished"
+    out, err = finished(cli(*refine_args(store, "--resume")))
+    assert f"resuming refine {NAME}: {2 * done}/8 foregrounds already done" in err
+    assert not journal_folder(store, NAME).exists(), "the journal is removed once the file is written"
+    a, b = columns(want), columns(store)
+    for k in a:
+        assert np.array_equal(a[k], b[k], equal_nan=True), k
+    report = verify_all(store)
+    assert report.ok, report.problems
+
+
+def test_resume_with_other_settings_is_refused_and_a_finished_one_is_reused(tmp_path, capsys):
+    store = searched_store(tmp_path / "s.h5")
+    finished(cli(*refine_args(store)))
+    code, _, err = run(refine_args(store, "--resume"), capsys)      # in-process: the registered entry model
+    assert code == 0, err
+    assert "finished results in the store" in err
+    with Store(store) as s:
+        rid_fp = s.results[NAME].attrs["fingerprint"]
+    Journal(journal_folder(store, NAME)).create("another", dict(fg_id=np.arange(2)), dict(unit=2))
+    assert rid_fp != "another"
+    code, _, err = run(refine_args(store, "--resume"), capsys)
+    assert code != 0 and "interrupted with other settings" in err and "Traceback" not in err
+
+
+def _planted(store, key, change):
+    path = Path(f"{store}.d") / "results" / f"{NAME}.h5"
+    with h5py.File(path, "r+") as f:
+        v = f[key][()]
+        change(v)
+        f[key][...] = v
+    return path
+
+
+@pytest.mark.parametrize("key, change, why", [
+    ("fg_id", lambda v: v.__setitem__(slice(None), 10_000), "fg_id outside"),
+    ("start_bg", lambda v: v.__setitem__(slice(None), -5), "start_bg outside"),
+    ("start_bg", lambda v: v.__setitem__(-1, v[0] + 1), "differ between budgets"),
+    ("margin_after", lambda v: v.__setitem__(1, 1e9), "exceeds its margin before"),
+    ("budget", lambda v: v.__setitem__(0, 2), "budget-major"),
+    ("true_class", lambda v: v.__setitem__(0, (v[0] + 1) % 9), "true_class differs"),
+    ("fooled_after", lambda v: v.__setitem__(0, 7), "other than 0/1"),
+])
+def test_verify_and_the_reader_refuse_a_damaged_refine_file(refined_store, tmp_path, capsys, key, change, why):
+    store = tmp_path / "s.h5"
+    shutil.copy(refined_store, store)
+    shutil.copytree(f"{refined_store}.d", f"{store}.d")
+    code, out, err = run(["verify", str(store)], capsys)
+    assert code == 0, out + err
+    _planted(store, key, change)
+    code, out, err = run(["verify", str(store)], capsys)
+    assert code != 0 and why in out + err
+    with Store(store) as s, pytest.raises(StoreError, match=why):
+        load_refine(s, NAME)
+
+
+def test_the_results_file_holds_every_unit_in_order(refined_store):
+    store = refined_store
+    with Store(store) as s:
+        r, found = load_refine(s, NAME), load_search(s, SEARCH)
+        keep = found.worst_bg >= 0
+        assert np.array_equal(r.fg_id, found.fg_id[keep]) and np.array_equal(r.start_bg, found.worst_bg[keep])
+        assert [b["name"] for b in r.budgets] == ["linf:2/255", "photometric", "min-eps"]
+        for k in PER_BUDGET:
+            assert r.cols[k].shape[:2] == (3, len(r.fg_id)), k
+        assert (r.cols["margin_after"] <= r.cols["margin_before"]).all()
+
+
+@pytest.mark.parametrize("start", ["random", "own"])
+def test_other_starts(tmp_path, capsys, start):
+    store = searched_store(tmp_path / "s.h5")
+    args = refine_args(store, "--start", start, "--budget", "linf:2/255")
+    code, out, err = run(args, capsys)
+    assert code == 0, err
+    assert out.startswith(f"start backgrounds ({start}): fooling rate ")
+    with Store(store) as s:
+        r = load_refine(s, NAME)
+        if start == "own":     # the background photographed with the foreground: the same source_id
+            assert [s.backgrounds.source_ids[b] for b in r.start_bg] == [s.foregrounds.source_ids[f]
+                                                                        for f in r.fg_id]
+        else:                  # seeded per foreground: another batch size draws the same starts
+            first = r.start_bg.copy()
+    if start == "random":
+        assert len(set(first.tolist())) > 1
+        code, _, err = run(refine_args(store, "--start", start, "--budget", "linf:2/255", "--batch-size", "3"),
+                           capsys)
+        assert code == 0, err
+        with Store(store) as s:
+            assert np.array_equal(load_refine(s, NAME).start_bg, first)
+
+
+def test_an_unknown_start_gets_one_line(tmp_path, capsys):
+    store = make_random_store(tmp_path / "s.h5")
+    code, _, err = run(["refine", "--store", str(store), "--model", "test/tiny-entry", "--start", "best", "-q"],
+                       capsys)
+    assert code != 0 and "unknown start 'best'" in err and "Traceback" not in err
+
+
+def test_load_refine_without_results_says_so(tmp_path):
+    store = make_random_store(tmp_path / "s.h5")
+    with Store(store) as s, pytest.raises(AdvbgError, match="no complete refine results"):
+        load_refine(s)
