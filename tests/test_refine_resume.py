@@ -3,6 +3,7 @@ resumes to exactly the uninterrupted result), a checked reader and `advbg verify
 the start backgrounds (--start worst | random | own)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -188,3 +189,50 @@ def test_load_refine_without_results_says_so(tmp_path):
     store = make_random_store(tmp_path / "s.h5")
     with Store(store) as s, pytest.raises(AdvbgError, match="no complete refine results"):
         load_refine(s)
+
+
+@pytest.mark.parametrize("budget", [None, "photometric"])
+def test_export_from_refine_writes_the_refined_backgrounds_and_their_composites(refined_store, tmp_path, capsys,
+                                                                               budget):
+    import cv2
+
+    out = tmp_path / "out"
+    extra = ["--budget", budget] if budget else []
+    code, text, err = run(["export", "--store", str(refined_store), "--out", str(out), "--from", "refine",
+                           "--include-unfooled", *extra], capsys)
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    name = budget or "linf:2/255"                                # default: the largest linf EPS
+    assert manifest["export"]["budget"]["name"] == name and manifest["export"]["source"] == "refine"
+    with h5py.File(Path(f"{refined_store}.d") / "results" / f"{NAME}.h5", "r") as f, \
+            h5py.File(refined_store, "r") as s:
+        b = [x["name"] for x in json.loads(f.attrs["budgets"])].index(name)
+        rows = f["budget"][()] == b
+        fg_id, refined, margin = f["fg_id"][()][rows], f["background"][()][rows], f["margin_after"][()][rows]
+        fgs, masks = s["foregrounds/image"][()], s["foregrounds/mask"][()]
+    items = manifest["items"]
+    assert sorted(i["fg_id"] for i in items if i["kind"] == "background") == sorted(fg_id.tolist())
+    for item in items:
+        k = int(np.flatnonzero(fg_id == item["fg_id"])[0])
+        png = cv2.cvtColor(cv2.imread(str(out / item["file"]), cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB)
+        m = masks[item["fg_id"]].astype(bool)[..., None]
+        want = refined[k] if item["kind"] == "background" else np.where(m, fgs[item["fg_id"]], refined[k])
+        assert np.array_equal(png, want), item["file"]
+        assert item["margin"] == pytest.approx(margin[k])
+    margins = [i["margin"] for i in items if i["kind"] == "composite"]
+    assert margins == sorted(margins), "lowest margin after first"
+
+
+def test_export_from_refine_keeps_only_fooled_by_default_and_refuses_an_unknown_budget(refined_store, tmp_path,
+                                                                                      capsys):
+    code, _, err = run(["export", "--store", str(refined_store), "--out", str(tmp_path / "o"), "--from", "refine",
+                        "--format", "h5"], capsys)
+    assert code == 0, err
+    with Store(refined_store) as s:
+        r = load_refine(s, NAME)
+        fooled = int(r.cols["fooled_after"][0].sum())
+    with Store(tmp_path / "o" / "export.h5") as e:
+        assert len(e.backgrounds) == fooled and len(e.foregrounds) == fooled
+    code, _, err = run(["export", "--store", str(refined_store), "--out", str(tmp_path / "p"), "--from", "refine",
+                        "--budget", "linf:9/255"], capsys)
+    assert code != 0 and "no budget 'linf:9/255'" in err and "Traceback" not in err
