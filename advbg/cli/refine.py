@@ -11,6 +11,8 @@ from advbg.cli.app import SEARCH, app
 from advbg.commands.refine import DEFAULT_BUDGETS, run_refine
 from advbg.search.refine import DEFAULT_STEPS
 
+MAX_STEPS = 10_000      # steps per budget: more is hours per foreground on a CPU
+
 
 @app.command(rich_help_panel=SEARCH)
 def refine(
@@ -36,11 +38,13 @@ def refine(
              "keeps only the worst per foreground, so no top-k), random (a background of the store drawn from the "
              "seed and the fg_id) or own (the background with the foreground's source_id; foregrounds without "
              "one are left out). random and own are the comparisons of benchmarks/refine_gap.py.")] = "worst",
-    steps: Annotated[int, typer.Option(help="Optimisation steps per budget (per EPS for min-eps).")] = DEFAULT_STEPS,
-    seed: Annotated[int, typer.Option(help="Seed of the random starts (with the fg_id: a foreground's start does "
-                                           "not depend on its batch).")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b",
-                                            help="Foregrounds refined together in one batched optimisation.")] = 32,
+    steps: Annotated[int, typer.Option(min=1, max=MAX_STEPS,
+                                       help="Optimisation steps per budget (per EPS for min-eps).")] = DEFAULT_STEPS,
+    seed: Annotated[int, o.seed_option("Seed of the random starts (with the fg_id: a foreground's start does "
+                                       "not depend on its batch).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=o.BATCH_MAX,
+                                            help="Foregrounds refined together in one batched optimisation; also "
+                                                 "the unit a killed refine resumes from.")] = 32,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted refine with the same settings from its committed units (each "
                          "--batch-size block of foregrounds is committed when done); without it a refine starts "
