@@ -236,3 +236,42 @@ def test_export_from_refine_keeps_only_fooled_by_default_and_refuses_an_unknown_
     code, _, err = run(["export", "--store", str(refined_store), "--out", str(tmp_path / "p"), "--from", "refine",
                         "--budget", "linf:9/255"], capsys)
     assert code != 0 and "no budget 'linf:9/255'" in err and "Traceback" not in err
+
+
+def test_universal_from_refine_scores_refined_backgrounds_like_real_ones(refined_store, tmp_path, capsys):
+    """Every (background, target) pair recomputed here, one composite per forward, against the stored counts."""
+    import torch
+    from advbg.models.loading import load_classifier
+
+    code, out, err = run(["universal", "--store", str(refined_store), "--model", "test/tiny-entry", "--from",
+                          "refine", "--criterion", "any", "--results-file", str(tmp_path / "u.json")], capsys)
+    assert code == 0, err
+    assert "forwards" in out and "ASR refined " in out
+    got = json.loads((tmp_path / "u.json").read_text())
+    assert got["budget"]["name"] == "linf:2/255"
+    clf = load_classifier("test/tiny-entry")
+    with h5py.File(Path(f"{refined_store}.d") / "results" / f"{NAME}.h5", "r") as f, \
+            h5py.File(refined_store, "r") as s:
+        rows = f["budget"][()] == 0
+        fg_id, refined = f["fg_id"][()][rows], f["background"][()][rows]
+        start = f["start_bg"][()][rows]
+        fgs, masks = s["foregrounds/image"][()], s["foregrounds/mask"][()]
+        fl, bl, bgs = s["foregrounds/label"][()], s["backgrounds/label"][()], s["backgrounds/image"][()]
+    seen = 0
+    for c in got["classes"]:
+        for j, (f_id, b_id) in enumerate(zip(c["fg_id"], c["start_bg"])):
+            k = int(np.flatnonzero(fg_id == f_id)[0])
+            klass = int(bl[b_id])
+            targets = [t for t in range(len(fl)) if fl[t] >= 0 and fl[t] != klass and t != f_id]
+            assert c["n_targets"][j] == len(targets)
+            for bg, key in ((bgs[b_id], "real_fooled"), (refined[k], "refined_fooled")):
+                fooled = 0
+                for t in targets:
+                    m = masks[t].astype(np.float32)[..., None]
+                    x = m * (fgs[t] / np.float32(255)) + (1 - m) * (bg / np.float32(255))
+                    with torch.no_grad():
+                        logits = clf(torch.from_numpy(x.astype(np.float32)).permute(2, 0, 1)[None])[0].numpy()
+                    fooled += int(np.argmax(logits) != fl[t])
+                assert c[key][j] == fooled, (f_id, key)
+            seen += 1
+    assert seen == int((bl[start] >= 0).sum()) > 0, "every refined background with a classed start is scored"

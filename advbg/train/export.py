@@ -281,18 +281,6 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
 
 
 # --------------------------------------------------------------------------------------------- refine
-def refine_budget(stored: StoredRefine, budget: str | None) -> int:
-    """Index of the exported budget: ``budget`` by name, else the largest L-infinity EPS, else the first that
-    is not min-eps, else the first."""
-    if budget is not None:
-        return stored.budget_index(budget)
-    names = [b["name"] for b in stored.budgets]
-    linf = [k for k, n in enumerate(names) if n.startswith("linf:")]
-    if linf:
-        return max(linf, key=lambda k: float(np.nanmax(stored.cols["eps"][k])))
-    return next((k for k, n in enumerate(names) if n != "min-eps"), 0)
-
-
 def _refine_rows(store: Store, stored: StoredRefine, b: int, config: ExportConfig) -> list[dict]:
     """Manifest rows of the refined backgrounds and their composites (``refined`` = row of the budget's
     arrays): foregrounds the refined background fools (all with include_unfooled), lowest margin after first."""
@@ -338,7 +326,7 @@ def _export_refine(store, out: Path, results: str | None, config: ExportConfig, 
     """`export --from refine`: the refined backgrounds of one budget and their composites, same folder layout."""
     with Store(store) as s:
         stored = load_refine(s, results)
-        b = refine_budget(stored, config.budget)
+        b = stored.budget_index(config.budget)
         rows = _refine_rows(s, stored, b, config)
         with atomic_output(out, folder=True) as tmp:
             if config.fmt == "folder":

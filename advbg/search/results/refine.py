@@ -72,8 +72,14 @@ class StoredRefine:
         """The arrays of budget ``b`` (index into ``budgets``), one row per foreground."""
         return {k: v[b] for k, v in self.cols.items()}
 
-    def budget_index(self, name: str) -> int:
+    def budget_index(self, name: str | None = None) -> int:
+        """Index of budget ``name``; None: the largest L-infinity EPS, else the first that is not min-eps."""
         names = [b["name"] for b in self.budgets]
+        if name is None:
+            linf = [k for k, n in enumerate(names) if n.startswith("linf:")]
+            if linf:
+                return max(linf, key=lambda k: float(np.nanmax(self.cols["eps"][k], initial=0.0)))
+            return next((k for k, n in enumerate(names) if n != "min-eps"), 0)
         if name not in names:
             raise AdvbgError(f"refine results {self.name!r} have no budget {name!r}; they have: {', '.join(names)}")
         return names.index(name)
