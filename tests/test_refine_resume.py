@@ -275,3 +275,20 @@ def test_universal_from_refine_scores_refined_backgrounds_like_real_ones(refined
                 assert c[key][j] == fooled, (f_id, key)
             seen += 1
     assert seen == int((bl[start] >= 0).sum()) > 0, "every refined background with a classed start is scored"
+
+
+def test_the_report_shows_a_refine_section(refined_store, tmp_path, capsys):
+    from advbg.stats import format_rate, rate
+
+    out = tmp_path / "r.html"
+    code, _, err = run(["report", "--store", str(refined_store), "--out", str(out), "--no-verify"], capsys)
+    assert code == 0, err
+    page = out.read_text()
+    assert '<section id="refine">' in page and f"<code>{NAME}</code>" in page
+    with Store(refined_store) as s:
+        r = load_refine(s, NAME)
+    n = len(r.fg_id)
+    for b, info in enumerate(r.budgets):       # every budget's refined rate, as the stored rows give it
+        assert format_rate(rate(int(r.cols["fooled_after"][b].sum()), n)) in page, info["name"]
+    assert page.count('alt="refined background"') == min(6, n)
+    assert 'alt="fooling rate vs EPS"' in page

@@ -18,7 +18,7 @@ from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.search.criteria import CRITERIA, Criterion
 from advbg.search.results import StoredRefine
-from advbg.stats import Rate, format_rate, rate
+from advbg.stats import Rate, format_rate, rate_or_none
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,12 @@ class RefinedClass:
     refined_fooled: np.ndarray  # (K,) targets the refined background fools
 
     @property
-    def real(self) -> Rate:
-        return rate(int(self.real_fooled.sum()), int(self.n_targets.sum()))
+    def real(self) -> Rate | None:
+        return rate_or_none(int(self.real_fooled.sum()), int(self.n_targets.sum()))
 
     @property
-    def refined(self) -> Rate:
-        return rate(int(self.refined_fooled.sum()), int(self.n_targets.sum()))
+    def refined(self) -> Rate | None:
+        return rate_or_none(int(self.refined_fooled.sum()), int(self.n_targets.sum()))
 
 
 def score_refined(s: Store, clf, stored: StoredRefine, budget: int, classes: list[int], criterion: str,

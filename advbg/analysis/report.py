@@ -32,6 +32,7 @@ from advbg.analysis.evalreport import load_results
 from advbg.analysis.evaluate import PAPER_COLUMNS, ordered_variants
 from advbg.analysis.outcomes import stored_outcome
 from advbg.analysis.plots import pyplot, rate_yerr, subplots
+from advbg.analysis.report_refine import refine_sections
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.composite import composite
 from advbg.data.store import Store
@@ -156,6 +157,7 @@ class Report:
     store_attrs: list[tuple[str, str]]
     bg_thumbs: dict[int, str] = field(default_factory=dict)   # bg_id -> data URI, shared by every row using it
     cap: GalleryCap = GalleryCap()
+    refines: list = field(default_factory=list)     # advbg.analysis.report_refine.RefineSection
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -173,12 +175,13 @@ def build_report(store_path: str | os.PathLike, eval_files: Sequence[str | os.Pa
         searches = [_search_section(s, n, cap, thumbs, progress) for n in _complete(s, "search")]
         universals = _universal_sections(s, cap, thumbs)
         others = _other_groups(s)
+        refines = refine_sections(s, thumb_uri, png_uri)
         attrs = _store_attrs(s)
         digest = s.digest()
     evals = [_eval_section(f, d, i, digest) for i, (f, d) in enumerate(evals_raw)]
     provenance = _provenance(store_path, digest, verify, progress, echo)
     return Report(f"advbg report: {Path(store_path).name}", str(store_path), now(), searches, universals, evals,
-                  others, skipped, provenance, attrs, thumbs, cap)
+                  others, skipped, provenance, attrs, thumbs, cap, refines)
 
 
 def _complete(s: Store, kind: str | None = None) -> list[str]:
@@ -432,7 +435,7 @@ def _other_groups(s: Store) -> list[dict]:
     for name in _complete(s):
         g = s.results[name]
         kind = str(g.attrs.get("kind", "?"))
-        if kind == "search":
+        if kind in ("search", "refine"):      # refine results have a section of their own
             continue
         out.append(dict(name=name, kind=kind, attrs=[(k, _short(v)) for k, v in sorted(g.attrs.items())],
                         datasets=", ".join(f"{k} {tuple(g[k].shape)}" for k in g if hasattr(g[k], "shape"))))

@@ -127,7 +127,7 @@ def run_universal_refined(store: str | Path = DEMO_STORE, model: ModelSpec | Cla
                                       model=clf.config.tag, classes=[dict(
                                           cls=c.name, fg_id=c.fg_id.tolist(), start_bg=c.start_bg.tolist(),
                                           n_targets=c.n_targets.tolist(), real_fooled=c.real_fooled.tolist(),
-                                          refined_fooled=c.refined_fooled.tolist(), real=asdict(c.real),
-                                          refined=asdict(c.refined)) for c in per_class]))
+                                          refined_fooled=c.refined_fooled.tolist(), real=c.real and asdict(c.real),
+                                          refined=c.refined and asdict(c.refined)) for c in per_class]))
         echo(f"results: {results_file}")
     return per_class
