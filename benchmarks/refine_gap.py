@@ -45,26 +45,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--starts", default="worst,random,own", help="min-eps starts to measure ('' for none)")
+    ap.add_argument("--work", default=None, help="Keep the store copy (and its search and refine results) in this "
+                                                 "folder between invocations (default: a temporary folder)")
     args = ap.parse_args()
-    print(f"machine: {_machine()}")
+    print(f"machine: {_machine()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Path(tmp) / Path(args.store).name
-        shutil.copyfile(args.store, store)
+        store = Path(args.work or tmp) / Path(args.store).name
+        store.parent.mkdir(parents=True, exist_ok=True)
+        if not store.exists():
+            shutil.copyfile(args.store, store)
         for name in args.models.split(","):
             t0 = time.perf_counter()
             clf = load_classifier(name)
-            common = dict(steps=args.steps, seed=args.seed, curve=Path("-"), grid=Path("-"), progress=False,
-                          note=_quiet)
+            common = dict(steps=args.steps, seed=args.seed, curve=Path("-"), grid=Path("-"), progress=True,
+                          note=lambda text: print(f"[{time.perf_counter() - t0:.0f} s] {text}", flush=True))
             if args.budgets:
-                run = run_refine(store, clf, args.budgets, results_name="gap", echo=_quiet, **common)
-                print(f"| {name} | real worst background | {run.real} |")
+                run = run_refine(store, clf, args.budgets, results_name=f"gap-{name.replace('/', '-')}", echo=_quiet,
+                                 **common)
+                print(f"| {name} | real worst background | {run.real} |", flush=True)
                 for line in run.lines()[1:]:
                     print(f"| {name} | {line.split(' | ')[0]} | {line.split(' | ', 1)[1]} |")
                 print(f"{name}: budgets {time.perf_counter() - t0:.0f} s")
             for start in filter(None, args.starts.split(",")):
                 t1 = time.perf_counter()
-                run = run_refine(store, clf, "min-eps", start=start, results_name=f"radius-{start}", echo=_quiet,
-                                 **common)
+                run = run_refine(store, clf, "min-eps", start=start, echo=_quiet,
+                                 results_name=f"radius-{start}-{name.replace('/', '-')}", **common)
                 print(f"| {name} | min-eps from --start {start} | {radius_line(run.refined[0])} | "
                       f"{time.perf_counter() - t1:.0f} s |")
             print(f"{name}: {time.perf_counter() - t0:.0f} s; load average now {os.getloadavg()[0]:.1f}")

@@ -292,3 +292,13 @@ def test_the_report_shows_a_refine_section(refined_store, tmp_path, capsys):
         assert format_rate(rate(int(r.cols["fooled_after"][b].sum()), n)) in page, info["name"]
     assert page.count('alt="refined background"') == min(6, n)
     assert 'alt="fooling rate vs EPS"' in page
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--budget", "linf:2/255"], "need --from refine"),
+    (["--from", "elsewhere"], "--from must be search or refine"),
+])
+def test_universal_refine_options_need_from_refine(tmp_path, capsys, args, pattern):
+    store = make_random_store(tmp_path / "s.h5")
+    code, _, err = run(["universal", "--store", str(store), "--model", "test/tiny-entry", *args], capsys)
+    assert code != 0 and pattern in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
