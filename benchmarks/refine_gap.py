@@ -58,7 +58,7 @@ def main() -> None:
             t0 = time.perf_counter()
             clf = load_classifier(name)
             common = dict(steps=args.steps, seed=args.seed, curve=Path("-"), grid=Path("-"), progress=True,
-                          note=lambda text: print(f"[{time.perf_counter() - t0:.0f} s] {text}", flush=True))
+                          note=lambda text, t0=t0: print(f"[{time.perf_counter() - t0:.0f} s] {text}", flush=True))
             if args.budgets:
                 run = run_refine(store, clf, args.budgets, results_name=f"gap-{name.replace('/', '-')}", echo=_quiet,
                                  **common)

@@ -88,7 +88,7 @@ def test_a_killed_refine_resumes_to_the_uninterrupted_result(tmp_path):
     assert 1 <= done < 4, f"not killed part-way ({done} units committed)"
     with Store(store) as s:
         assert NAME not in s.results, "no results file before the run finished"
-    out, err = finished(cli(*refine_args(store, "--resume")))
+    _, err = finished(cli(*refine_args(store, "--resume")))
     assert f"resuming refine {NAME}: {2 * done}/8 foregrounds already done" in err
     assert not journal_folder(store, NAME).exists(), "the journal is removed once the file is written"
     a, b = columns(want), columns(store)
@@ -198,7 +198,7 @@ def test_export_from_refine_writes_the_refined_backgrounds_and_their_composites(
 
     out = tmp_path / "out"
     extra = ["--budget", budget] if budget else []
-    code, text, err = run(["export", "--store", str(refined_store), "--out", str(out), "--from", "refine",
+    code, _, err = run(["export", "--store", str(refined_store), "--out", str(out), "--from", "refine",
                            "--include-unfooled", *extra], capsys)
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
@@ -241,6 +241,7 @@ def test_export_from_refine_keeps_only_fooled_by_default_and_refuses_an_unknown_
 def test_universal_from_refine_scores_refined_backgrounds_like_real_ones(refined_store, tmp_path, capsys):
     """Every (background, target) pair recomputed here, one composite per forward, against the stored counts."""
     import torch
+
     from advbg.models.loading import load_classifier
 
     code, out, err = run(["universal", "--store", str(refined_store), "--model", "test/tiny-entry", "--from",

@@ -8,8 +8,8 @@ import typer
 
 from advbg.cli import options as o
 from advbg.cli.app import ANALYSE, app
-from advbg.errors import AdvbgError
 from advbg.commands.universal import MAX_GREEDY, MAX_TOP, run_universal, run_universal_refined
+from advbg.errors import AdvbgError
 
 
 @app.command(rich_help_panel=ANALYSE)

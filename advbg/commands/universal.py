@@ -1,10 +1,9 @@
 """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse per class, print, write files."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
-
-from dataclasses import asdict
 
 from advbg.analysis.outcomes import obtain_outcome
 from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
@@ -25,7 +24,6 @@ from advbg.models.classifier import Classifier
 from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.criteria import CRITERIA
 from advbg.search.results import load_refine
-
 
 MAX_TOP, MAX_GREEDY = 100, 10_000   # a table column per top background; greedy picks are cheap
 
