@@ -303,3 +303,24 @@ def test_universal_refine_options_need_from_refine(tmp_path, capsys, args, patte
     store = make_random_store(tmp_path / "s.h5")
     code, _, err = run(["universal", "--store", str(store), "--model", "test/tiny-entry", *args], capsys)
     assert code != 0 and pattern in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_sink_resumes_only_what_it_committed_and_says_what_a_fresh_start_drops(tmp_path):
+    from advbg.search.results import RefineId, RefineSink
+
+    path = make_random_store(tmp_path / "s.h5")
+    fg = np.arange(4, dtype=np.int64)
+    rid = RefineId("fp", fg, fg + 1, np.zeros(4, np.int64), ({"name": "linf:1/255", "repr": "x"},), {}, 2)
+    unit = {k: np.zeros((1, 2) + ((3,) if k == "params" else (32, 32, 3) if k == "background" else ()))
+            for k in PER_BUDGET}
+    with Store(path, mode="r+") as s:
+        sink = RefineSink.open(s, "r", rid, resume=False)
+        assert sink.todo() == [(0, 2), (2, 4)] and sink.discarded == 0
+        sink.commit((0, 2), unit)
+        sink._writer.close()
+        again = RefineSink.open(s, "r", rid, resume=True)
+        assert again.todo() == [(2, 4)] and again.done.tolist() == [True, True, False, False]
+        fresh = RefineSink.open(s, "r", rid, resume=False)
+        assert fresh.discarded == 1 and fresh.todo() == [(0, 2), (2, 4)]
+        with pytest.raises(AdvbgError, match="budgets, rows"):
+            fresh.commit((2, 4), {k: v[:, :1] for k, v in unit.items()})

@@ -161,6 +161,9 @@ def run_refine(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
         check_name(name)
         rid = _refine_id(s, clf, found, fg_id, start_bg, budgets, criterion, start, seed, batch_size)
         sink = RefineSink.open(s, name, rid, resume=resume)
+        if sink.discarded:
+            note(f"an interrupted refine {name} ({sink.discarded} units committed) was discarded: starting afresh "
+                 f"(--resume continues one with the same settings)")
         if resume and sink.done.any():
             note(f"resuming refine {name}: {int(sink.done.sum())}/{len(fg_id)} foregrounds already done"
                  + (" (finished results in the store)" if sink.stored else ""))

@@ -100,8 +100,9 @@ class RefineSink:
     """Commits a refine's units to its journal (``<store>.<name>.journal``) and writes its results file."""
 
     def __init__(self, store: Store, name: str, rid: RefineId, journal: Journal, done: np.ndarray,
-                 stored: bool):
+                 stored: bool, discarded: int = 0):
         self.store, self.name, self.id, self.journal, self.done, self.stored = store, name, rid, journal, done, stored
+        self.discarded = discarded      # committed units of an interrupted run dropped (no resume asked)
         self._writer = None
 
     @classmethod
@@ -122,8 +123,9 @@ class RefineSink:
                 raise AdvbgError(f"refine {name!r} of {store.path} was interrupted with other settings (model, "
                                  f"search, budgets, steps, seed, start or batch size differ); resume needs the same "
                                  f"settings, or drop --resume")
+        discarded = sum(1 for _ in journal.records(("start",))) if journal.exists() else 0
         journal.create(rid.fingerprint, dict(fg_id=rid.fg_id, start_bg=rid.start_bg), dict(unit=rid.unit))
-        return cls(store, name, rid, journal, np.zeros(n, bool), False)
+        return cls(store, name, rid, journal, np.zeros(n, bool), False, discarded)
 
     def units(self) -> list[Unit]:
         n, u = len(self.id.fg_id), max(1, self.id.unit)
@@ -139,7 +141,8 @@ class RefineSink:
         want = (len(self.id.budgets), b - a)
         for k in PER_BUDGET:
             if np.shape(cols[k])[:2] != want:
-                raise AdvbgError(f"refine unit {a}..{b}: {k} has shape {np.shape(cols[k])}, want {want} + ...")
+                raise AdvbgError(f"refine unit {a}..{b}: {k} has shape {np.shape(cols[k])}, want (budgets, rows) = "
+                                 f"{want} + ...")
         if self._writer is None:
             self._writer = self.journal.writer(0)
         self._writer.append(dict({k: np.asarray(cols[k]) for k in PER_BUDGET}, start=np.int64(a), stop=np.int64(b)))
