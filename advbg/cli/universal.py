@@ -8,8 +8,7 @@ import typer
 
 from advbg.cli import options as o
 from advbg.cli.app import ANALYSE, app
-from advbg.commands.universal import MAX_GREEDY, MAX_TOP, run_universal, run_universal_refined
-from advbg.errors import AdvbgError
+from advbg.commands.universal import MAX_GREEDY, MAX_TOP, run_universal
 
 
 @app.command(rich_help_panel=ANALYSE)
@@ -51,13 +50,7 @@ def universal(
         help="With --from refine: the budget scored (default: the largest linf EPS, else the first).")] = None,
 ) -> None:
     """Per-background attack success rate toward its own class, per-class union, top-k and greedy cover."""
-    if source == "refine":
-        run_universal_refined(store, o.model_spec(model, arch, weights, label_map, norm, device), klass=klass,
-                              criterion=criterion, results=refine_results, budget=budget, batch_size=batch_size,
-                              results_file=results_file, echo=typer.echo)
-        return
-    if source != "search" or refine_results or budget:
-        raise AdvbgError("--from must be search or refine; --refine-results and --budget need --from refine")
     run_universal(store, o.model_spec(model, arch, weights, label_map, norm, device), klass=klass,
                   criterion=criterion, top=top, greedy=greedy, batch_size=batch_size, compute=not no_search, results_file=results_file, top_png=top_png,
-                  hist_png=hist_png, progress=not quiet, echo=typer.echo)
+                  hist_png=hist_png, progress=not quiet, echo=typer.echo, source=source,
+                  refine_results=refine_results, budget=budget)

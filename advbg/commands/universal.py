@@ -32,11 +32,17 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
                   klass: str = "all", criterion: str = "bg-class", top: int = 5, greedy: int = 5,
                   batch_size: int | None = None, compute: bool = True, results_file: Path | None = None, top_png: Path | None = None,
                   hist_png: Path | None = None, progress: bool = True,
-                  echo: Callable[[str], None] = print) -> UniversalResult:
+                  echo: Callable[[str], None] = print, source: str = "search", refine_results: str | None = None,
+                  budget: str | None = None) -> UniversalResult | list[RefinedClass]:
     """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse, print, write files.
 
     ``model``: a ModelSpec, a name/path, or a ready ``Classifier``. ``top_png`` /
-    ``hist_png``: None = beside the store, Path("-") = none."""
+    ``hist_png``: None = beside the store, Path("-") = none. ``source="refine"``: ``run_universal_refined``."""
+    if source == "refine":
+        return run_universal_refined(store, model, klass=klass, criterion=criterion, results=refine_results,
+                                     budget=budget, batch_size=batch_size, results_file=results_file, echo=echo)
+    if source != "search" or refine_results or budget:
+        raise AdvbgError("--from must be search or refine; --refine-results and --budget need --from refine")
 
     if criterion not in CRITERIA:
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
