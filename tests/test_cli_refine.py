@@ -122,7 +122,8 @@ def _no_mask_store(path, drop: bool):
     (["--budget", "min-eps:0.5,0.1"], "must increase"),
     ([], "no complete stored search .* and no model"),
     (["--model", "test/refine-tiny", "--criterion", "most"], "unknown criterion"),
-    (["--model", "test/refine-tiny", "--batch-size", "0"], "batch-size must be >= 1"),
+    (["--model", "test/refine-tiny", "--batch-size", "0"], "batch-size.*greater than or equal to 1"),
+    (["--model", "test/refine-tiny", "--steps", "0"], "steps.*greater than or equal to 1"),
     (["--model", "test/refine-tiny", "--search", "nope"], "no search results named 'nope'"),
     (["--model", "test/refine-tiny", "--results-file", "x.txt"], "json"),
 ])

@@ -595,3 +595,51 @@ def test_eval_on_cuda_equals_cpu(tmp_path, monkeypatch):
         assert d.n == c.n > 0
         # at most one image per variant may sit on a near-tie that different conv algorithms break differently
         assert abs(d.correct[1] - c.correct[1]) <= 1, v
+
+
+# --------------------------------------------------------------------------------------------- refine
+@needs_cuda("refine on CUDA: foreground pixels bit-identical, the budget held, stored margins true")
+def test_refine_on_cuda_keeps_foreground_pixels_and_the_budget(small, tmp_path):
+    """`advbg refine` (API) with a CUDA model: the stored refined backgrounds, read with h5py, never change a
+    pixel under the mask, stay within linf:4/255 (photometric: every parameter in its range), and their margins,
+    recomputed here one composite per forward on the CPU, are the stored margins."""
+    from advbg.commands.refine import run_refine
+    from advbg.search.refine import PHOTOMETRIC_RANGES
+
+    clf, _ = small["tiny"]
+    path = fresh_copy(small["path"], tmp_path)
+    run_refine(path, copy.deepcopy(clf).to(DEV), "linf:4/255;photometric", steps=4, batch_size=3,
+               results_name="r", curve=Path("-"), grid=Path("-"), progress=False, echo=lambda m: None,
+               note=lambda m: None)
+    cpu = copy.deepcopy(clf).to("cpu").float().eval()
+    table = np.asarray(clf.label_map.table)
+    with h5py.File(tmp_path / "s.h5.d" / "results" / "r.h5", "r") as f, h5py.File(path, "r") as s:
+        fg_id, start, budget = f["fg_id"][()], f["start_bg"][()], f["budget"][()]
+        bg, params, true = f["background"][()], f["params"][()], f["true_class"][()]
+        fgs, masks = s["foregrounds/image"][()][fg_id], s["foregrounds/mask"][()][fg_id]
+        start_img = s["backgrounds/image"][()][start]
+        under = np.broadcast_to(masks[..., None] == 1, bg.shape)
+        assert np.array_equal(bg[under], start_img[under]), "a pixel under the mask changed"
+        linf = budget == 0
+        assert np.abs(bg[linf].astype(int) - start_img[linf].astype(int)).max() <= 4
+        for k, (c, h) in enumerate(PHOTOMETRIC_RANGES.values()):
+            assert (np.abs(params[~linf, k] - c) <= h + 1e-9).all(), k
+        with torch.no_grad():
+            logits = torch.cat([cpu(composite_of(a, m, b)) for a, m, b in zip(fgs, masks, bg)]).double().numpy()
+        margin = np.array([_margin(row, int(t), table, clf.label_map.num_classes) for row, t in zip(logits, true)])
+        np.testing.assert_allclose(f["margin_after"][()], margin, atol=TOL * 10)
+        assert (f["margin_after"][()] <= f["margin_before"][()]).all()
+
+
+def composite_of(fg, mask, bg) -> torch.Tensor:
+    m = mask[..., None].astype(np.float32)
+    x = m * (fg.astype(np.float32) / 255) + (1 - m) * (bg.astype(np.float32) / 255)
+    return torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+
+
+def _margin(logits: np.ndarray, true: int, table: np.ndarray, n_cls: int) -> float:
+    groups = [np.flatnonzero(table == c) for c in range(n_cls)]
+    if (table < 0).any():
+        groups.append(np.flatnonzero(table < 0))
+    scores = np.array([logits[g].max() if len(g) else -np.inf for g in groups])
+    return float(scores[true] - np.delete(scores, true).max())

@@ -26,6 +26,13 @@ def refine_curve_png(path: str | os.PathLike, eps: Sequence[float], rates: Seque
     """Fooling rate (%) against EPS (in /255) with 95% interval bars; ``real`` (rate, low, high) is the real worst
     background's rate, drawn at EPS 0 and as a band; ``others`` are budgets without an EPS (e.g. photometric),
     drawn as labelled points at the right."""
+    return save_figure(refine_curve_figure(eps, rates, real, n, title, others), path)
+
+
+def refine_curve_figure(eps: Sequence[float], rates: Sequence[tuple[float, float, float]],
+                        real: tuple[float, float, float], n: int, title: str,
+                        others: dict[str, tuple[float, float, float]] | None = None):
+    """The figure of ``refine_curve_png`` (matplotlib; the caller saves and closes it)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     x = np.array([0.0] + [e * 255 for e in eps])
@@ -43,7 +50,7 @@ def refine_curve_png(path: str | os.PathLike, eps: Sequence[float], rates: Seque
     ax.set_title(f"{title}\nn = {n} foregrounds, bars: exact 95% intervals", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def refine_grid_png(path: str | os.PathLike, rows: list[dict], title: str) -> Path:

@@ -51,6 +51,7 @@ from advbg.analysis.reportviews import (
     saliency_per_class,
     saliency_variants,
 )
+from advbg.analysis.report_refine import refine_sections
 from advbg.analysis.universal import ClassUniversal, analyse
 from advbg.data.composite import composite
 from advbg.data.store import Store
@@ -190,6 +191,7 @@ class Report:
     saliency: list[SaliencySection] = field(default_factory=list)
     legends: tuple[str, ...] = (RATE_LEGEND, GAP_LEGEND, "foreground share: mean [95% seeded bootstrap interval] "
                                 "(n images)")
+    refines: list = field(default_factory=list)     # advbg.analysis.report_refine.RefineSection
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -210,6 +212,7 @@ def build_report(store_path: str | os.PathLike, eval_files: Sequence[str | os.Pa
         searches = [_search_section(s, n, r, cap, thumbs, progress) for n, r in results.items()]
         universals = _universal_sections(s, cap, thumbs)
         others = _other_groups(s)
+        refines = refine_sections(s, thumb_uri, png_uri)
         attrs = _store_attrs(s)
         digest = s.digest()
         saliency = [_saliency_section(s, f, d, i, searches, cap) for i, (f, d) in enumerate(saliency_raw)]
@@ -217,7 +220,7 @@ def build_report(store_path: str | os.PathLike, eval_files: Sequence[str | os.Pa
     compared = comparison(list(results.values()), [f for f, _ in evals_raw])
     provenance = _provenance(store_path, digest, verify, progress, echo)
     return Report(f"advbg report: {Path(store_path).name}", str(store_path), now(), searches, universals, evals,
-                  others, skipped, provenance, attrs, thumbs, cap, compared, saliency)
+                  others, skipped, provenance, attrs, thumbs, cap, compared, saliency, refines=refines)
 
 
 def _read_searches(s: Store) -> dict[str, SearchResult]:
@@ -567,7 +570,7 @@ def _other_groups(s: Store) -> list[dict]:
     """Complete results groups of kinds this page has no section for (e.g. saliency): listed with attributes."""
     out = []
     for info in listing(s, complete=True):
-        if info.kind == "search":
+        if info.kind in ("search", "refine"):      # refine results have a section of their own
             continue
         out.append(dict(name=info.name, kind=info.kind, attrs=[(k, _short(v)) for k, v in sorted(info.attrs.items())],
                         datasets=", ".join(f"{k} {shape}" for k, shape in info.shapes.items())))

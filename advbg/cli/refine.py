@@ -11,6 +11,8 @@ from advbg.cli.app import SEARCH, app
 from advbg.commands.refine import DEFAULT_BUDGETS, run_refine
 from advbg.search.refine import DEFAULT_STEPS
 
+MAX_STEPS = 10_000      # steps per budget: more is hours per foreground on a CPU
+
 
 @app.command(rich_help_panel=SEARCH)
 def refine(
@@ -31,11 +33,22 @@ def refine(
     search_name: Annotated[str | None, typer.Option(
         "--search", help="Stored search results to start from (default: the latest complete one of this model and "
                          "criterion, exhaustive first).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimisation steps per budget (per EPS for min-eps).")] = DEFAULT_STEPS,
-    seed: Annotated[int, typer.Option(help="Seed of the random starts (with the fg_id: a foreground's start does "
-                                           "not depend on its batch).")] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b",
-                                            help="Foregrounds refined together in one batched optimisation.")] = 32,
+    start: Annotated[str, typer.Option(
+        help="Start background of each foreground: worst (the stored search's worst real background; a search "
+             "keeps only the worst per foreground, so no top-k), random (a background of the store drawn from the "
+             "seed and the fg_id) or own (the background with the foreground's source_id; foregrounds without "
+             "one are left out). random and own are the comparisons of benchmarks/refine_gap.py.")] = "worst",
+    steps: Annotated[int, typer.Option(min=1, max=MAX_STEPS,
+                                       help="Optimisation steps per budget (per EPS for min-eps).")] = DEFAULT_STEPS,
+    seed: Annotated[int, o.seed_option("Seed of the random starts (with the fg_id: a foreground's start does "
+                                       "not depend on its batch).")] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, max=o.BATCH_MAX,
+                                            help="Foregrounds refined together in one batched optimisation; also "
+                                                 "the unit a killed refine resumes from.")] = 32,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted refine with the same settings from its committed units (each "
+                         "--batch-size block of foregrounds is committed when done); without it a refine starts "
+                         "afresh.")] = False,
     label_map: o.LabelMapOpt = "auto",
     arch: o.ArchOpt = None,
     weights: o.WeightsOpt = None,
@@ -54,6 +67,7 @@ def refine(
 ) -> None:
     """Refine each foreground's worst real background under each budget; fooling rate of real vs refined."""
     spec = o.model_spec(model, arch, weights, label_map, norm, device) if model else None
-    run_refine(store, spec, budget, criterion=criterion, search_name=search_name, steps=steps, seed=seed,
-               batch_size=batch_size, results_name=results_name, results_file=results_file, curve=curve, grid=grid,
+    run_refine(store, spec, budget, criterion=criterion, search_name=search_name, start=start, steps=steps,
+               seed=seed, batch_size=batch_size, resume=resume, results_name=results_name,
+               results_file=results_file, curve=curve, grid=grid,
                progress=not quiet, echo=typer.echo, note=lambda text: typer.echo(text, err=True))

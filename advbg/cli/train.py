@@ -34,11 +34,18 @@ def export(
     include_unfooled: Annotated[bool, typer.Option(
         "--include-unfooled", help="Composites: also foregrounds no background fooled (their worst case).")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out.")] = False,
+    source: Annotated[str, typer.Option(
+        "--from", help="search (fooling real backgrounds of a search) or refine (the refined backgrounds of "
+                       "`advbg refine` results, ranked by margin after, and their composites; --results then "
+                       "names refine results, default the latest).")] = "search",
+    budget: Annotated[Optional[str], typer.Option(
+        help="With --from refine: the budget exported, e.g. linf:8/255 or photometric (default: the largest "
+             "linf EPS, else the first).")] = None,
 ) -> None:
-    """Export fooling backgrounds and worst composites of a search, with a manifest, for training."""
+    """Export fooling backgrounds and worst composites of a search (or refined ones), with a manifest."""
     run_export(store, out, results=results, overwrite=overwrite, echo=typer.echo,
                config=ExportConfig(what=what, fmt=fmt, top=top, per_class=per_class, rank=rank,
-                                   include_unfooled=include_unfooled))
+                                   include_unfooled=include_unfooled, source=source, budget=budget))
 
 
 @app.command(rich_help_panel=TRAIN)

@@ -40,8 +40,17 @@ def universal(
         help="PNG histogram of ASR over each class's backgrounds (default: ...hist.png beside the store; "
              "'-' for none).")] = None,
     quiet: o.QuietOpt = False,
+    source: Annotated[str, typer.Option(
+        "--from", help="search (real backgrounds, from the outcome matrix) or refine (the refined backgrounds of "
+                       "`advbg refine` results, each scored over its start background's class's targets beside "
+                       "its real start; needs forwards, 2 x backgrounds x targets).")] = "search",
+    refine_results: Annotated[Optional[str], typer.Option(
+        help="With --from refine: the refine results name (default: the latest).")] = None,
+    budget: Annotated[Optional[str], typer.Option(
+        help="With --from refine: the budget scored (default: the largest linf EPS, else the first).")] = None,
 ) -> None:
     """Per-background attack success rate toward its own class, per-class union, top-k and greedy cover."""
     run_universal(store, o.model_spec(model, arch, weights, label_map, norm, device), klass=klass,
                   criterion=criterion, top=top, greedy=greedy, batch_size=batch_size, compute=not no_search, results_file=results_file, top_png=top_png,
-                  hist_png=hist_png, progress=not quiet, echo=typer.echo)
+                  hist_png=hist_png, progress=not quiet, echo=typer.echo, source=source,
+                  refine_results=refine_results, budget=budget)

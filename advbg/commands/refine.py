@@ -29,13 +29,23 @@ from advbg.search.refine import (
     Budget,
     LinfBudget,
     MinEpsBudget,
+    PhotometricBudget,
     Refined,
     median_interval,
     parse_budgets,
     refine,
     require_extra,
 )
-from advbg.search.results import SearchResult, check_name, load_search
+from advbg.search.results import (
+    RefineId,
+    RefineSink,
+    SearchResult,
+    StoredRefine,
+    check_name,
+    load_search,
+    refine_fingerprint,
+)
+from advbg.search.results.refine import PER_BUDGET, START_KINDS
 from advbg.search.runner import search
 from advbg.stats import RATE_LEGEND, Rate, format_rate
 
@@ -65,15 +75,20 @@ class RefineRun:
 
     @property
     def real(self) -> Rate:
-        """Fooling rate of the real worst backgrounds (the start of every budget)."""
+        """Fooling rate of the start backgrounds (the real worst ones by default; the start of every budget)."""
         return rate(self.refined[0].fooled_before)
+
+    @property
+    def start(self) -> str:
+        return str(self.record.get("start", "worst"))
 
     def lines(self) -> list[str]:
         """The headline: real worst case, then each budget."""
         c = self.record["classifier"]
-        out = [(f"real worst backgrounds: fooling rate {format_rate(self.real)} | model {c['name']} "
-                f"({c['architecture']}.{c['weight_tag']}), criterion {self.record['criterion']}, search "
-                f"{self.search.results_name} | {RATE_LEGEND}")]
+        what = "real worst backgrounds" if self.start == "worst" else f"start backgrounds ({self.start})"
+        out = [(f"{what}: fooling rate {format_rate(self.real)} | model {c['name']} ({c['architecture']}."
+                f"{c['weight_tag']}), criterion {self.record['criterion']}, search {self.search.results_name} | "
+                f"{RATE_LEGEND}")]
         for r in self.refined:
             if isinstance(r.budget, MinEpsBudget):
                 out.append(radius_line(r))
@@ -98,18 +113,24 @@ def radius_line(r: Refined) -> str:
 
 def run_refine(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str | None = None,
                budgets: str | Sequence[Budget] = DEFAULT_BUDGETS, *, criterion: str = "any",
-               search_name: str | None = None, steps: int = DEFAULT_STEPS, seed: int = 0, batch_size: int = 32,
-               results_name: str | None = None, results_file: Path | None = None, curve: Path | None = None,
-               grid: Path | None = None, progress: bool = True, echo: Callable[[str], None] = print,
+               search_name: str | None = None, start: str = "worst", steps: int = DEFAULT_STEPS, seed: int = 0,
+               batch_size: int = 32, resume: bool = False, results_name: str | None = None,
+               results_file: Path | None = None, curve: Path | None = None, grid: Path | None = None,
+               progress: bool = True, echo: Callable[[str], None] = print,
                note: Callable[[str], None] | None = None) -> RefineRun:
-    """`advbg refine`: refine each foreground's worst real background under every budget; store, print, draw.
+    """`advbg refine`: refine each foreground's start background under every budget; store, print, draw.
 
     ``model``: None = the classifier of the stored search (one must exist). Without a stored search of this
-    model and criterion, the search runs first (said on ``note``, default stderr). ``curve`` / ``grid``: None =
-    beside the store, Path('-') = none."""
+    model and criterion, the search runs first (said on ``note``, default stderr). ``start``: ``worst`` (the
+    search's worst real background), ``random`` (a seeded random background of the store, per foreground) or
+    ``own`` (the background with the foreground's source_id; foregrounds without one are left out). Units of
+    ``batch_size`` foregrounds are committed one by one; ``resume`` continues an interrupted run with the same
+    settings. ``curve`` / ``grid``: None = beside the store, Path('-') = none."""
     note = note or (lambda text: print(text, file=sys.stderr))
     if criterion not in CRITERIA:
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
+    if start not in START_KINDS:
+        raise AdvbgError(f"unknown start {start!r}; use one of: {', '.join(START_KINDS)}")
     budgets = parse_budgets(budgets, steps) if isinstance(budgets, str) else list(budgets)
     if batch_size < 1:
         raise AdvbgError(f"--batch-size must be >= 1 (got {batch_size})")
@@ -124,21 +145,69 @@ def run_refine(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | s
     with Store(store, mode="r+") as s:
         s.require_nonempty()
         clf, found = _classifier_and_search(s, model, criterion, search_name, batch_size, progress, note)
-        fg_id, start_bg = _starts(s, found)
-        refined = _refine_all(s, clf, fg_id, start_bg, found, budgets, criterion, seed, batch_size, echo, progress)
+        fg_id, start_bg = _starts(s, found, start, seed, note)
+        name = results_name or f"{found.results_name}.refine" + ("" if start == "worst" else f"-{start}")
+        check_name(name)
+        rid = _refine_id(s, clf, found, fg_id, start_bg, budgets, criterion, start, seed, batch_size)
+        sink = RefineSink.open(s, name, rid, resume=resume)
+        if sink.discarded:
+            note(f"an interrupted refine {name} ({sink.discarded} units committed) was discarded: starting afresh "
+                 f"(--resume continues one with the same settings)")
+        if resume and sink.done.any():
+            note(f"resuming refine {name}: {int(sink.done.sum())}/{len(fg_id)} foregrounds already done"
+                 + (" (finished results in the store)" if sink.stored else ""))
+        for a, b in sink.todo():
+            t1 = time.perf_counter()
+            sink.commit((a, b), _refine_unit(s, clf, fg_id[a:b], start_bg[a:b], budgets, criterion, seed,
+                                             batch_size))
+            if progress:
+                print(f"refine: foregrounds {b}/{len(fg_id)} ({time.perf_counter() - t1:.1f} s for the last "
+                      f"{b - a}, every budget)", file=sys.stderr)
         record = dict(advbg_version=__version__, classifier=clf.config.to_dict(), store=str(s.path),
-                      store_digest=s.digest(), criterion=criterion, search=found.results_name,
+                      store_digest=s.digest(), criterion=criterion, search=found.results_name, start=start,
                       budgets=[repr(b) for b in budgets], seed=seed, batch_size=batch_size,
                       device=str(clf.device), started=started, seconds=time.perf_counter() - t0)
-        name = results_name or f"{found.results_name}.refine"
-        check_name(name)
-        write_refine_results(s, name, fg_id, start_bg, found, refined, record)
-        run = RefineRun(found, fg_id, start_bg, tuple(refined), record, name)
+        stored = sink.finish(record)
+        run = RefineRun(found, stored.fg_id, stored.start_bg, refined_of(stored, budgets), stored.run, name)
         for line in run.lines():
             echo(line)
         _write_outputs(s, run, results_file, curve, grid, echo)
     echo(f"results: {sidecar_folder(store) / 'results' / (name + '.h5')}")
     return run
+
+
+def _refine_id(s: Store, clf: Classifier, found: SearchResult, fg_id, start_bg, budgets, criterion: str,
+               start: str, seed: int, unit: int) -> RefineId:
+    fp = refine_fingerprint(s, classifier=clf.config.identity(), criterion=criterion, search=found.results_name,
+                            search_run=found.run.started if found.run else "", budgets=[repr(b) for b in budgets],
+                            seed=seed, unit=unit, start=start, fg_id=fg_id, start_bg=start_bg)
+    attrs = dict(search=str(found.results_name), start=start, criterion=criterion,
+                 classifier=json.dumps(clf.config.to_dict(), default=str), params=json.dumps(list(PHOTOMETRIC_RANGES)))
+    return RefineId(fp, fg_id, start_bg, s.foregrounds.labels[fg_id], tuple(dict(name=b.name, repr=repr(b))
+                                                                           for b in budgets), attrs, unit)
+
+
+def _refine_unit(s: Store, clf: Classifier, fg_id, start_bg, budgets, criterion, seed, batch_size) -> dict:
+    """Every budget on one unit of foregrounds: PER_BUDGET arrays of shape (budgets, rows, ...)."""
+    fg, mask, bg = s.foregrounds.read(fg_id), s.foregrounds.read_masks(fg_id), s.backgrounds.read(start_bg)
+    true, bg_class = s.foregrounds.labels[fg_id], s.backgrounds.labels[start_bg]
+    out = [refine(clf, fg, mask, bg, true, b, bg_class=bg_class, criterion=criterion, seed=seed, keys=fg_id,
+                  batch_size=batch_size) for b in budgets]
+    nan = np.full((len(fg_id), len(PHOTOMETRIC_RANGES)), np.nan)
+    cols = {k: np.stack([getattr(r, k) for r in out]) for k in PER_BUDGET if k != "params"}
+    cols["params"] = np.stack([r.params if r.params is not None else nan for r in out])
+    return cols
+
+
+def refined_of(stored: StoredRefine, budgets: Sequence[Budget]) -> tuple[Refined, ...]:
+    """The stored rows as one Refined per budget (``budgets``: the Budget objects, in the stored order)."""
+    out = []
+    for b, budget in enumerate(budgets):
+        c = stored.budget_cols(b)
+        out.append(Refined(budget=budget, criterion=str(stored.attrs.get("criterion", "any")),
+                           params=c["params"] if isinstance(budget, PhotometricBudget) else None,
+                           **{k: c[k] for k in PER_BUDGET if k != "params"}))
+    return tuple(out)
 
 
 def _classifier_and_search(s: Store, model, criterion: str, search_name: str | None, batch_size: int,
@@ -201,62 +270,32 @@ def _classifier_of(found: SearchResult) -> Classifier:
     return clf
 
 
-def _starts(s: Store, found: SearchResult) -> tuple[np.ndarray, np.ndarray]:
-    """(fg_id, worst bg_id) of every foreground the search evaluated; refuses empty masks."""
+def _starts(s: Store, found: SearchResult, start: str, seed: int, note) -> tuple[np.ndarray, np.ndarray]:
+    """(fg_id, start bg_id) of every foreground the search evaluated (``own``: those with an own background);
+    refuses empty masks."""
     keep = found.worst_bg >= 0
     fg_id, start_bg = found.fg_id[keep].astype(np.int64), found.worst_bg[keep].astype(np.int64)
     if not len(fg_id):
         raise AdvbgError(f"search {found.results_name!r} evaluated no background for any foreground")
+    if start == "random":       # per foreground from (seed, fg_id): independent of the other foregrounds
+        start_bg = np.array([np.random.default_rng([int(seed), int(f), 1]).integers(len(s.backgrounds))
+                             for f in fg_id], np.int64)
+    elif start == "own":
+        own = {sid: j for j, sid in enumerate(s.backgrounds.source_ids)}
+        start_bg = np.array([own.get(s.foregrounds.source_ids[f], -1) for f in fg_id], np.int64)
+        if not (start_bg >= 0).any():
+            raise AdvbgError(f"{s.path}: no foreground has its own background (a background with its source_id); "
+                             f"use --start worst or random")
+        if (start_bg < 0).any():
+            note(f"--start own: {int((start_bg < 0).sum())} of {len(fg_id)} foregrounds have no own background "
+                 f"and are left out")
+        fg_id, start_bg = fg_id[start_bg >= 0], start_bg[start_bg >= 0]
     masks = s.foregrounds.read_masks(fg_id)
     empty = fg_id[~masks.reshape(len(fg_id), -1).any(1)]
     if len(empty):
         raise AdvbgError(f"{s.path}: {len(empty)} foregrounds have an empty mask (e.g. fg {int(empty[0])}); "
                          f"refine changes background pixels only and needs each foreground's mask")
     return fg_id, start_bg
-
-
-def _refine_all(s: Store, clf: Classifier, fg_id, start_bg, found: SearchResult, budgets, criterion, seed,
-                batch_size, echo, progress) -> list[Refined]:
-    fg, mask = s.foregrounds.read(fg_id), s.foregrounds.read_masks(fg_id)
-    bg = s.backgrounds.read(start_bg)
-    true = s.foregrounds.labels[fg_id]
-    bg_class = s.backgrounds.labels[start_bg]
-    out = []
-    for b in budgets:
-        t0 = time.perf_counter()
-        out.append(refine(clf, fg, mask, bg, true, b, bg_class=bg_class, criterion=criterion, seed=seed,
-                          keys=fg_id, batch_size=batch_size))
-        if progress:
-            print(f"refine {b.name}: {len(fg_id)} foregrounds in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    return out
-
-
-def write_refine_results(s: Store, name: str, fg_id: np.ndarray, start_bg: np.ndarray, found: SearchResult,
-                         refined: Sequence[Refined], record: dict) -> None:
-    """The one writer of refine results: ``<store>.d/results/<name>.h5`` with attrs kind="refine", one row per
-    (budget, foreground), budget-major. Refined backgrounds are stored uint8, gzip (lossless)."""
-    n = len(fg_id)
-    cols = {
-        "fg_id": np.tile(fg_id, len(refined)), "start_bg": np.tile(start_bg, len(refined)),
-        "budget": np.repeat(np.arange(len(refined), dtype=np.int64), n),
-        "true_class": np.tile(s.foregrounds.labels[fg_id], len(refined)),
-    }
-    for key in ("margin_before", "margin_after", "pred_before", "pred_after", "steps", "ssim", "eps"):
-        cols[key] = np.concatenate([getattr(r, key) for r in refined])
-    for key in ("fooled_before", "fooled_after"):
-        cols[key] = np.concatenate([getattr(r, key) for r in refined]).astype(np.uint8)
-    cols["params"] = np.concatenate([r.params if r.params is not None else np.full((n, len(PHOTOMETRIC_RANGES)),
-                                                                                    np.nan) for r in refined])
-    with s.write_derived("results", name) as f:
-        f.attrs.update(kind="refine", search=str(found.results_name), criterion=record["criterion"],
-                       classifier=json.dumps(record["classifier"], default=str), run=json.dumps(record, default=str),
-                       budgets=json.dumps([{"name": r.budget.name, "repr": repr(r.budget)} for r in refined]),
-                       params=json.dumps(list(PHOTOMETRIC_RANGES)), completed=now())
-        for key, value in cols.items():
-            f.create_dataset(key, data=value)
-        bg = np.concatenate([r.background for r in refined])
-        f.create_dataset("background", data=bg, chunks=(1,) + bg.shape[1:] if len(bg) else None,
-                         compression="gzip")
 
 
 def _write_outputs(s: Store, run: RefineRun, results_file, curve, grid, echo) -> None:

@@ -1,11 +1,13 @@
 """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse per class, print, write files."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from advbg.analysis.outcomes import obtain_outcome
 from advbg.analysis.plots import asr_histogram_png, top_backgrounds_png
+from advbg.analysis.refined_universal import RefinedClass, refined_lines, score_refined
 from advbg.analysis.universal import (
     UniversalResult,
     analyse,
@@ -21,7 +23,7 @@ from advbg.files import atomic_write_text, check_output, write_json
 from advbg.models.classifier import Classifier
 from advbg.models.loading import ModelSpec, as_classifier
 from advbg.search.criteria import CRITERIA
-
+from advbg.search.results import load_refine
 
 MAX_TOP, MAX_GREEDY = 100, 10_000   # a table column per top background; greedy picks are cheap
 
@@ -30,11 +32,17 @@ def run_universal(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier 
                   klass: str = "all", criterion: str = "bg-class", top: int = 5, greedy: int = 5,
                   batch_size: int | None = None, compute: bool = True, results_file: Path | None = None, top_png: Path | None = None,
                   hist_png: Path | None = None, progress: bool = True,
-                  echo: Callable[[str], None] = print) -> UniversalResult:
+                  echo: Callable[[str], None] = print, source: str = "search", refine_results: str | None = None,
+                  budget: str | None = None) -> UniversalResult | list[RefinedClass]:
     """`advbg universal`: reuse (or complete) the stored outcome matrix, analyse, print, write files.
 
     ``model``: a ModelSpec, a name/path, or a ready ``Classifier``. ``top_png`` /
-    ``hist_png``: None = beside the store, Path("-") = none."""
+    ``hist_png``: None = beside the store, Path("-") = none. ``source="refine"``: ``run_universal_refined``."""
+    if source == "refine":
+        return run_universal_refined(store, model, klass=klass, criterion=criterion, results=refine_results,
+                                     budget=budget, batch_size=batch_size, results_file=results_file, echo=echo)
+    if source != "search" or refine_results or budget:
+        raise AdvbgError("--from must be search or refine; --refine-results and --budget need --from refine")
 
     if criterion not in CRITERIA:
         raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
@@ -91,3 +99,39 @@ def _write_outputs(result: UniversalResult, store: Path, klass: str, results_fil
             check_output(path, (".png",), inputs=[store])
             draw(s, result, path)
             echo(f"{what}: {path}")
+
+
+def run_universal_refined(store: str | Path = DEMO_STORE, model: ModelSpec | Classifier | str = ModelSpec(), *,
+                          klass: str = "all", criterion: str = "bg-class", results: str | None = None,
+                          budget: str | None = None, batch_size: int | None = None, results_file: Path | None = None,
+                          echo: Callable[[str], None] = print) -> list[RefinedClass]:
+    """`advbg universal --from refine`: the ASR of each refined background of refine results ``results`` (default
+    the latest; ``budget`` default the largest linf EPS) over its class's targets, beside its real start's ASR.
+    Needs forwards (2 x backgrounds x targets): no stored outcome matrix covers refined composites."""
+    if criterion not in CRITERIA:
+        raise AdvbgError(f"unknown criterion {criterion!r}; use one of: {', '.join(CRITERIA)}")
+    inputs = store_inputs(store) + model_inputs(model)
+    check_output(results_file, (".json",), inputs=inputs)
+    store = working_store(store, echo)
+    clf = as_classifier(model)
+    with Store(store) as s:
+        s.require_nonempty()
+        names = s.class_names
+        classes = list(range(len(names))) if klass.strip().lower() == "all" else [class_index(klass, names)]
+        stored = load_refine(s, results)
+        b = stored.budget_index(budget)
+        per_class = score_refined(s, clf, stored, b, classes, criterion, batch_size or 64)
+    made_by = stored.run.get("classifier", {}).get("name", "?")
+    if made_by != clf.config.name:
+        echo(f"note: the backgrounds were refined against {made_by}, scored here on {clf.config.name} (transfer)")
+    for line in refined_lines(per_class, stored.budgets[b]["name"], criterion, stored.name):
+        echo(line)
+    if results_file:
+        write_json(results_file, dict(refine_results=stored.name, budget=stored.budgets[b], criterion=criterion,
+                                      model=clf.config.tag, classes=[dict(
+                                          cls=c.name, fg_id=c.fg_id.tolist(), start_bg=c.start_bg.tolist(),
+                                          n_targets=c.n_targets.tolist(), real_fooled=c.real_fooled.tolist(),
+                                          refined_fooled=c.refined_fooled.tolist(), real=c.real and asdict(c.real),
+                                          refined=c.refined and asdict(c.refined)) for c in per_class]))
+        echo(f"results: {results_file}")
+    return per_class

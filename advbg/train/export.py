@@ -39,10 +39,12 @@ from advbg.data.writer import StoreWriter
 from advbg.errors import AdvbgError
 from advbg.files import atomic_output, check_output, now, restore_replaced, write_json
 from advbg.search.criteria import Criterion, asr, check_invalid_marked, decode_outcome
-from advbg.search.results import OUTCOME_MISSING, load_outcome, load_search, result_info
+from advbg.search.results import (OUTCOME_MISSING, StoredRefine, load_outcome, load_refine, load_search,
+                                  result_info)
 from advbg.stats import RATE_LEGEND, format_rate, rate_or_none
 
 WHAT = ("backgrounds", "composites", "both")
+SOURCES = ("search", "refine")
 FORMATS = ("folder", "h5")
 RANKS = ("fooled", "asr")
 COLUMNS = ("kind", "rank", "file", "index", "fg_id", "bg_id", "fg_label", "fg_class", "bg_label", "bg_class",
@@ -60,15 +62,19 @@ class ExportConfig:
     per_class: int | None = None    # keep the first N items of each class of each kind
     rank: str = "fooled"            # background ranking: fooled | asr
     include_unfooled: bool = False  # composites: also foregrounds no background fooled (their worst case)
+    source: str = "search"          # search | refine (refined backgrounds of `advbg refine` results)
+    budget: str | None = None       # refine: the budget exported (default: the largest linf EPS, else the first)
 
     def validate(self) -> "ExportConfig":
         for value, allowed, what in ((self.what, WHAT, "--what"), (self.fmt, FORMATS, "--format"),
-                                     (self.rank, RANKS, "--rank")):
+                                     (self.rank, RANKS, "--rank"), (self.source, SOURCES, "--from")):
             if value not in allowed:
                 raise AdvbgError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")
         for value, what in ((self.top, "--top"), (self.per_class, "--per-class")):
             if value is not None and value < 1:
                 raise AdvbgError(f"{what} must be at least 1, got {value}")
+        if self.budget is not None and self.source != "refine":
+            raise AdvbgError("--budget selects refine results: use it with --from refine")
         return self
 
 
@@ -255,6 +261,8 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
     out = Path(out)
     recover_interrupted(out, echo)
     _check_out(out, overwrite, store)
+    if config.source == "refine":
+        return _export_refine(store, out, results, config, echo)
     with Store(store) as s:
         result = load_search(s, results)
         name = result.results_name
@@ -273,4 +281,83 @@ def export(store: str | os.PathLike, out: str | os.PathLike, *, results: str | N
         echo(f"exported {n_bg} fooling backgrounds and {len(rows) - n_bg} worst composites of results "
              f"{name!r} (model {ident['model']}, criterion {ident['criterion']}, its fooling rate "
              f"{format_rate(fooling)} of foregrounds; {RATE_LEGEND}) to {out}")
+    return ExportResult(out, n_bg, len(rows) - n_bg, rows)
+
+
+# --------------------------------------------------------------------------------------------- refine
+def _refine_rows(store: Store, stored: StoredRefine, b: int, config: ExportConfig) -> list[dict]:
+    """Manifest rows of the refined backgrounds and their composites (``refined`` = row of the budget's
+    arrays): foregrounds the refined background fools (all with include_unfooled), lowest margin after first."""
+    c = stored.budget_cols(b)
+    cn, fgs, bgs = store.class_names, store.foregrounds, store.backgrounds
+    run_c = stored.run.get("classifier", {})
+    ident = dict(model=f"{run_c.get('architecture', '?')}.{run_c.get('weight_tag', '?')}",
+                 model_name=run_c.get("name", ""), weights_sha256=run_c.get("weights_sha256") or "",
+                 label_map=run_c.get("label_map", ""), criterion=str(stored.attrs.get("criterion", "")),
+                 results=stored.name)
+    keep = np.ones(len(stored.fg_id), bool) if config.include_unfooled else c["fooled_after"]
+    rows_of = np.flatnonzero(keep)
+    rows_of = rows_of[np.lexsort((stored.fg_id[rows_of], c["margin_after"][rows_of]))]
+    tag = class_slug(stored.budgets[b]["name"])
+    out: list[dict] = []
+    for kind in ("background", "composite"):
+        if config.what not in (kind + "s", "both"):
+            continue
+        classes = store.backgrounds.labels[stored.start_bg] if kind == "background" else stored.true_class
+        for r, k in enumerate(_select(rows_of, classes, config.per_class, config.top)):
+            f, bg = int(stored.fg_id[k]), int(stored.start_bg[k])
+            y, lb, p = int(stored.true_class[k]), int(bgs.labels[bg]), int(c["pred_after"][k])
+            folder = class_folder(lb if kind == "background" else y, cn)
+            out.append(dict(kind=kind, rank=r, index=r, fg_id=f, bg_id=bg, fg_label=y, fg_class=_name(y, cn),
+                            bg_label=lb, bg_class=_name(lb, cn), fg_source_id=fgs.source_ids[f],
+                            bg_source_id=bgs.source_ids[bg], pred=p, pred_class=_name(p, cn),
+                            margin=float(c["margin_after"][k]), fooled=bool(c["fooled_after"][k]),
+                            n_fooled=int(c["fooled_after"][k]), n_evaluated=1, asr=float("nan"), **ident,
+                            file=f"{kind}s/{folder}/fg{f:06d}_bg{bg:06d}_{tag}.png", refined=int(k)))
+    return out
+
+
+def _refined_image(store: Store, stored: StoredRefine, b: int, row: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(image, foreground mask) of a refine row: the refined background, or the composite on it."""
+    bg = stored.cols["background"][b][row["refined"]]
+    mask = store.foregrounds.read_masks([row["fg_id"]])[0]
+    if row["kind"] == "background":
+        return bg, mask
+    return composite(store.foregrounds.read([row["fg_id"]])[0], mask, bg), mask
+
+
+def _export_refine(store, out: Path, results: str | None, config: ExportConfig, echo) -> ExportResult:
+    """`export --from refine`: the refined backgrounds of one budget and their composites, same folder layout."""
+    with Store(store) as s:
+        stored = load_refine(s, results)
+        b = stored.budget_index(config.budget)
+        rows = _refine_rows(s, stored, b, config)
+        with atomic_output(out, folder=True) as tmp:
+            if config.fmt == "folder":
+                for row in rows:
+                    _png(tmp / row["file"], _refined_image(s, stored, b, row)[0])
+            else:
+                with StoreWriter(tmp / "export.h5", class_names=s.class_names, image_size=s.image_size,
+                                 attrs=dict(export_of=str(s.path), export_store_digest=s.digest())) as w:
+                    for row in rows:
+                        image, mask = _refined_image(s, stored, b, row)
+                        src = f"{row['bg_source_id']}|refined:{stored.budgets[b]['name']}|fg:{row['fg_source_id']}"
+                        if row["kind"] == "background":
+                            w.add_background(image, row["bg_label"], src)
+                        else:
+                            w.add_foreground(image, mask, row["fg_label"], src, s.foregrounds.boxes[row["fg_id"]])
+                for row in rows:
+                    row["file"] = "export.h5"
+            for row in rows:
+                row.pop("refined")
+            (tmp / "manifest.csv").write_text(_manifest_csv(rows))
+            meta = dict(store=str(s.path), store_digest=s.digest(), results=stored.name, source="refine",
+                        budget=stored.budgets[b], start=stored.attrs.get("start", "worst"), created=now(),
+                        config=asdict(config), class_names=list(s.class_names), columns=list(COLUMNS),
+                        run=stored.run)
+            write_json(tmp / "manifest.json", dict(export=meta, items=rows))
+    n_bg = sum(r["kind"] == "background" for r in rows)
+    if echo:
+        echo(f"exported {n_bg} refined backgrounds and {len(rows) - n_bg} composites on them "
+             f"({stored.budgets[b]['name']}) of refine results {stored.name!r} to {out}")
     return ExportResult(out, n_bg, len(rows) - n_bg, rows)

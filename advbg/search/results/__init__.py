@@ -39,6 +39,16 @@ from advbg.search.results.sink import (
     results_path,
     write_result,
 )
+from advbg.search.results.refine import (
+    REFINE_COLUMNS,
+    RefineId,
+    RefineSink,
+    StoredRefine,
+    load_refine,
+    refine_fingerprint,
+    refine_names,
+    refine_problem,
+)
 from advbg.search.results.verify import verify_all, verify_results
 
 __all__ = [
@@ -46,6 +56,6 @@ __all__ = [
     "ForegroundResult", "ResultInfo", "ResultsSink", "RunId", "RunRecord", "SearchResult", "Unit", "check_group",
     "check_name", "check_replaceable", "complete_searches", "empty_columns", "fingerprint", "group_attrs", "listing",
     "load_outcome", "load_search", "merge_journal", "pending_fingerprint", "raw_class_name", "result_info",
-    "result_names", "results_path", "verify_all",
-    "verify_results", "write_result",
+    "result_names", "results_path", "verify_all", "verify_results", "write_result", "REFINE_COLUMNS", "RefineId",
+    "RefineSink", "StoredRefine", "load_refine", "refine_fingerprint", "refine_names", "refine_problem",
 ]

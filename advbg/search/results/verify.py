@@ -16,6 +16,7 @@ from advbg.data.store import Store
 from advbg.data.verify import VerifyReport, verify_store
 from advbg.files import is_partial, leftover_partials
 from advbg.search.results.rules import path_problem, run_record, search_problems, unchecksummed, unreadable_why
+from advbg.search.results.refine import refine_problem
 
 _GROUP_ROOTS = ("results", "embeddings", "evalsets")
 
@@ -97,8 +98,8 @@ def _check_group(s: Store, where: str, name: str, root: str, g, report: VerifyRe
         report.problem("group", f"{where} has no completion flag (attrs['complete']); it may be half-written or "
                                 f"damaged")
     elif not complete or is_partial(where):
-        how = ("`advbg search --resume` with the same settings" if kind == "search"
-               else "rerun the command that wrote it")
+        how = {"search": "`advbg search --resume` with the same settings",
+               "refine": "`advbg refine --resume` with the same settings"}.get(kind, "rerun the command that wrote it")
         report.problem("group", f"{where} is incomplete (its write was interrupted); finish it ({how}) "
                                 f"or delete it")
     _check_digest(s, where, g, report)
@@ -108,6 +109,10 @@ def _check_group(s: Store, where: str, name: str, root: str, g, report: VerifyRe
                             f"in them cannot be detected; rerun the command that wrote it to add checksums")
     if kind == "search":
         _check_search(s, where, name, g, report)
+    elif kind == "refine":
+        why = refine_problem(s, g)
+        if why:
+            report.problem("group", f"{where}: {why}")
     else:
         for ds in g.values():   # every byte readable (a file cut short fails here)
             if isinstance(ds, h5py.Dataset):
