@@ -16,6 +16,7 @@ import torch
 
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
+from advbg.search.compositor import composite_pairs
 from advbg.search.criteria import CRITERIA, Criterion
 from advbg.search.results import StoredRefine
 from advbg.stats import Rate, format_rate, rate_or_none
@@ -74,13 +75,14 @@ def _fooled(s: Store, clf, crit: Criterion, targets: np.ndarray, bg: np.ndarray,
     """How many of ``targets`` (fg ids) the background ``bg`` (H, W, 3 uint8) of class ``cls`` fools."""
     total = 0
     dtype = next((x.dtype for x in clf.buffers() if x.is_floating_point()), torch.float32)
-    b = torch.as_tensor(bg, device=clf.device).permute(2, 0, 1).to(dtype)[None] / 255.0
+    b = torch.as_tensor(bg[None], device=clf.device)                       # (1, H, W, 3) uint8
     for i in range(0, len(targets), max(1, batch_size)):
         ids = targets[i:i + batch_size]
-        fg = torch.as_tensor(s.foregrounds.read(ids), device=clf.device).permute(0, 3, 1, 2).to(dtype) / 255.0
-        m = torch.as_tensor(s.foregrounds.read_masks(ids), device=clf.device).to(dtype)[:, None]
+        fg = torch.as_tensor(s.foregrounds.read(ids), device=clf.device)
+        m = torch.as_tensor(s.foregrounds.read_masks(ids), device=clf.device)
+        k = torch.arange(len(ids), device=clf.device)
         with torch.no_grad():
-            pred = clf.label_map.predict(clf(m * fg + (1 - m) * b))
+            pred = clf.label_map.predict(clf(composite_pairs(fg, m, b, k, torch.zeros_like(k), dtype)))
         true = torch.as_tensor(s.foregrounds.labels[ids], device=clf.device)
         total += int(crit.fooled(pred, true, torch.full_like(true, cls)).sum())
     return total

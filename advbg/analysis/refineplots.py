@@ -8,16 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from advbg.analysis.plots import pyplot
 from advbg.files import save_figure
-
-
-def _plt():
-    import matplotlib  # deferred: heavy or optional dependency, loaded only when used
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: heavy or optional dependency, loaded only when used
-
-    return plt
 
 
 def refine_curve_png(path: str | os.PathLike, eps: Sequence[float], rates: Sequence[tuple[float, float, float]],
@@ -33,7 +25,7 @@ def refine_curve_figure(eps: Sequence[float], rates: Sequence[tuple[float, float
                         real: tuple[float, float, float], n: int, title: str,
                         others: dict[str, tuple[float, float, float]] | None = None):
     """The figure of ``refine_curve_png`` (matplotlib; the caller saves and closes it)."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     x = np.array([0.0] + [e * 255 for e in eps])
     r = np.array([real] + list(rates), np.float64).reshape(-1, 3)
@@ -57,7 +49,7 @@ def refine_grid_png(path: str | os.PathLike, rows: list[dict], title: str) -> Pa
     """One row per foreground: start background | refined background | composite. Each row dict holds
     ``start``, ``refined``, ``composite`` (H, W, 3) uint8 and the titles ``start_title``, ``refined_title``,
     ``composite_title`` and ``fooled`` (bool)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(max(1, len(rows)), 3, figsize=(7.5, 2.6 * max(1, len(rows))), squeeze=False)
     for ax_row, row in zip(axes, rows):
         for ax, key in zip(ax_row, ("start", "refined", "composite")):
