@@ -258,3 +258,32 @@ def test_eval_amp_auto_on_a_cpu_records_its_choice_and_keeps_fp32_scores(tmp_pat
         assert (a.correct, a.class_correct) == (b.correct, b.class_correct)
         assert np.array_equal(a.hits, b.hits)
     assert auto.to_dict()["precision"] == auto.precision
+
+
+@needs_native
+@pytest.mark.slow
+@pytest.mark.parametrize("criterion", ["any", "bg-class"])
+def test_bf16_with_the_calibrated_tolerance_gives_fp32_rows_on_the_demo_store(tmp_path, criterion):
+    """The real embedded model (advbg/lite0) on the bundled demo photos: bf16 + the re-check at the tolerance the
+    calibration derives for this model gives the fp32 search's rows, every foreground (the issue's demo-store check)."""
+    import shutil
+
+    from advbg.commands.common import DEMO_STORE
+    from advbg.models.loading import load_classifier
+    from advbg.models.precision import choose_precision
+    from advbg.search.compositor import composite_pairs
+
+    path = tmp_path / "demo.h5"
+    shutil.copyfile(DEMO_STORE, path)
+    clf = load_classifier("advbg/lite0", device="cpu")
+    with Store(path) as s:
+        k = torch.arange(16)
+        batch = composite_pairs(torch.from_numpy(s.foregrounds.read(np.arange(8))),
+                                torch.from_numpy(s.foregrounds.read_masks(np.arange(8))),
+                                torch.from_numpy(s.backgrounds.read(np.arange(16))), k % 8, k)
+        tol = choose_precision(clf, batch, force="bf16-faster").tolerance
+        fp32 = search(s, clf, SearchConfig(criterion=criterion, amp="off"), write=False, progress=False)
+        ver = search(s, clf, SearchConfig(criterion=criterion, amp="bf16", verify_close=tol), write=False,
+                     progress=False)
+    assert tol > 0 and ver.run.verified > 0
+    assert_rows_equal(ver, fp32)
