@@ -207,6 +207,13 @@ def test_asr_by_hand():
                                                                            [False, False, False, True],
                                                                            [True, False, False, False],
                                                                            [False, False, False, False]])
+    # under `any` by hand: a target pair is fooled when its prediction (none included) is not the foreground's class;
+    # every non-target pair is False although "none" != its class (non-targets must be masked out, not just renamed)
+    np.testing.assert_array_equal(fooled_targets(OUT, FG, BG, "any"), [[True, False, False, True],
+                                                                      [False, False, True, True],
+                                                                      [False, False, False, True],
+                                                                      [True, False, True, False],
+                                                                      [False, False, False, False]])
 
 
 def test_asr_of_a_background_without_targets_is_nan():
