@@ -129,3 +129,17 @@ def assert_one_line_error(code, err, pattern: str = "") -> None:
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("advbg: error:"), err
     assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture
+def forwards(monkeypatch):
+    """The batch sizes of every TinyNet forward run during the test (in-process CLI included): [] = no forward."""
+    calls = []
+    plain = TinyNet.forward
+
+    def counted(self, x):
+        calls.append(len(x))
+        return plain(self, x)
+
+    monkeypatch.setattr(TinyNet, "forward", counted)
+    return calls

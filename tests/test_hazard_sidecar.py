@@ -5,25 +5,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import TinyNet, assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
+from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
 
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
 from advbg.errors import AdvbgError
 from advbg.search.index import build_index
-
-
-@pytest.fixture
-def forwards(monkeypatch):
-    calls = []
-    plain = TinyNet.forward
-
-    def counted(self, x):
-        calls.append(len(x))
-        return plain(self, x)
-
-    monkeypatch.setattr(TinyNet, "forward", counted)
-    return calls
 
 
 @pytest.fixture

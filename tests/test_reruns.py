@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import TinyNet, assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
+from conftest import assert_one_line_error, make_random_store, make_tiny_classifier, run_cli
 
 from advbg.data.sidecar import sidecar_folder
 from advbg.data.store import Store
@@ -18,20 +18,6 @@ from advbg.search.results import FIELDS, load_search
 from advbg.search.runner import search
 
 NAME = "r"
-
-
-@pytest.fixture
-def forwards(monkeypatch):
-    """How many times the test model ran (every TinyNet, in-process CLI included)."""
-    calls = []
-    plain = TinyNet.forward
-
-    def counted(self, x):
-        calls.append(len(x))
-        return plain(self, x)
-
-    monkeypatch.setattr(TinyNet, "forward", counted)
-    return calls
 
 
 @pytest.fixture

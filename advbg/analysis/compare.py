@@ -175,13 +175,19 @@ def _same_setting(a: SearchResult, b: SearchResult) -> bool:
             and a.run.store_digest == b.run.store_digest)
 
 
+def _exhaustive_reference(r: SearchResult, everyone: Sequence[SearchResult]) -> SearchResult | None:
+    """The exhaustive run in ``everyone`` of ``r``'s classifier, criterion and store (None when ``r`` is itself
+    exhaustive or there is none)."""
+    if r.run.mode == "exhaustive" and not r.run.pruning:
+        return None
+    return next((e for e in everyone if e is not r and e.run.mode == "exhaustive" and not e.run.pruning
+                 and _same_setting(r, e)), None)
+
+
 def recall(r: SearchResult, everyone: Sequence[SearchResult]) -> Rate | None:
     """Of the foregrounds an exhaustive run (same classifier, criterion, store) found vulnerable, the share ``r``
     found vulnerable too; None for an exhaustive run itself or when there is no such run or nothing to find."""
-    if r.run.mode == "exhaustive" and not r.run.pruning:
-        return None
-    ref = next((e for e in everyone if e is not r and e.run.mode == "exhaustive" and not e.run.pruning
-                and _same_setting(r, e)), None)
+    ref = _exhaustive_reference(r, everyone)
     if ref is None:
         return None
     truth = set(ref.fg_id[ref.fooled].tolist())
@@ -212,10 +218,7 @@ class PrunedRecall:
 def pruned_recall(r: SearchResult, everyone: Sequence[SearchResult]) -> PrunedRecall | None:
     """``r``'s recall against an exhaustive run in ``everyone`` of the same setting; None when ``r`` is itself
     exhaustive or there is no such run or no foreground in common."""
-    if r.run.mode == "exhaustive" and not r.run.pruning:
-        return None
-    ref = next((e for e in everyone if e is not r and e.run.mode == "exhaustive" and not e.run.pruning
-                and _same_setting(r, e)), None)
+    ref = _exhaustive_reference(r, everyone)
     if ref is None:
         return None
     common, ri, ei = np.intersect1d(r.fg_id, ref.fg_id, return_indices=True)
